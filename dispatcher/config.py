@@ -1,0 +1,144 @@
+"""Settings, read once from the environment (12-factor).
+
+Every knob the dispatcher has is a field of :class:`Settings`; nothing else in the package reads
+``os.environ``. API keys are held in :class:`Secret` so that a stray ``repr``/log line shows
+``'***'`` rather than the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from dispatcher.policy import RetryPolicy
+
+DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
+DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
+DEFAULT_BASE_URL = "https://api.ecdp.app"
+DEFAULT_QUEUE = "default"
+
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A setting in the environment has a value we cannot use; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``.
+
+    :meth:`reveal` is called at the one place that sends it (the request header).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def normalize_database_url(url: str) -> str:
+    """Make plain ``postgresql://`` and Heroku's ``postgres://`` use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def queue_env_suffix(queue: str) -> str:
+    """``ECDP_API_KEY_<QUEUE>``: queue ``eu-shop`` reads ``ECDP_API_KEY_EU_SHOP``."""
+    return queue.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    base_url: str = DEFAULT_BASE_URL
+    api_keys: Mapping[str, Secret] = field(default_factory=dict)  # by queue_env_suffix()
+    http_timeout_seconds: float = 10.0
+    http_connect_timeout_seconds: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lease_seconds: float = 120.0
+    batch_size: int = 100
+    concurrency: int = 16
+    sweep_interval_seconds: float = 1.0
+    response_body_limit: int = 8192
+
+    def api_key(self, queue: str) -> Secret | None:
+        return self.api_keys.get(queue_env_suffix(queue))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        # Keyed by the variable's suffix, so queue "eu-shop" finds ECDP_API_KEY_EU_SHOP.
+        keys = {
+            name[len("ECDP_API_KEY_") :]: Secret(value)
+            for name, value in env.items()
+            if name.startswith("ECDP_API_KEY_") and value
+        }
+        if env.get("ECDP_API_KEY"):
+            keys[queue_env_suffix(DEFAULT_QUEUE)] = Secret(env["ECDP_API_KEY"])
+
+        def num(name: str, default: float, *, minimum: float = 0.0) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a number (got {raw!r})") from None
+            if value < minimum or value != value:
+                raise ConfigError(f"{name}: must be at least {minimum} (got {raw!r})")
+            return value
+
+        retry = RetryPolicy(
+            base_seconds=num("DISPATCHER_RETRY_BASE_SECONDS", 1.0),
+            max_seconds=num("DISPATCHER_RETRY_MAX_SECONDS", 3600.0),
+            max_attempts=int(num("DISPATCHER_MAX_ATTEMPTS", 12, minimum=1)),
+            retry_after_cap_seconds=num("DISPATCHER_RETRY_AFTER_MAX_SECONDS", 3600.0),
+        )
+        return cls(
+            database_url=normalize_database_url(
+                env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL
+            ),
+            broker_url=env.get("DISPATCHER_BROKER_URL") or DEFAULT_BROKER_URL,
+            base_url=(env.get("ECDP_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+            api_keys=keys,
+            http_timeout_seconds=num("DISPATCHER_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.001),
+            http_connect_timeout_seconds=num(
+                "DISPATCHER_HTTP_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.001
+            ),
+            retry=retry,
+            lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
+            batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
+            concurrency=int(num("DISPATCHER_CONCURRENCY", 16, minimum=1)),
+            sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
+            response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (tests call ``get_settings.cache_clear()``)."""
+    return Settings.from_env()

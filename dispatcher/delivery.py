@@ -1,0 +1,167 @@
+"""One worker's delivery loop: claim a batch -> POST -> decide -> record, until nothing is due.
+
+Kept free of Celery so that tests (and the demo) can run several deliverers side by side; the
+Celery task in :mod:`dispatcher.tasks` is a thin wrapper around :meth:`Deliverer.drain`.
+
+Requests of a batch go out on a small thread pool sharing one ``httpx.Client``, so a slow API
+costs latency, not throughput. A 401/403 stops the batch: requests not yet sent are given back
+unsent, so each worker sends at most its in-flight requests after the key stops working.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from dispatcher import outbox
+from dispatcher.config import Settings, queue_env_suffix
+from dispatcher.db import get_engine, utcnow
+from dispatcher.ecdp import Answer, EcdpClient
+from dispatcher.outbox import AttemptResult, Claimed
+from dispatcher.policy import Outcome, decide, truncate_body
+
+log = logging.getLogger("dispatcher.delivery")
+
+
+@dataclass
+class DrainSummary:
+    """What one drain did; small enough to show as a Celery task result in Flower."""
+
+    queue: str
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    released: int = 0
+    paused: bool = False
+    more: bool = False  # stopped for the time budget with work left: re-signal
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "queue": self.queue,
+            "batches": self.batches,
+            **dict(self.outcomes),
+            "released": self.released,
+            "paused": self.paused,
+            "more": self.more,
+        }
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        client: EcdpClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or get_engine(settings.database_url)
+        self.client = client or EcdpClient(
+            settings.base_url,
+            timeout=settings.http_timeout_seconds,
+            connect_timeout=settings.http_connect_timeout_seconds,
+            max_connections=settings.concurrency,
+            body_limit=settings.response_body_limit,
+        )
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="ecdp-post")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()
+
+    def drain(self, queue: str, *, max_seconds: float = 10.0) -> DrainSummary:
+        """Deliver due jobs of ``queue`` until none is due, the queue pauses, or time is up."""
+        summary = DrainSummary(queue)
+        deadline = time.monotonic() + max_seconds
+        while True:
+            claimed = self._claim(queue)
+            if not claimed:
+                return summary
+            summary.batches += 1
+            self._deliver_batch(queue, claimed, summary)
+            if summary.paused:
+                return summary
+            if time.monotonic() >= deadline:
+                summary.more = True
+                return summary
+
+    def _claim(self, queue: str) -> list[Claimed]:
+        with self.engine.begin() as conn:
+            return outbox.claim(
+                conn, queue, self.settings.batch_size, utcnow(), self.settings.lease_seconds
+            )
+
+    def _deliver_batch(self, queue: str, claimed: list[Claimed], summary: DrainSummary) -> None:
+        api_key = self.settings.api_key(queue)
+        if api_key is None:
+            reason = f"no API key configured (set ECDP_API_KEY_{queue_env_suffix(queue)})"
+            if queue == "default":
+                reason = "no API key configured (set ECDP_API_KEY)"
+            with self.engine.begin() as conn:
+                now = utcnow()
+                summary.released += outbox.release(conn, claimed, now)
+                outbox.pause(conn, queue, reason, now)
+            log.error("queue paused: %s", reason, extra={"queue": queue})
+            summary.paused = True
+            return
+
+        stop = threading.Event()
+
+        def send(job: Claimed) -> AttemptResult | None:
+            if stop.is_set():
+                return None
+            answer = self.client.post(job.endpoint, job.payload, api_key)
+            result = self._judge(job, answer)
+            if result.decision.outcome is Outcome.PAUSE:
+                stop.set()
+            return result
+
+        outcomes = list(self._pool.map(send, claimed))
+        results = [r for r in outcomes if r is not None]
+        unsent = [job for job, r in zip(claimed, outcomes, strict=True) if r is None]
+        with self.engine.begin() as conn:
+            now = utcnow()
+            outbox.record(conn, results, now)
+            summary.released += outbox.release(conn, unsent, now)
+        for r in results:
+            summary.outcomes[r.decision.outcome.value] += 1
+        if stop.is_set():
+            summary.paused = True
+            pause = next(r for r in results if r.decision.outcome is Outcome.PAUSE)
+            log.error(
+                "queue %s paused after HTTP %s: %s",
+                queue,
+                pause.status_code,
+                pause.decision.reason,
+                extra={"queue": queue, "status_code": pause.status_code},
+            )
+
+    def _judge(self, job: Claimed, answer: Answer) -> AttemptResult:
+        decision = decide(
+            answer.status_code,
+            attempts_before=job.attempts,
+            policy=self.settings.retry,
+            retry_after=answer.retry_after,
+            body=answer.body,
+            error=answer.error,
+            now=answer.started_at,
+        )
+        body = None
+        if answer.status_code is not None:
+            body = truncate_body(answer.body, self.settings.response_body_limit)
+            if answer.body_size > len(answer.body):
+                body += f"…[truncated, {answer.body_size} bytes in all]"
+        return AttemptResult(
+            job=job,
+            started_at=answer.started_at,
+            duration_ms=answer.duration_ms,
+            status_code=answer.status_code,
+            error=None if decision.outcome is Outcome.DELIVERED else decision.reason,
+            response_body=body,
+            decision=decision,
+        )

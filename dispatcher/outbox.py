@@ -1,0 +1,331 @@
+"""The job manager: every SQL statement that moves a job through its life lives here.
+
+A job's life: ``insert_jobs`` (in the producer's transaction) -> ``claim`` (a worker leases a
+batch) -> ``record`` (attempt rows and the new state, one transaction per batch), and maybe
+``release_expired`` (the sweeper returns the leases of workers that died). Each is one or two
+statements; the database does the locking (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dispatcher.policy import Decision, Outcome
+from dispatcher.schema import DUE_WHERE, LEASED_WHERE, attempts, jobs, queues
+
+_DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One row to insert: what ``enqueue`` derived from a validated event."""
+
+    queue: str
+    endpoint: str
+    custom_event_id: int
+    customer_email: str | None
+    payload: str
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job leased to this worker; only the holder of ``lease_token`` may record its outcome."""
+
+    id: int
+    queue: str
+    endpoint: str
+    payload: str
+    attempts: int
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one HTTP attempt for a claimed job produced, and what the policy decided."""
+
+    job: Claimed
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+    decision: Decision
+
+
+def _insert_for(dialect_name: str) -> Any:
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert
+
+
+# --------------------------------------------------------------------------- producing
+
+
+def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> list[int]:
+    """Insert ``rows`` in one statement; return their ids in order.
+
+    A row whose ``(queue, dedupe_key)`` already exists is not written again: its existing id is
+    returned instead (also when the same key appears twice in ``rows``).
+    """
+    if not rows:
+        return []
+    values = [
+        {
+            "queue": r.queue,
+            "endpoint": r.endpoint,
+            "custom_event_id": r.custom_event_id,
+            "customer_email": r.customer_email,
+            "payload": r.payload,
+            "dedupe_key": r.dedupe_key,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in rows
+    ]
+    if all(r.dedupe_key is None for r in rows):
+        if len(values) == 1:
+            return [conn.execute(jobs.insert().returning(jobs.c.id), values[0]).scalar_one()]
+        result = conn.execute(
+            jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True), values
+        )
+        return list(result.scalars())
+
+    # Keyed rows go one by one: ON CONFLICT DO NOTHING ... RETURNING yields no row for a skipped
+    # insert, so a batch could not tell which id belongs to which row. Keyed enqueues are the
+    # producer-retry path, not the bulk path.
+    keyed = (
+        _insert_for(conn.dialect.name)(jobs)
+        .on_conflict_do_nothing(
+            index_elements=["queue", "dedupe_key"], index_where=sa.text("dedupe_key IS NOT NULL")
+        )
+        .returning(jobs.c.id)
+    )
+    plain = jobs.insert().returning(jobs.c.id)
+    seen: dict[tuple[object, object], int] = {}
+    ids: list[int] = []
+    for value in values:
+        queue, dedupe_key = value["queue"], value["dedupe_key"]
+        if dedupe_key is None:
+            ids.append(conn.execute(plain, value).scalar_one())
+            continue
+        if (queue, dedupe_key) not in seen:
+            seen[(queue, dedupe_key)] = (
+                conn.execute(keyed, value).scalar()
+                or conn.execute(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.queue == queue, jobs.c.dedupe_key == dedupe_key
+                    )
+                ).scalar_one()
+            )
+        ids.append(seen[(queue, dedupe_key)])
+    return ids
+
+
+# --------------------------------------------------------------------------- delivering
+
+
+def _paused(queue: str) -> sa.Exists:
+    return sa.exists().where(queues.c.name == queue, queues.c.paused.is_(True))
+
+
+def claim(
+    conn: sa.Connection, queue: str, limit: int, now: datetime, lease_seconds: float
+) -> list[Claimed]:
+    """Lease up to ``limit`` due jobs of ``queue`` in one statement; none while the queue is paused.
+
+    PostgreSQL: the inner SELECT takes row locks with SKIP LOCKED, so concurrent workers get
+    disjoint batches without waiting. SQLite: the connection began with BEGIN IMMEDIATE, so the
+    whole UPDATE runs under the write lock and two workers cannot both win a row.
+    """
+    token = uuid.uuid4().hex
+    due = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
+        .order_by(jobs.c.next_attempt_at, jobs.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        sa.update(jobs)
+        .where(jobs.c.id.in_(due), ~_paused(queue))
+        .values(
+            status="in_flight",
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(jobs.c.id, jobs.c.endpoint, jobs.c.payload, jobs.c.attempts)
+    )
+    rows = conn.execute(stmt).all()
+    claimed = [Claimed(r.id, queue, r.endpoint, r.payload, r.attempts, token) for r in rows]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+_STATUS_AFTER = {
+    Outcome.DELIVERED: "delivered",
+    Outcome.RETRY: "retrying",
+    Outcome.DEAD: "dead",
+    Outcome.PAUSE: "pending",
+}
+
+
+def record(conn: sa.Connection, results: Sequence[AttemptResult], now: datetime) -> int:
+    """Write each attempt and the job's new state; pause queues that answered 401/403.
+
+    A job whose lease was lost (the sweeper returned it after expiry and another worker holds it)
+    still gets its attempt row, but its state is left to the current holder. Returns how many jobs
+    changed state.
+    """
+    if not results:
+        return 0
+    conn.execute(
+        attempts.insert(),
+        [
+            {
+                "job_id": r.job.id,
+                "started_at": r.started_at,
+                "duration_ms": r.duration_ms,
+                "status_code": r.status_code,
+                "error": r.error,
+                "response_body": r.response_body,
+                "outcome": r.decision.outcome.value,
+                "counted": r.decision.counts,
+            }
+            for r in results
+        ],
+    )
+    updated = conn.execute(
+        sa.update(jobs)
+        .where(
+            jobs.c.id == sa.bindparam("b_id"),
+            jobs.c.lease_token == sa.bindparam("b_token"),
+            jobs.c.status == "in_flight",
+        )
+        .values(
+            status=sa.bindparam("b_status"),
+            attempts=jobs.c.attempts + sa.bindparam("b_inc", type_=sa.Integer),
+            next_attempt_at=sa.bindparam("b_next", type_=jobs.c.next_attempt_at.type),
+            last_status_code=sa.bindparam("b_code", type_=sa.Integer),
+            last_error=sa.bindparam("b_error", type_=sa.Text),
+            delivered_at=sa.bindparam("b_delivered", type_=jobs.c.delivered_at.type),
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        ),
+        [
+            {
+                "b_id": r.job.id,
+                "b_token": r.job.lease_token,
+                "b_status": _STATUS_AFTER[r.decision.outcome],
+                "b_inc": 1 if r.decision.counts else 0,
+                "b_next": now + timedelta(seconds=r.decision.delay_seconds or 0.0),
+                "b_code": r.status_code,
+                "b_error": r.decision.reason,
+                "b_delivered": now if r.decision.outcome is Outcome.DELIVERED else None,
+            }
+            for r in results
+        ],
+    ).rowcount
+    for r in results:
+        if r.decision.outcome is Outcome.PAUSE:
+            pause(conn, r.job.queue, r.decision.reason or "paused by the API's answer", now)
+    return int(updated)
+
+
+def release(conn: sa.Connection, claimed: Iterable[Claimed], now: datetime) -> int:
+    """Give leased jobs back unsent (the queue paused mid-batch): pending, no attempt counted."""
+    params = [{"b_id": c.id, "b_token": c.lease_token} for c in claimed]
+    if not params:
+        return 0
+    return int(
+        conn.execute(
+            sa.update(jobs)
+            .where(
+                jobs.c.id == sa.bindparam("b_id"),
+                jobs.c.lease_token == sa.bindparam("b_token"),
+                jobs.c.status == "in_flight",
+            )
+            .values(status="pending", lease_token=None, lease_expires_at=None, updated_at=now),
+            params,
+        ).rowcount
+    )
+
+
+# --------------------------------------------------------------------------- sweeping
+
+
+def release_expired(conn: sa.Connection, now: datetime) -> int:
+    """Return jobs whose lease ran out (their worker died mid-delivery) to ``pending``."""
+    result = conn.execute(
+        sa.update(jobs)
+        .where(sa.text(LEASED_WHERE), jobs.c.lease_expires_at < now)
+        .values(status="pending", lease_token=None, lease_expires_at=None, updated_at=now)
+    )
+    return int(result.rowcount)
+
+
+def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
+    """Queues that have a job due now and are not paused.
+
+    Walks the distinct queue names with one index seek each (a "loose index scan"), so the cost
+    grows with the number of queues, not with the number of waiting jobs.
+    """
+    paused = set(conn.execute(sa.select(queues.c.name).where(queues.c.paused.is_(True))).scalars())
+    found: list[str] = []
+    last: str | None = None
+    while True:
+        query = sa.select(sa.func.min(jobs.c.queue)).where(_DUE)
+        if last is not None:
+            query = query.where(jobs.c.queue > last)
+        last = conn.execute(query).scalar()
+        if last is None:
+            return found
+        if last in paused:
+            continue
+        first_due = conn.execute(
+            sa.select(sa.func.min(jobs.c.next_attempt_at)).where(jobs.c.queue == last, _DUE)
+        ).scalar()
+        if first_due is not None and first_due <= now:
+            found.append(last)
+
+
+# --------------------------------------------------------------------------- pausing
+
+
+def pause(conn: sa.Connection, queue: str, reason: str, now: datetime) -> bool:
+    """Pause ``queue``; the first reason is kept if it was paused already. True if it changed."""
+    stmt = _insert_for(conn.dialect.name)(queues).values(
+        name=queue, paused=True, pause_reason=reason, paused_at=now, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"paused": True, "pause_reason": reason, "paused_at": now, "updated_at": now},
+        where=queues.c.paused.is_(False),
+    )
+    return bool(conn.execute(stmt).rowcount)
+
+
+def resume(conn: sa.Connection, queue: str, now: datetime) -> bool:
+    """Unpause ``queue``. True if it was paused."""
+    result = conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == queue, queues.c.paused.is_(True))
+        .values(paused=False, pause_reason=None, paused_at=None, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def is_paused(conn: sa.Connection, queue: str) -> bool:
+    return bool(conn.execute(sa.select(_paused(queue))).scalar())

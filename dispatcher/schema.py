@@ -1,0 +1,109 @@
+"""The outbox's three tables.
+
+``dispatcher_jobs`` is the source of truth for every job's state and schedule; the broker only
+carries "work is due" hints. ``dispatcher_attempts`` keeps one row per HTTP request (the delivery
+history), and ``dispatcher_queues`` holds the pause switch every worker reads. Partial indexes
+keep "what is due?" as cheap with ten million delivered rows as with ten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from dispatcher.db import UTCDateTime
+
+STATUSES = ("pending", "in_flight", "retrying", "delivered", "dead")
+DUE_STATUSES = ("pending", "retrying")
+FINISHED_STATUSES = ("delivered", "dead")
+
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
+
+# Partial-index predicates, written once as SQL text so the model and the migration agree.
+DUE_WHERE = "status IN ('pending', 'retrying')"
+LEASED_WHERE = "status = 'in_flight'"
+DEDUPE_WHERE = "dedupe_key IS NOT NULL"
+EMAIL_WHERE = "customer_email IS NOT NULL"
+
+
+def _partial(where: str) -> dict[str, Any]:
+    return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = sa.Table(
+    "dispatcher_jobs",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("custom_event_id", sa.Integer, nullable=False),
+    # Lower-cased copy of the body's customerEmail, for the admin lookup. Personal data: purged
+    # together with the job.
+    sa.Column("customer_email", sa.String(320)),
+    sa.Column("payload", sa.Text, nullable=False),  # the exact JSON body that is POSTed
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # counted attempts
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("lease_token", sa.String(32)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("dedupe_key", sa.String(255)),
+    sa.Column("last_status_code", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("replays", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("replayed_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.CheckConstraint(
+        "status IN ('pending', 'in_flight', 'retrying', 'delivered', 'dead')", name="status"
+    ),
+    sa.Index("ix_dispatcher_jobs_due", "queue", "next_attempt_at", "id", **_partial(DUE_WHERE)),
+    sa.Index("ix_dispatcher_jobs_leased", "lease_expires_at", **_partial(LEASED_WHERE)),
+    sa.Index(
+        "uq_dispatcher_jobs_dedupe", "queue", "dedupe_key", unique=True, **_partial(DEDUPE_WHERE)
+    ),
+    sa.Index("ix_dispatcher_jobs_email", "customer_email", **_partial(EMAIL_WHERE)),
+    sa.Index("ix_dispatcher_jobs_status_created", "status", "created_at"),
+    sa.Index("ix_dispatcher_jobs_event", "custom_event_id"),
+)
+
+attempts = sa.Table(
+    "dispatcher_attempts",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column(
+        "job_id",
+        sa.BigInteger,
+        sa.ForeignKey("dispatcher_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("status_code", sa.Integer),  # NULL: no HTTP answer (timeout, connection error)
+    sa.Column("error", sa.Text),
+    sa.Column("response_body", sa.Text),  # truncated
+    sa.Column("outcome", sa.String(16), nullable=False),  # delivered / retry / dead / pause
+    sa.Column("counted", sa.Boolean, nullable=False),  # toward the attempt limit (not for 401/403)
+    sa.Index("ix_dispatcher_attempts_job_id", "job_id", "id"),
+)
+
+queues = sa.Table(
+    "dispatcher_queues",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("pause_reason", sa.Text),
+    sa.Column("paused_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,96 @@
+"""The Celery app and its one task: ``dispatcher.deliver(queue)``.
+
+The broker carries only "queue X has work due" signals; the outbox holds every job's body, state
+and schedule. So a signal may be lost (broker flush) or duplicated (redelivery) without harm: the
+sweeper re-signals due work, and a duplicate finds nothing to claim. Task arguments are a queue
+name, results are counts: nothing in Flower shows an API key or customer data.
+
+Settings that matter, and why:
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a worker killed mid-task leaves its signal
+  on the broker to be redelivered (the leased jobs themselves come back through the sweeper).
+- ``worker_prefetch_multiplier=1``: a worker holds one signal at a time, so idle workers get work.
+- ``broker_connection_retry_on_startup``: a worker started before Redis waits for it.
+- Redis ``visibility_timeout`` (1 h): how long an unacked signal waits before redelivery. Tasks
+  stop after ``DRAIN_SECONDS`` and re-signal, so a live task never comes near it, and nothing is
+  ever scheduled with countdown/ETA (retry times live in ``next_attempt_at``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from dispatcher.config import Settings, get_settings
+from dispatcher.db import dispose_engines
+from dispatcher.delivery import Deliverer
+
+log = logging.getLogger("dispatcher.tasks")
+
+CELERY_QUEUE = "dispatcher"
+DRAIN_SECONDS = 10.0
+TASK_NAME = "dispatcher.deliver"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("dispatcher", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        transport_options["visibility_timeout"] = 3600
+    app.conf.update(
+        task_default_queue=CELERY_QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+_deliverer: tuple[int, Deliverer] | None = None
+
+
+def get_deliverer() -> Deliverer:
+    """One Deliverer (and so one httpx.Client) per worker process, created after fork."""
+    global _deliverer
+    if _deliverer is None or _deliverer[0] != os.getpid():
+        _deliverer = (os.getpid(), Deliverer(get_settings()))
+    return _deliverer[1]
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _after_fork(**_: object) -> None:
+    dispose_engines()  # never share the parent's pooled connections
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _on_shutdown(**_: object) -> None:
+    if _deliverer is not None and _deliverer[0] == os.getpid():
+        _deliverer[1].close()
+
+
+@app.task(name=TASK_NAME, acks_late=True)  # type: ignore[untyped-decorator]
+def deliver(queue: str) -> dict[str, object]:
+    summary = get_deliverer().drain(queue, max_seconds=DRAIN_SECONDS)
+    if summary.more:
+        notify_due([queue])
+    return summary.as_dict()
+
+
+def notify_due(queues: Iterable[str]) -> None:
+    """Tell workers that ``queues`` have work due (a hint; the outbox is the truth)."""
+    for queue in queues:
+        deliver.apply_async((queue,))

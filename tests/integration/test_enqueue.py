@@ -1,0 +1,187 @@
+"""The producer API against a real outbox (SQLite always, PostgreSQL in CI)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+
+from dispatcher import CustomEvent, DataField, SegmentEvent, ValidationError, enqueue, enqueue_many
+from dispatcher.schema import jobs
+
+pytestmark = pytest.mark.usefixtures("env")
+
+
+def count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
+
+
+def event(n: int = 1) -> CustomEvent:
+    return CustomEvent(
+        42,
+        customer_email=f"Customer{n}@Example.com",
+        data_fields=[DataField("order", "Number", n)],
+    )
+
+
+def test_rolled_back_transaction_leaves_no_job(engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        enqueue(event(), session=session)
+        session.rollback()
+    assert count(engine) == 0
+
+
+def test_committed_transaction_leaves_exactly_one_job(engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        job_id = enqueue(event(), session=session)
+        session.commit()
+    assert count(engine) == 1
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == int(job_id))).one()
+    assert row.status == "pending"
+    assert row.endpoint == "/scenariocustomevents"
+    assert row.customer_email == "customer1@example.com"
+    assert json.loads(row.payload) == {
+        "customEventId": 42,
+        "customerEmail": "Customer1@Example.com",
+        "dataFields": [{"name": "order", "type": "Number", "value": "1"}],
+    }
+
+
+def test_connection_transaction_is_atomic_too(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        with conn.begin() as tx:
+            enqueue(event(), session=conn)
+            tx.rollback()
+        with conn.begin():
+            enqueue(event(), session=conn)
+    assert count(engine) == 1
+
+
+def test_business_row_and_event_commit_together(engine: sa.Engine) -> None:
+    meta = sa.MetaData()
+    orders = sa.Table("orders_demo", meta, sa.Column("id", sa.Integer, primary_key=True))
+    meta.create_all(engine)
+    try:
+        with pytest.raises(RuntimeError), Session(engine) as session, session.begin():
+            session.execute(orders.insert().values(id=1))
+            enqueue(event(), session=session)
+            raise RuntimeError("the business logic fails after enqueue")
+        assert count(engine) == 0
+        with Session(engine) as session, session.begin():
+            session.execute(orders.insert().values(id=1))
+            enqueue(event(), session=session)
+        assert count(engine) == 1
+    finally:
+        meta.drop_all(engine)
+
+
+def test_own_transaction_without_session(engine: sa.Engine) -> None:
+    ids = {enqueue(event(n)) for n in range(3)}
+    assert len(ids) == 3
+    assert count(engine) == 3
+
+
+def test_dedupe_key_returns_existing_job_and_writes_nothing(engine: sa.Engine) -> None:
+    first = enqueue(event(1), dedupe_key="order-1")
+    again = enqueue(event(2), dedupe_key="order-1")
+    other_queue = enqueue(event(1), dedupe_key="order-1", queue="eu")
+    assert again == first
+    assert other_queue != first
+    assert count(engine) == 2
+
+
+def test_enqueue_many_writes_batch_in_order(engine: sa.Engine) -> None:
+    events = [event(n) for n in range(250)] + [SegmentEvent(7, [1, 5, 15])]
+    ids = enqueue_many(events)
+    assert len(ids) == 251
+    assert [int(i) for i in ids] == sorted(int(i) for i in ids)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.payload).order_by(jobs.c.id)).all()
+    assert [str(r.id) for r in rows] == ids
+    assert [r.payload for r in rows] == [e.to_json() for e in events]
+
+
+def test_enqueue_many_with_dedupe_keys(engine: sa.Engine) -> None:
+    first = enqueue(event(0), dedupe_key="k0")
+    ids = enqueue_many([event(0), event(1), event(2)], dedupe_keys=["k0", "k1", "k1"])
+    assert ids[0] == first
+    assert ids[1] == ids[2]
+    assert count(engine) == 2
+
+
+def test_enqueue_many_is_all_or_nothing(engine: sa.Engine) -> None:
+    with pytest.raises(ValidationError) as info:
+        enqueue_many([event(1), "not an event", event(3)])  # type: ignore[list-item]
+    assert "events[1]" in str(info.value)
+    assert count(engine) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"queue": "Bad Queue"}, "queue"),
+        ({"queue": ""}, "queue"),
+        ({"dedupe_key": ""}, "dedupe_key"),
+        ({"dedupe_key": "x" * 256}, "dedupe_key"),
+    ],
+)
+def test_bad_enqueue_arguments_write_nothing(engine: sa.Engine, kwargs: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        enqueue(event(), **kwargs)
+    assert count(engine) == 0
+
+
+def test_not_an_event(engine: sa.Engine) -> None:
+    with pytest.raises(ValidationError, match="event"):
+        enqueue({"customEventId": 1})  # type: ignore[arg-type]
+    assert count(engine) == 0
+
+
+INVALID = [
+    (lambda: CustomEvent(1, customer_email="a" * 310 + "@example.com"), "customer_email"),
+    (lambda: CustomEvent(1, customer_email_md5="a" * 33), "customer_email_md5"),
+    (lambda: CustomEvent(1, customer_email_sha256="a" * 65), "customer_email_sha256"),
+    (lambda: CustomEvent(1, customer_phone="1" * 21), "customer_phone"),
+    (lambda: CustomEvent(1, customer_crm_id="c" * 129), "customer_crm_id"),
+    (lambda: CustomEvent(2**31, customer_id=1), "custom_event_id"),
+    (lambda: CustomEvent(1), "customer"),
+    (lambda: SegmentEvent(1, []), "segments"),
+    (lambda: SegmentEvent(1, [2**31]), "segments"),
+    (lambda: CustomEvent(1, customer_id=1, data_fields=[DataField("x", "Float", "1")]), "type"),
+    (lambda: CustomEvent(1, customer_id=1, data_fields=[DataField("x", "Date", "x")]), "value"),
+]
+
+
+@pytest.mark.parametrize(("make", "field"), INVALID)
+def test_invalid_events_raise_and_write_nothing(engine: sa.Engine, make, field: str) -> None:
+    with pytest.raises(ValidationError, match=field), Session(engine) as session:
+        enqueue(make(), session=session)
+        session.commit()
+    assert count(engine) == 0
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    email=st.text(max_size=400),
+    phone=st.one_of(st.none(), st.text(max_size=30)),
+    event_id=st.integers(min_value=-(2**40), max_value=2**40),
+)
+def test_property_enqueue_writes_only_valid_events(
+    engine: sa.Engine, email: str, phone: str | None, event_id: int
+) -> None:
+    before = count(engine)
+    try:
+        made = CustomEvent(event_id, customer_email=email, customer_phone=phone)
+    except ValidationError:
+        assert count(engine) == before
+        return
+    enqueue(made)
+    assert count(engine) == before + 1
