@@ -1,0 +1,138 @@
+"""End to end through real processes: Celery workers on Redis, the sweeper, PostgreSQL, loopback HTTP.
+
+This is the production shape (the Procfile's ``worker`` and ``sweeper`` lines) at small scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from dispatcher import CustomEvent, enqueue
+from dispatcher.db import get_engine
+from dispatcher.sandbox import Sandbox
+from dispatcher.schema import jobs
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture
+def sandbox(api_key: str) -> Iterator[Sandbox]:
+    with Sandbox(api_key=api_key) as server:
+        yield server
+
+
+@pytest.fixture
+def system(
+    pg_test_url: str, redis_url: str, sandbox: Sandbox, api_key: str, tmp_path: Path, monkeypatch
+) -> Iterator[dict[str, str]]:
+    """Env for the processes, and a clean Redis db and outbox."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    with get_engine(pg_test_url).begin() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_queues RESTART IDENTITY"
+        )
+    env = {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": pg_test_url,
+        "DISPATCHER_BROKER_URL": redis_url,
+        "ECDP_BASE_URL": sandbox.url,
+        "ECDP_API_KEY": api_key,
+        "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.5",
+    }
+    for name in ("DISPATCHER_DATABASE_URL", "DISPATCHER_BROKER_URL", "ECDP_API_KEY"):
+        monkeypatch.setenv(name, env[name])
+    from dispatcher.config import get_settings
+    from dispatcher.tasks import app
+
+    get_settings.cache_clear()
+    monkeypatch.setattr(app.conf, "broker_url", redis_url)
+    yield env
+    get_settings.cache_clear()
+
+
+def start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(predicate, what: str, limit: float = 120.0) -> None:
+    """Poll ``predicate`` (bounded); the bound is a hang guard, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def statuses(url: str) -> dict[str, int]:
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
+        return {r[0]: r[1] for r in rows}
+
+
+def test_celery_workers_deliver_each_job_exactly_once(
+    system: dict[str, str], pg_test_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    workers = [
+        start(system, "worker", "--concurrency=1", f"--hostname=w{i}@%h", log=tmp_path / f"w{i}")
+        for i in range(2)
+    ]
+    sweeper = start(system, "sweeper", log=tmp_path / "sweeper")
+    try:
+        engine = get_engine(pg_test_url)
+        for chunk in range(20):
+            with Session(engine) as session, session.begin():
+                for n in range(100):
+                    enqueue(CustomEvent(5, customer_id=chunk * 100 + n + 1), session=session)
+        wait_until(lambda: statuses(pg_test_url) == {"delivered": 2000}, "2,000 deliveries")
+    finally:
+        for proc in (*workers, sweeper):
+            stop(proc)
+    received = sorted(json.loads(b)["customerId"] for b in sandbox.bodies())
+    assert received == list(range(1, 2001))
+    logs = b"".join((tmp_path / name).read_bytes() for name in ("w0", "w1", "sweeper"))
+    assert system["ECDP_API_KEY"].encode() not in logs
+    assert b"dispatcher.deliver" in logs  # the task really ran in the Celery workers
+
+
+def test_fresh_event_is_delivered_without_waiting_for_the_sweeper(
+    system: dict[str, str], pg_test_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The after-commit signal alone delivers: no sweeper runs in this test."""
+    worker = start(system, "worker", "--concurrency=1", log=tmp_path / "w")
+    try:
+        wait_until(lambda: b"ready" in (tmp_path / "w").read_bytes(), "the worker to start")
+        with Session(get_engine(pg_test_url)) as session, session.begin():
+            enqueue(CustomEvent(6, customer_email="new@example.com"), session=session)
+        wait_until(lambda: sandbox.count(status=201) == 1, "the delivery")
+    finally:
+        stop(worker)
+    assert statuses(pg_test_url) == {"delivered": 1}
