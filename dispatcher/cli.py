@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import click
@@ -259,6 +262,341 @@ def resume(queue: str) -> None:
         signal_workers([queue])
     click.echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
 
+
+
+# --------------------------------------------------------------------------- history and admin
+# Thin wrappers over dispatcher.admin: parse options, call, print a table or JSON.
+
+
+def _parse_when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """ISO 8601 (naive = UTC) or an age (``30s``, ``15m``, ``2h``, ``7d``, ``4w``) meaning ago."""
+    from dispatcher.admin import parse_when
+
+    try:
+        return None if value is None else parse_when(value, utcnow())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    from dispatcher.admin import parse_age
+
+    try:
+        return None if value is None else parse_age(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+_TIME_HELP = "ISO 8601 (naive = UTC) or an age like 2h, 7d meaning that long ago; on created_at"
+_STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead."
+
+
+@contextlib.contextmanager
+def _admin_errors() -> Iterator[None]:
+    """AdminError naming an argument -> a usage error naming the option; others -> exit 1."""
+    from dispatcher.admin import AdminError
+
+    try:
+        yield
+    except AdminError as exc:
+        if exc.field is None:
+            fail(exc.message)
+        hint = "JOB_ID" if exc.field.startswith("job_id") else "--" + exc.field.replace("_", "-")
+        raise click.BadParameter(exc.message, param_hint=hint) from None
+    except sa.exc.SQLAlchemyError as exc:
+        fail(_db_error(exc))
+
+
+def _json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _when(value: datetime | None, *, precise: bool = False) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if precise else "%Y-%m-%d %H:%M:%S")
+
+
+def _age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s"
+    for size, unit, small, small_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "m"),
+        (60, "m", 1, "s"),
+    ):
+        if whole >= size:
+            return f"{whole // size}{unit} {whole % size // small}{small_unit}"
+    return f"{whole}s"  # pragma: no cover
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return _when(value)
+    return " ".join(str(value).split())  # one line per row, whatever the text holds
+
+
+def _print_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    right: Collection[int] = (),
+    squeeze: int | None = None,
+) -> None:
+    """Aligned columns; column ``squeeze`` (long free text) is cut with "…" to fit the terminal."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    if squeeze is not None:
+        columns = shutil.get_terminal_size((120, 24)).columns
+        others = sum(w for i, w in enumerate(widths) if i != squeeze) + 2 * (len(widths) - 1)
+        room = max(len(headers[squeeze]), 20, columns - others)
+        if widths[squeeze] > room:
+            widths[squeeze] = room
+            for r in cells:
+                if len(r[squeeze]) > room:
+                    r[squeeze] = r[squeeze][: room - 1] + "…"
+    for row in [list(headers), *cells]:
+        line = "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        click.echo(line.rstrip())
+
+
+@main.command()
+@click.option("--status", help=_STATUS_HELP)
+@click.option("--queue")
+@click.option("--event-id", type=int, help="customEventId")
+@click.option("--customer-email", help="Case-insensitive, exact.")
+@click.option("--since", callback=_parse_when, help=f"Created at or after: {_TIME_HELP}.")
+@click.option("--until", callback=_parse_when, help=f"Created before: {_TIME_HELP}.")
+@click.option("--limit", default=50, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array for scripts.")
+def history(
+    status: str | None,
+    queue: str | None,
+    event_id: int | None,
+    customer_email: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Jobs, newest first, with their state and last error (times UTC)."""
+    from dispatcher import admin
+
+    with _admin_errors():
+        found = admin.history(
+            _engine(),
+            status=status,
+            queue=queue,
+            event_id=event_id,
+            customer_email=customer_email,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+    if as_json:
+        _json([j.as_dict() for j in found])
+        return
+    if not found:
+        click.echo("no jobs match")
+        return
+    _print_table(
+        ("ID", "QUEUE", "ENDPOINT", "EVENT", "STATUS", "ATT", "CODE", "CREATED", "DELIVERED",
+         "LAST ERROR"),
+        [
+            (j.id, j.queue, j.endpoint, j.custom_event_id, j.status, j.attempts,
+             j.last_status_code, j.created_at, j.delivered_at, j.last_error)
+            for j in found
+        ],
+        right={0, 3, 5, 6},
+        squeeze=9,
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def show(job_id: str, as_json: bool) -> None:
+    """One job in full: the exact request body and every attempt with its answer."""
+    from dispatcher import admin
+
+    with _admin_errors():
+        job = admin.show(_engine(), job_id)
+    if job is None:
+        fail(f"no job {job_id}")
+    if as_json:
+        _json(job.as_dict())
+        return
+    fields = (
+        ("job", job.id),
+        ("queue", job.queue),
+        ("endpoint", job.endpoint),
+        ("custom event id", job.custom_event_id),
+        ("status", job.status),
+        ("attempts", job.attempts),
+        ("last status code", job.last_status_code),
+        ("last error", job.last_error),
+        ("created", job.created_at),
+        ("delivered", job.delivered_at),
+        ("next attempt", job.next_attempt_at if job.status in ("pending", "retrying") else None),
+        ("replays", job.replays),
+        ("replayed", job.replayed_at),
+    )
+    for label, value in fields:
+        click.echo(f"{label:<17} {_cell(value)}")
+    click.echo("\npayload (the exact body sent):")
+    click.echo(job.payload)
+    click.echo(f"\nattempts ({len(job.attempt_log)}):" if job.attempt_log else "\nno attempts yet")
+    for a in job.attempt_log:
+        code = "no answer" if a.status_code is None else f"HTTP {a.status_code}"
+        click.echo(f"#{a.number}  {_when(a.started_at, precise=True)}  {code}  "
+                   f"{a.duration_ms} ms  {a.outcome}")
+        if a.error:
+            click.echo(f"    error: {a.error}")
+        if a.response_body:
+            click.echo(f"    response: {a.response_body}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def stats(as_json: bool) -> None:
+    """Per queue: jobs by status, how long the most overdue due job has waited, pause state."""
+    from dispatcher import admin
+    from dispatcher.schema import STATUSES
+
+    with _admin_errors():
+        per_queue = admin.stats(_engine(), utcnow())
+    if as_json:
+        _json({"queues": {name: q.as_dict() for name, q in per_queue.items()}})
+        return
+    if not per_queue:
+        click.echo("no queues yet")
+        return
+    _print_table(
+        ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "PAUSED"),
+        [
+            (
+                q.name,
+                *(q.counts[s] for s in STATUSES),
+                _age_text(q.oldest_due_age_seconds),
+                f"yes, since {_when(q.paused_at)}: {q.pause_reason}" if q.paused else "no",
+            )
+            for q in per_queue.values()
+        ],
+        right=set(range(1, len(STATUSES) + 2)),
+        squeeze=len(STATUSES) + 2,
+    )
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--status", help="dead (or delivered, with --include-delivered).")
+@click.option("--queue")
+@click.option("--event-id", type=int, help="customEventId")
+@click.option("--status-code", type=int, help="The last HTTP status the job got.")
+@click.option("--since", callback=_parse_when, help=f"Created at or after: {_TIME_HELP}.")
+@click.option("--until", callback=_parse_when, help=f"Created before: {_TIME_HELP}.")
+@click.option("--include-delivered", is_flag=True, help="Also send delivered jobs again.")
+@click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def replay(
+    job_ids: tuple[str, ...],
+    status: str | None,
+    queue: str | None,
+    event_id: int | None,
+    status_code: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    include_delivered: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send dead jobs again (JOB_ID... or --status dead and filters) with a fresh attempt budget.
+
+    Their attempt history is kept and the replay is recorded on the job. Pending, in-flight and
+    retrying jobs are never touched; delivered ones only with --include-delivered.
+    """
+    from dispatcher import admin
+
+    if not job_ids and status is None:
+        raise click.UsageError("give job ids or --status dead")
+    engine = _engine()
+    with _admin_errors():
+        result = admin.replay(
+            engine,
+            job_ids=job_ids or None,
+            status=status,
+            queue=queue,
+            event_id=event_id,
+            status_code=status_code,
+            since=since,
+            until=until,
+            include_delivered=include_delivered,
+            dry_run=dry_run,
+            now=utcnow(),
+        )
+        with engine.connect() as conn:
+            paused = [q for q in result.queues if outbox.is_paused(conn, q)]
+            conn.rollback()
+    if result.count and not dry_run:
+        from dispatcher.producer import signal_workers
+
+        signal_workers(result.queues)
+    if as_json:
+        _json(result.as_dict())
+    else:
+        jobs_text = f"{result.count} job{'' if result.count == 1 else 's'}"
+        where = f" in {', '.join(result.queues)}" if result.queues else ""
+        click.echo(
+            f"would replay {jobs_text}{where} (dry run: nothing changed)"
+            if dry_run
+            else f"replayed {jobs_text}{where}"
+        )
+    for q in paused:
+        click.echo(f"note: queue {q} is paused; `dispatcher resume {q}` to deliver", err=True)
+
+
+@main.command()
+@click.option("--older-than", callback=_parse_age, required=True, help="Age like 30d (by updated_at).")
+@click.option("--status", help="Only delivered or only dead (default: both).")
+@click.option("--batch-size", default=1000, show_default=True, type=int)
+@click.option("--dry-run", is_flag=True, help="Only count; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def purge(
+    older_than: timedelta, status: str | None, batch_size: int, dry_run: bool, as_json: bool
+) -> None:
+    """Delete finished jobs (and their attempts) that finished longer ago than --older-than.
+
+    Pending, in-flight and retrying jobs are never deleted. Works in batches, one short
+    transaction each.
+    """
+    from dispatcher import admin
+
+    with _admin_errors():
+        result = admin.purge(
+            _engine(),
+            older_than=older_than,
+            status=status,
+            batch_size=batch_size,
+            dry_run=dry_run,
+            now=utcnow(),
+        )
+    if as_json:
+        _json(result.as_dict())
+    elif dry_run:
+        click.echo(
+            f"would purge {result.jobs} jobs and {result.attempts} attempts "
+            "(dry run: nothing deleted)"
+        )
+    else:
+        click.echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

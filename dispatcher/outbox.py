@@ -95,6 +95,8 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
     if all(r.dedupe_key is None for r in rows):
         if len(values) == 1:
             return [conn.execute(jobs.insert().returning(jobs.c.id), values[0]).scalar_one()]
+        if conn.dialect.driver == "psycopg":
+            return _insert_many_psycopg(conn, values)
         result = conn.execute(
             jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True), values
         )
@@ -129,6 +131,38 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
             )
         ids.append(seen[(queue, dedupe_key)])
     return ids
+
+
+_COLUMNS = (
+    "queue",
+    "endpoint",
+    "custom_event_id",
+    "customer_email",
+    "payload",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
+_PG_INSERT = (
+    f"INSERT INTO dispatcher_jobs ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
+)
+
+
+def _insert_many_psycopg(conn: sa.Connection, values: list[dict[str, Any]]) -> list[int]:
+    """psycopg's pipelined ``executemany``: about three times faster than one huge multi-VALUES
+    statement, whose placeholders psycopg would have to parse in Python. Same connection, so the
+    same transaction as the caller's."""
+    driver_conn: Any = conn.connection.driver_connection
+    ids: list[int] = []
+    with driver_conn.cursor() as cur:
+        cur.executemany(_PG_INSERT, [tuple(v[c] for c in _COLUMNS) for v in values], returning=True)
+        while True:
+            ids.append(cur.fetchone()[0])
+            if not cur.nextset():
+                return ids
 
 
 # --------------------------------------------------------------------------- delivering

@@ -2,13 +2,14 @@
 
 Given the caller's ``Session`` or ``Connection``, the job row is written inside the caller's
 transaction, so an event commits atomically with the business data or not at all. Workers are told
-that work is due only after that commit (a Session's ``after_commit`` hook); if the broker is down
-at that moment, the sweeper's next pass finds the job anyway, so a lost signal delays, never loses.
+that work is due only after that commit (a Session's ``after_commit`` hook), by a background
+thread (:mod:`dispatcher.signals`); if the broker is down at that moment, the sweeper's next pass
+finds the job anyway, so a lost signal delays, never loses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -18,15 +19,10 @@ from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
 from dispatcher.outbox import NewJob, insert_jobs
+from dispatcher.signals import signaller
 
 _PENDING_KEY = "dispatcher_pending_queues"
 MAX_DEDUPE_KEY = 255
-
-
-def _notify(queues: Iterable[str]) -> None:
-    from dispatcher.tasks import notify_due  # Celery is imported only when a signal is sent
-
-    notify_due(queues)
 
 
 def check_queue(queue: object, field: str = "queue") -> list[str]:
@@ -153,17 +149,6 @@ def _drop_signals(session: Session) -> None:
         pending.clear()
 
 
-def signal_workers(
-    queues: Iterable[str], notify: Callable[[Iterable[str]], None] = _notify
-) -> None:
-    """The row is committed; a broker hiccup must not turn that into an error for the caller."""
-    try:
-        notify(queues)
-    except Exception:  # the sweeper re-signals due jobs; log and go on
-        import logging
-
-        logging.getLogger("dispatcher").warning(
-            "could not signal workers for queues %s; the sweeper will",
-            sorted(queues),
-            exc_info=True,
-        )
+def signal_workers(queues: Iterable[str]) -> None:
+    """Tell workers that ``queues`` have work due; never raises (see :mod:`dispatcher.signals`)."""
+    signaller.request(queues)

@@ -1,4 +1,4 @@
-"""End to end through real processes: Celery workers on Redis, the sweeper, PostgreSQL, loopback HTTP.
+"""End to end through real processes: Celery workers on Redis, the sweeper, PostgreSQL, HTTP.
 
 This is the production shape (the Procfile's ``worker`` and ``sweeper`` lines) at small scale.
 """

@@ -167,21 +167,30 @@ def test_int_subclasses_are_stored_as_plain_ints() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected"),
+    ("field", "value", "expected"),
     [
-        ({"customer_email": "a" * 309 + "@example.com"}, "customer_email: at most 320 characters"),
-        ({"customer_email_md5": MD5[:31]}, "customer_email_md5: must be 32 hexadecimal (got 31)"),
-        ({"customer_email_md5": MD5 + "0"}, "customer_email_md5: must be 32 hexadecimal (got 33)"),
-        ({"customer_email_sha256": SHA256[:63]}, "customer_email_sha256: must be 64 hexadecimal"),
-        ({"customer_phone": "1" * 21}, "customer_phone: at most 20 characters (got 21)"),
-        ({"customer_crm_id": "c" * 129}, "customer_crm_id: at most 128 characters (got 129)"),
+        ("customer_email", "a" * 309 + "@example.com", "at most 320 characters (got 321)"),
+        ("customer_email_md5", MD5[:31], "must be 32 hexadecimal characters (got 31)"),
+        ("customer_email_md5", MD5 + "0", "must be 32 hexadecimal characters (got 33)"),
+        ("customer_email_sha256", SHA256[:63], "must be 64 hexadecimal characters (got 63)"),
+        ("customer_phone", "1" * 21, "at most 20 characters (got 21)"),
+        ("customer_crm_id", "c" * 129, "at most 128 characters (got 129)"),
     ],
 )
-def test_over_long_fields_are_named(overrides: dict[str, str], expected: str) -> None:
+def test_over_long_fields_are_named(field: str, value: str, expected: str) -> None:
     with pytest.raises(ValidationError) as excinfo:
-        full_custom_event(**overrides)
-    assert len(errors_of(excinfo)) == 1
-    assert errors_of(excinfo)[0].startswith(expected)
+        full_custom_event(**{field: value})
+    assert errors_of(excinfo) == (f"{field}: {expected}",)
+    # The same value in a body is named by its JSON key.
+    body = full_custom_event().to_body() | {_camel(field): value}
+    with pytest.raises(ValidationError) as excinfo:
+        event_from_body(body)
+    assert errors_of(excinfo) == (f"{_camel(field)}: {expected}",)
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
 
 
 def test_length_limits_are_inclusive() -> None:
@@ -195,9 +204,7 @@ def test_length_limits_are_inclusive() -> None:
 
 def test_exact_messages() -> None:
     with pytest.raises(ValidationError) as excinfo:
-        full_custom_event(
-            customer_email="a" * 309 + "@example.com", customer_email_md5=MD5[:31]
-        )
+        full_custom_event(customer_email="a" * 309 + "@example.com", customer_email_md5=MD5[:31])
     assert errors_of(excinfo) == (
         "customer_email: at most 320 characters (got 321)",
         "customer_email_md5: must be 32 hexadecimal characters (got 31)",
@@ -208,8 +215,9 @@ def test_exact_messages() -> None:
 def test_lengths_count_utf16_code_units() -> None:
     # 64 emoji are 128 UTF-16 code units: the most a .NET max-length of 128 lets through.
     assert full_custom_event(customer_crm_id="😀" * 64).customer_crm_id == "😀" * 64
-    with pytest.raises(ValidationError, match=r"^customer_crm_id: at most 128 characters \(got 130"):
+    with pytest.raises(ValidationError) as excinfo:
         full_custom_event(customer_crm_id="😀" * 65)
+    assert errors_of(excinfo) == ("customer_crm_id: at most 128 characters (got 130)",)
 
 
 @pytest.mark.parametrize(
@@ -507,7 +515,14 @@ def test_data_field_name_and_type_rules() -> None:
     with pytest.raises(ValidationError, match=r"^type: expected a string \(got null\)$"):
         DataField("n", None, "v")  # type: ignore[arg-type]
     assert set(DATA_FIELD_TYPES) == {
-        "String", "Text", "Number", "Money", "Date", "DateTime", "Boolean", "URL",
+        "String",
+        "Text",
+        "Number",
+        "Money",
+        "Date",
+        "DateTime",
+        "Boolean",
+        "URL",
     }
 
 

@@ -53,8 +53,10 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(st.sampled_from(BODY_KEYS) | st.text(max_size=10), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.sampled_from(BODY_KEYS) | st.text(max_size=10), inner, max_size=6)
+    ),
     max_leaves=30,
 )
 python_values = (
@@ -174,11 +176,16 @@ values_by_type: dict[str, st.SearchStrategy[Any]] = {
     "DateTime": st.datetimes(timezones=st.none() | offsets)
     | st.datetimes(timezones=st.none() | offsets).map(lambda d: d.isoformat()),
     "Boolean": st.booleans() | st.sampled_from(["true", "false", "TRUE", "False"]),
-    "URL": st.from_regex(r"https?://[a-z0-9-]{1,20}(\.[a-z]{2,6})?(:[0-9]{2,4})?(/[\w~%.-]{0,10}){0,3}", fullmatch=True),  # noqa: E501
+    "URL": st.from_regex(
+        r"https?://[a-z0-9-]{1,20}(\.[a-z]{2,6})?(:[0-9]{2,4})?(/[\w~%.-]{0,10}){0,3}",
+        fullmatch=True,
+    ),
 }
 data_fields = st.sampled_from(DATA_FIELD_TYPES).flatmap(
     lambda type_: st.builds(
-        DataField, safe_text.filter(lambda s: 0 < len(s) <= 100), st.just(type_),
+        DataField,
+        safe_text.filter(lambda s: 0 < len(s) <= 100),
+        st.just(type_),
         values_by_type[type_],
     )
 )
@@ -187,7 +194,8 @@ identifiers = st.fixed_dictionaries(
     optional={
         "customer_id": st.integers(-(2**63), 2**63 - 1),
         "customer_email": st.builds(
-            "{}@{}".format, st.text(no_space, min_size=1, max_size=64),
+            "{}@{}".format,
+            st.text(no_space, min_size=1, max_size=64),
             st.text(no_space, min_size=1, max_size=64),
         ),
         "customer_email_md5": st.text("0123456789abcdefABCDEF", min_size=32, max_size=32),
