@@ -94,7 +94,7 @@ def parse_when(text: str, now: datetime) -> datetime:
         except OverflowError:
             raise ValueError(f"too far in the past (got {text!r:.80})") from None
     try:
-        when = datetime.fromisoformat(stripped)
+        when = datetime.fromisoformat(stripped.upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise ValueError(
             "expected an ISO 8601 time (2026-11-27, 2026-11-27T10:00:00Z; naive means UTC) or "
@@ -554,9 +554,10 @@ def replay(
 def _check_replayable(
     conn: sa.Connection, ids: list[int], missing: list[str], targets: tuple[str, ...]
 ) -> None:
-    found = dict(
-        conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))).tuples().all()
-    )
+    found = {
+        r.id: r.status
+        for r in conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids)))
+    }
     problems = [f"no job {m}" for m in missing]
     for i in dict.fromkeys(ids):
         state = found.get(i)

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -44,6 +45,8 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         get_settings()
     except ConfigError as exc:
@@ -185,6 +188,10 @@ def enqueue(
         fail("invalid input:\n  " + "\n  ".join(exc.errors))
     except sa.exc.SQLAlchemyError as exc:
         fail(_db_error(exc))
+    finally:
+        from dispatcher.signals import signaller
+
+        signaller.flush()  # this process exits next: send the after-commit signal now
 
 
 def _db_error(exc: sa.exc.SQLAlchemyError) -> str:
@@ -258,10 +265,33 @@ def resume(queue: str) -> None:
         changed = outbox.resume(conn, queue, utcnow())
     if changed:
         from dispatcher.producer import signal_workers
+        from dispatcher.signals import signaller
 
         signal_workers([queue])
+        signaller.flush()  # this process exits next
     click.echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
 
+
+@main.command()
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's outbox here (default: a fresh temporary folder).",
+)
+@click.pass_context
+def demo(ctx: click.Context, workdir: Path | None) -> None:
+    """Run the whole pipeline locally against the ECDP sandbox, print the history, exit."""
+    from dispatcher.demo import run
+
+    run(workdir, show=lambda args: ctx.invoke(main.commands[args[0]], **_defaults(args)))
+
+
+def _defaults(args: list[str]) -> dict[str, object]:
+    """Parse ``[command, *options]`` into the keyword arguments ``ctx.invoke`` needs."""
+    command = main.commands[args[0]]
+    sub = command.make_context(args[0], args[1:], parent=click.get_current_context())
+    return dict(sub.params)
 
 
 # --------------------------------------------------------------------------- history and admin
@@ -314,7 +344,9 @@ def _json(value: object) -> None:
 def _when(value: datetime | None, *, precise: bool = False) -> str:
     if value is None:
         return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if precise else "%Y-%m-%d %H:%M:%S")
+    return value.astimezone(UTC).strftime(
+        "%Y-%m-%d %H:%M:%S.%f" if precise else "%Y-%m-%d %H:%M:%S"
+    )
 
 
 def _age_text(seconds: float | None) -> str:
@@ -408,11 +440,31 @@ def history(
         click.echo("no jobs match")
         return
     _print_table(
-        ("ID", "QUEUE", "ENDPOINT", "EVENT", "STATUS", "ATT", "CODE", "CREATED", "DELIVERED",
-         "LAST ERROR"),
+        (
+            "ID",
+            "QUEUE",
+            "ENDPOINT",
+            "EVENT",
+            "STATUS",
+            "ATT",
+            "CODE",
+            "CREATED",
+            "DELIVERED",
+            "LAST ERROR",
+        ),
         [
-            (j.id, j.queue, j.endpoint, j.custom_event_id, j.status, j.attempts,
-             j.last_status_code, j.created_at, j.delivered_at, j.last_error)
+            (
+                j.id,
+                j.queue,
+                j.endpoint,
+                j.custom_event_id,
+                j.status,
+                j.attempts,
+                j.last_status_code,
+                j.created_at,
+                j.delivered_at,
+                j.last_error,
+            )
             for j in found
         ],
         right={0, 3, 5, 6},
@@ -456,8 +508,10 @@ def show(job_id: str, as_json: bool) -> None:
     click.echo(f"\nattempts ({len(job.attempt_log)}):" if job.attempt_log else "\nno attempts yet")
     for a in job.attempt_log:
         code = "no answer" if a.status_code is None else f"HTTP {a.status_code}"
-        click.echo(f"#{a.number}  {_when(a.started_at, precise=True)}  {code}  "
-                   f"{a.duration_ms} ms  {a.outcome}")
+        click.echo(
+            f"#{a.number}  {_when(a.started_at, precise=True)}  {code}  "
+            f"{a.duration_ms} ms  {a.outcome}"
+        )
         if a.error:
             click.echo(f"    error: {a.error}")
         if a.response_body:
@@ -547,8 +601,12 @@ def replay(
             conn.rollback()
     if result.count and not dry_run:
         from dispatcher.producer import signal_workers
+        from dispatcher.signals import signaller
 
         signal_workers(result.queues)
+        # Publish before this short-lived process exits: at interpreter exit the background
+        # thread can no longer import Celery, and the signal would wait for the sweeper.
+        signaller.flush()
     if as_json:
         _json(result.as_dict())
     else:
@@ -564,7 +622,9 @@ def replay(
 
 
 @main.command()
-@click.option("--older-than", callback=_parse_age, required=True, help="Age like 30d (by updated_at).")
+@click.option(
+    "--older-than", callback=_parse_age, required=True, help="Age like 30d (by updated_at)."
+)
 @click.option("--status", help="Only delivered or only dead (default: both).")
 @click.option("--batch-size", default=1000, show_default=True, type=int)
 @click.option("--dry-run", is_flag=True, help="Only count; delete nothing.")
@@ -597,6 +657,7 @@ def purge(
         )
     else:
         click.echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

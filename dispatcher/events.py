@@ -434,7 +434,7 @@ class CustomEvent:
     customer_email_sha256: str | None = None
     customer_phone: str | None = None
     customer_crm_id: str | None = None
-    data_fields: tuple[DataField, ...] = ()
+    data_fields: Sequence[DataField] = ()  # stored as a tuple
 
     endpoint: ClassVar[str] = "/scenariocustomevents"
 
@@ -459,8 +459,8 @@ class SegmentEvent:
     """A custom event for every customer in the given segments."""
 
     custom_event_id: int
-    segments: tuple[int, ...]
-    data_fields: tuple[DataField, ...] = ()
+    segments: Sequence[int]  # stored as a tuple
+    data_fields: Sequence[DataField] = ()  # stored as a tuple
 
     endpoint: ClassVar[str] = "/scenariocustomevents/withsegments"
 

@@ -19,8 +19,13 @@ log = logging.getLogger("dispatcher.signals")
 
 
 class Signaller:
-    def __init__(self, send: Callable[[str], None]) -> None:
-        self._send = send
+    """``make_send`` is called once, in the first caller's thread: importing Celery from the
+    background thread could happen during interpreter shutdown, when imports that register exit
+    hooks fail."""
+
+    def __init__(self, make_send: Callable[[], Callable[[str], None]]) -> None:
+        self._make_send = make_send
+        self._send: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._busy = False
@@ -30,6 +35,8 @@ class Signaller:
 
     def request(self, queues: Iterable[str]) -> None:
         """Ask for a signal for ``queues``; returns at once."""
+        if self._send is None:
+            self._send = self._make_send()
         with self._lock:
             self._pending.update(queues)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
@@ -41,9 +48,29 @@ class Signaller:
             self._wake.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything requested so far has been published (or tried)."""
+        """Publish what is pending now, in this thread, and wait for a round in progress.
+
+        Short-lived processes (the CLI) call this before exiting; so does ``atexit``.
+        """
         with self._lock:
-            return self._wake.wait_for(lambda: not self._pending and not self._busy, timeout)
+            queues, self._pending = self._pending, set()
+        self._publish(queues)
+        with self._lock:
+            return self._wake.wait_for(lambda: not self._busy, timeout)
+
+    def _publish(self, queues: set[str]) -> None:
+        send = self._send
+        if send is None:
+            return
+        for queue in sorted(queues):
+            try:
+                send(queue)
+            except Exception:
+                log.warning(
+                    "could not signal workers for queue %s; the sweeper will",
+                    queue,
+                    exc_info=True,
+                )
 
     def _run(self) -> None:
         while True:
@@ -51,25 +78,17 @@ class Signaller:
                 self._wake.wait_for(lambda: bool(self._pending))
                 queues, self._pending = self._pending, set()
                 self._busy = True
-            for queue in sorted(queues):
-                try:
-                    self._send(queue)
-                except Exception:
-                    log.warning(
-                        "could not signal workers for queue %s; the sweeper will",
-                        queue,
-                        exc_info=True,
-                    )
+            self._publish(queues)
             with self._lock:
                 self._busy = False
                 self._wake.notify_all()
 
 
-def _send_celery(queue: str) -> None:
-    from dispatcher.tasks import notify_due  # Celery is imported only when a signal is sent
+def _celery_sender() -> Callable[[str], None]:
+    from dispatcher.tasks import notify_due  # Celery is imported only once a signal is needed
 
-    notify_due([queue])
+    return lambda queue: notify_due([queue])
 
 
-signaller = Signaller(_send_celery)
+signaller = Signaller(_celery_sender)
 atexit.register(signaller.flush)

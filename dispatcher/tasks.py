@@ -41,6 +41,13 @@ def make_celery(settings: Settings) -> Celery:
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = 3600
+    if settings.broker_url.startswith("sqla+"):
+        # The embedded broker polls its table (1 s by default). kombu's SQLAlchemy transport
+        # passes every transport option to create_engine(), so `polling_interval` cannot go
+        # through broker_transport_options; the class attribute is the one knob that works.
+        from kombu.transport.sqlalchemy import Transport
+
+        Transport.polling_interval = 0.1
     app.conf.update(
         task_default_queue=CELERY_QUEUE,
         task_acks_late=True,
