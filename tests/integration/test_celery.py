@@ -54,11 +54,16 @@ def system(
     for name in ("DISPATCHER_DATABASE_URL", "DISPATCHER_BROKER_URL", "ECDP_API_KEY"):
         monkeypatch.setenv(name, env[name])
     from dispatcher.config import get_settings
-    from dispatcher.tasks import app
+    from dispatcher.signals import signaller
+    from dispatcher.tasks import TASK_NAME, make_celery
 
     get_settings.cache_clear()
-    monkeypatch.setattr(app.conf, "broker_url", redis_url)
+    # This process's own Celery app may already be bound to the in-memory broker of other tests;
+    # after-commit signals from here go to Redis through an app made for it.
+    redis_app = make_celery(get_settings())
+    monkeypatch.setattr(signaller, "_send", lambda queue: redis_app.send_task(TASK_NAME, (queue,)))
     yield env
+    redis_app.close()
     get_settings.cache_clear()
 
 
