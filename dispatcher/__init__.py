@@ -7,7 +7,15 @@ The public surface is exactly what is listed here::
 """
 
 from dispatcher.events import CustomEvent, DataField, SegmentEvent, ValidationError
-from dispatcher.producer import enqueue, enqueue_many
+from dispatcher.producer import OutboxUnavailable, enqueue, enqueue_many
 
-__all__ = ["CustomEvent", "DataField", "SegmentEvent", "ValidationError", "enqueue", "enqueue_many"]
+__all__ = [
+    "CustomEvent",
+    "DataField",
+    "OutboxUnavailable",
+    "SegmentEvent",
+    "ValidationError",
+    "enqueue",
+    "enqueue_many",
+]
 __version__ = "0.1.0"

@@ -80,6 +80,10 @@ class Settings:
     concurrency: int = 16
     sweep_interval_seconds: float = 1.0
     response_body_limit: int = 8192
+    # The admin page / API / metrics token; without it `dispatcher web` only binds to loopback.
+    admin_token: Secret | None = None
+    # Slack-compatible incoming webhook told once per queue pause (its URL holds a secret too).
+    alert_webhook_url: Secret | None = None
 
     def api_key(self, queue: str) -> Secret | None:
         return self.api_keys.get(queue_env_suffix(queue))
@@ -112,6 +116,12 @@ class Settings:
                 raise ConfigError(f"{name}: must be at least {minimum} (got {raw!r})")
             return value
 
+        def secret(name: str, *, min_length: int = 1) -> Secret | None:
+            value = (env.get(name) or "").strip()
+            if value and len(value) < min_length:
+                raise ConfigError(f"{name}: use at least {min_length} characters")
+            return Secret(value) if value else None
+
         retry = RetryPolicy(
             base_seconds=num("DISPATCHER_RETRY_BASE_SECONDS", 1.0),
             max_seconds=num("DISPATCHER_RETRY_MAX_SECONDS", 3600.0),
@@ -135,6 +145,8 @@ class Settings:
             concurrency=int(num("DISPATCHER_CONCURRENCY", 16, minimum=1)),
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
+            admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
+            alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
         )
 
 

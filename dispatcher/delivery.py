@@ -14,9 +14,12 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
@@ -27,6 +30,28 @@ from dispatcher.outbox import AttemptResult, Claimed
 from dispatcher.policy import Outcome, decide, truncate_body
 
 log = logging.getLogger("dispatcher.delivery")
+
+T = TypeVar("T")
+DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
+
+
+def with_db_retry(fn: Callable[[], T], what: str, budget: float = DB_RETRY_SECONDS) -> T:
+    """Run a transaction, again and again while the database is unreachable or locked.
+
+    Used for the write after a batch is sent: giving up there would leave the jobs leased until
+    the lease expires and then send them a second time. Other errors are raised at once.
+    """
+    deadline = time.monotonic() + budget
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1fs", what, type(exc.orig).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 @dataclass
@@ -91,10 +116,13 @@ class Deliverer:
                 return summary
 
     def _claim(self, queue: str) -> list[Claimed]:
-        with self.engine.begin() as conn:
-            return outbox.claim(
-                conn, queue, self.settings.batch_size, utcnow(), self.settings.lease_seconds
-            )
+        def claim() -> list[Claimed]:
+            with self.engine.begin() as conn:
+                return outbox.claim(
+                    conn, queue, self.settings.batch_size, utcnow(), self.settings.lease_seconds
+                )
+
+        return with_db_retry(claim, "claim")
 
     def _deliver_batch(self, queue: str, claimed: list[Claimed], summary: DrainSummary) -> None:
         api_key = self.settings.api_key(queue)
@@ -124,10 +152,13 @@ class Deliverer:
         outcomes = list(self._pool.map(send, claimed))
         results = [r for r in outcomes if r is not None]
         unsent = [job for job, r in zip(claimed, outcomes, strict=True) if r is None]
-        with self.engine.begin() as conn:
-            now = utcnow()
-            outbox.record(conn, results, now)
-            summary.released += outbox.release(conn, unsent, now)
+        def write() -> int:
+            with self.engine.begin() as conn:
+                now = utcnow()
+                outbox.record(conn, results, now)
+                return outbox.release(conn, unsent, now)
+
+        summary.released += with_db_retry(write, "recording the batch")
         for r in results:
             summary.outcomes[r.decision.outcome.value] += 1
         if stop.is_set():

@@ -10,6 +10,7 @@ finds the job anyway, so a lost signal delays, never loses.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -22,6 +23,17 @@ from dispatcher.outbox import NewJob, insert_jobs
 from dispatcher.signals import signaller
 
 _PENDING_KEY = "dispatcher_pending_queues"
+
+
+class OutboxUnavailable(RuntimeError):
+    """The outbox database could not be reached; nothing was written."""
+
+    def __init__(self, url: sa.URL, cause: Exception) -> None:
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+        super().__init__(
+            f"could not write to the outbox at {url.render_as_string(hide_password=True)}: "
+            f"{reason}; nothing was written"
+        )
 MAX_DEDUPE_KEY = 255
 
 
@@ -112,8 +124,7 @@ def _write(rows: Sequence[NewJob], session: Session | sa.Connection | None) -> l
     queues = {r.queue for r in rows}
     now = utcnow()
     if session is None:
-        with get_engine(get_settings().database_url).begin() as conn:
-            ids = insert_jobs(conn, rows, now)
+        ids = _write_own_transaction(rows, now)
         signal_workers(queues)
         return ids
     if isinstance(session, Session):
@@ -124,6 +135,30 @@ def _write(rows: Sequence[NewJob], session: Session | sa.Connection | None) -> l
         # A Connection has no after-commit hook; the sweeper's next pass signals these jobs.
         return insert_jobs(session, rows, now)
     raise TypeError(f"session: expected a SQLAlchemy Session or Connection, got {type(session)!r}")
+
+
+def _write_own_transaction(rows: Sequence[NewJob], now: datetime) -> list[int]:
+    """Insert in a transaction of our own; database trouble becomes :class:`OutboxUnavailable`.
+
+    A pooled connection that a database restart broke fails on first use; SQLAlchemy then drops
+    the pool, so one retry of a statement that never reached COMMIT is safe and usually succeeds.
+    """
+    engine = get_engine(get_settings().database_url)
+    for attempt in (1, 2):
+        committing = False
+        try:
+            with engine.connect() as conn:
+                with conn.begin():
+                    ids = insert_jobs(conn, rows, now)
+                    committing = True
+                return ids
+        except sa.exc.DBAPIError as exc:
+            if attempt == 1 and exc.connection_invalidated and not committing:
+                continue
+            if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+                raise OutboxUnavailable(engine.url, exc) from exc
+            raise
+    raise AssertionError("unreachable")
 
 
 def _after_commit(session: Session, queues: set[str]) -> None:

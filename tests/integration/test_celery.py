@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, enqueue
 from dispatcher.db import get_engine
 from dispatcher.sandbox import Sandbox
-from dispatcher.schema import jobs
+from tests.support import start, statuses, stop, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -65,42 +61,6 @@ def system(
     yield env
     redis_app.close()
     get_settings.cache_clear()
-
-
-def start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_until(predicate, what: str, limit: float = 120.0) -> None:
-    """Poll ``predicate`` (bounded); the bound is a hang guard, not a timing assertion."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-
-
-def statuses(url: str) -> dict[str, int]:
-    with get_engine(url).connect() as conn:
-        rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
-        return {r[0]: r[1] for r in rows}
 
 
 def test_celery_workers_deliver_each_job_exactly_once(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, enqueue
 from dispatcher.db import get_engine
-
-from .test_celery import sandbox, start, statuses, stop, system, wait_until  # noqa: F401
+from tests.integration.test_celery import sandbox, system  # noqa: F401
+from tests.support import free_port, start, statuses, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRASTRUCTURE = {"postgres", "redis", "migrate"}
@@ -44,12 +43,6 @@ def test_procfile_and_compose_describe_the_same_processes() -> None:
     for name in app_services:
         depends = app_services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.postgres

@@ -1,0 +1,114 @@
+"""Helpers for tests that run the real processes: workers, the sweeper, a private Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dispatcher.db import get_engine
+from dispatcher.sandbox import Sandbox
+from dispatcher.schema import jobs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``dispatcher ARGS`` in its own process group, output appended to ``log``."""
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process and every child it forked (Celery's prefork pool)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # pool children of a killed main process
+
+
+def wait_until(predicate: Callable[[], object], what: str, limit: float = 120.0) -> None:
+    """Poll ``predicate`` (bounded); the bound is a hang guard, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def statuses(url: str) -> dict[str, int]:
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
+        return {r[0]: r[1] for r in rows}
+
+
+def settled(url: str) -> bool:
+    try:
+        return not {"pending", "in_flight", "retrying"} & set(statuses(url))
+    except sa.exc.OperationalError:  # the database is being restarted by the test
+        return False
+
+
+def worker_ready(log: Path) -> Callable[[], bool]:
+    return lambda: log.exists() and b" ready." in log.read_bytes()
+
+
+@dataclass(frozen=True)
+class Accounting:
+    enqueued: int
+    delivered: int
+    dead: int
+    sends: int
+    duplicates: int  # 2xx answers beyond the first for the same job
+
+    def __str__(self) -> str:
+        return (
+            f"enqueued={self.enqueued} delivered={self.delivered} dead={self.dead} "
+            f"sends={self.sends} duplicate deliveries={self.duplicates}"
+        )
+
+
+def account(url: str, sandbox: Sandbox, key: str = "customerId") -> Accounting:
+    """Every job is delivered or dead with a reason, and the server saw every delivered job."""
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.status, jobs.c.payload, jobs.c.last_error)).all()
+    assert {r.status for r in rows} <= {"delivered", "dead"}, Counter(r.status for r in rows)
+    assert all(r.last_error for r in rows if r.status == "dead"), "a dead job without a reason"
+    accepted = Counter(json.loads(b)[key] for b in sandbox.bodies(status=201))
+    delivered = [json.loads(r.payload)[key] for r in rows if r.status == "delivered"]
+    missing = [k for k in delivered if not accepted[k]]
+    assert not missing, f"delivered but never received: {missing[:10]}"
+    return Accounting(
+        enqueued=len(rows),
+        delivered=len(delivered),
+        dead=len(rows) - len(delivered),
+        sends=len(sandbox.requests),
+        duplicates=sum(n - 1 for n in accepted.values() if n > 1),
+    )
