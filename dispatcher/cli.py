@@ -659,5 +659,46 @@ def purge(
         click.echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
 
 
+# --------------------------------------------------------------------------- admin page and metrics
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="DISPATCHER_WEB_HOST",
+    show_envvar=True,
+    help="Anything but loopback needs DISPATCHER_ADMIN_TOKEN.",
+)
+@click.option("--port", default=8000, show_default=True, type=int)
+def web(host: str, port: int) -> None:
+    """Serve the admin page, its JSON API (/api, OpenAPI at /api/openapi.json) and /metrics."""
+    from dispatcher.web import BindError, serve
+
+    try:
+        serve(host, port, get_settings())
+    except BindError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Anything but loopback needs DISPATCHER_ADMIN_TOKEN (sent as a bearer token).",
+)
+@click.option("--port", default=9108, show_default=True, type=int)
+def metrics(host: str, port: int) -> None:
+    """Serve only the Prometheus endpoint, /metrics (for installs without the admin page)."""
+    from dispatcher.web import BindError, serve
+
+    try:
+        serve(host, port, get_settings(), pages=False)
+    except BindError as exc:
+        fail(str(exc))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -309,6 +310,12 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
     sandbox: Sandbox
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (a killed worker) is normal here, not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):

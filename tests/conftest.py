@@ -60,6 +60,7 @@ def pg_test_url() -> str:
     upgrade(test_url)
     yield test_url
     dispose_engines()
+    admin.dispose()  # a fault test may have restarted the server under the pooled connection
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()

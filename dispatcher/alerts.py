@@ -1,0 +1,90 @@
+"""Tell a person when a queue pauses: one ERROR log line and, if configured, a webhook notice.
+
+A pause is by design (a revoked key must not burn every job's attempts), so after it nothing
+happens until someone looks; this is what makes them look. The worker whose transaction flipped
+the pause switch calls :func:`notify_pause` once, after that transaction committed, so each
+pause is announced once however many workers saw the 401.
+
+Neither the log line nor the notice carries the API key: only the queue, the status code and
+the API's problem ``detail``. The webhook URL is a secret too (Slack puts its token in the
+path), so it is never logged, not even when posting to it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from dispatcher.config import Secret
+
+log = logging.getLogger("dispatcher.alerts")
+
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+_DETAIL_LIMIT = 1000
+
+
+def pause_notice(queue: str, status_code: int | None, detail: str | None) -> dict[str, Any]:
+    """The JSON posted to the webhook: Slack's ``text`` plus the same facts as fields."""
+    detail = _clip(detail)
+    cause = f"after HTTP {status_code}" if status_code is not None else "before sending"
+    text = (
+        f":rotating_light: ecdp-dispatcher: queue `{queue}` paused {cause}"
+        + (f": {detail}" if detail else "")
+        + f". Nothing is sent for it until an operator resumes it (`dispatcher resume {queue}`"
+        " or the admin page); its jobs wait."
+    )
+    return {
+        "text": text,
+        "event": "queue_paused",
+        "queue": queue,
+        "status_code": status_code,
+        "detail": detail,
+    }
+
+
+def notify_pause(
+    queue: str,
+    status_code: int | None,
+    detail: str | None,
+    *,
+    webhook_url: Secret | str | None,
+    post: Callable[..., Any] = httpx.post,
+) -> None:
+    """Log the pause at ERROR (logfmt-style, with the same fields as ``extra``) and POST the
+    notice to ``webhook_url`` if set. Never raises: an alert must not break delivery."""
+    detail = _clip(detail)
+    log.error(
+        "queue paused queue=%s status_code=%s detail=%s",
+        queue,
+        "-" if status_code is None else status_code,
+        json.dumps(detail, ensure_ascii=False),
+        extra={"queue": queue, "status_code": status_code, "detail": detail},
+    )
+    url = webhook_url.reveal() if isinstance(webhook_url, Secret) else webhook_url
+    if not url:
+        return
+    try:
+        response = post(
+            url, json=pause_notice(queue, status_code, detail), timeout=WEBHOOK_TIMEOUT_SECONDS
+        )
+        response.raise_for_status()
+    except Exception as exc:
+        # Only the exception's type and status: httpx messages contain the (secret) URL.
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        log.warning(
+            "pause alert webhook failed for queue %s: %s%s",
+            queue,
+            type(exc).__name__,
+            f" (HTTP {status})" if status is not None else "",
+        )
+
+
+def _clip(detail: str | None) -> str | None:
+    if not detail:
+        return None
+    detail = " ".join(detail.split())
+    return detail if len(detail) <= _DETAIL_LIMIT else detail[: _DETAIL_LIMIT - 1] + "…"

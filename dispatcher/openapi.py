@@ -1,0 +1,253 @@
+"""The admin API's OpenAPI description, served at ``/api/openapi.json`` by :mod:`dispatcher.web`.
+
+Written by hand (the API is five routes); the property-based test in ``tests/web`` checks the
+server against it, so the two cannot drift apart unnoticed. The limits below are the API's
+contract, and the web module enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher.config import QUEUE_NAME
+from dispatcher.schema import STATUSES
+
+PER_PAGE = 50
+MAX_PER_PAGE = 100
+MAX_PAGE = 999  # MAX_PAGE * MAX_PER_PAGE + 1 stays within admin.MAX_LIMIT
+INT32 = (-(2**31), 2**31 - 1)
+MAX_EXPECTED = 2**31
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _object(*, required: bool = True, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required else [],
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_TIME = "ISO 8601 (naive means UTC) or an age like 2h or 7d meaning that long ago; on created_at"
+_ERRORS = {
+    "400": _json(_ref("Error"), "A parameter was refused; `field` names it."),
+    "401": _json(_ref("Error"), "No or a wrong admin token."),
+}
+_FILTERS = [
+    _query("queue", {"type": "string", "pattern": QUEUE_NAME.pattern}, "Queue name."),
+    _query(
+        "event_id",
+        {"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+        "customEventId.",
+    ),
+    _query("since", {"type": "string"}, f"Created at or after: {_TIME}."),
+    _query("until", {"type": "string"}, f"Created before: {_TIME}."),
+]
+_SUMMARY: dict[str, Any] = {
+    "id": {"type": "string"},
+    "queue": {"type": "string"},
+    "endpoint": {"type": "string"},
+    "custom_event_id": {"type": "integer"},
+    "status": {"type": "string", "enum": list(STATUSES)},
+    "attempts": {"type": "integer"},
+    "last_status_code": _nullable("integer"),
+    "last_error": _nullable("string", description="Customer emails masked."),
+    "created_at": {"type": "string", "format": "date-time"},
+    "delivered_at": _nullable("string", format="date-time"),
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "ecdp-dispatcher admin API",
+        "version": "1",
+        "description": "The outbox as the admin page shows it. Every call needs "
+        "`Authorization: Bearer <DISPATCHER_ADMIN_TOKEN>`.",
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/queues": {
+            "get": {
+                "summary": "Per queue: jobs by status, oldest due age, pause state",
+                "operationId": "queues",
+                "responses": {"200": _json(_ref("Queues"), "Queues by name."), **_ERRORS},
+            }
+        },
+        "/api/queues/{queue}/resume": {
+            "post": {
+                "summary": "Resume a paused queue (its backlog goes out)",
+                "operationId": "resume",
+                "parameters": [
+                    {
+                        "name": "queue",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(queue={"type": "string"}, resumed={"type": "boolean"}),
+                        "`resumed` is false if the queue was not paused.",
+                    ),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                },
+            }
+        },
+        "/api/jobs": {
+            "get": {
+                "summary": "History: jobs matching every filter, newest first, paginated",
+                "operationId": "jobs",
+                "parameters": [
+                    _query("status", {"type": "string", "enum": list(STATUSES)}, "Job status."),
+                    *_FILTERS,
+                    _query(
+                        "customer_email", {"type": "string", "maxLength": 320}, "Exact, any case."
+                    ),
+                    _query(
+                        "page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "From 1."
+                    ),
+                    _query(
+                        "per_page",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+                        "Default 50.",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            jobs={"type": "array", "items": _ref("JobSummary")},
+                            page={"type": "integer"},
+                            per_page={"type": "integer"},
+                            has_more={"type": "boolean"},
+                        ),
+                        "One page of jobs.",
+                    ),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/api/jobs/{job_id}": {
+            "get": {
+                "summary": "One job: the exact request body and every attempt",
+                "operationId": "job",
+                "parameters": [
+                    {
+                        "name": "job_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    _query("reveal", {"type": "boolean"}, "Show customer emails unmasked."),
+                ],
+                "responses": {
+                    "200": _json(_ref("JobDetail"), "The job."),
+                    **_ERRORS,
+                    "404": _json(_ref("Error"), "No such job."),
+                },
+            }
+        },
+        "/api/dead/replay": {
+            "post": {
+                "summary": "Replay the dead jobs a filter matches (all dead jobs without one)",
+                "operationId": "replay",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("ReplayRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ReplayResult"), "Replayed (or counted, with dry_run)."),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "409": _json(_ref("Error"), "expected_count differs: nothing was replayed."),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}, "field": _nullable("string")},
+                "required": ["error"],
+            },
+            "QueueStats": _object(
+                paused={"type": "boolean"},
+                pause_reason=_nullable("string"),
+                paused_at=_nullable("string", format="date-time"),
+                counts={
+                    "type": "object",
+                    "properties": {s: {"type": "integer"} for s in STATUSES},
+                    "required": list(STATUSES),
+                },
+                oldest_due_age_seconds=_nullable("number"),
+            ),
+            "Queues": _object(
+                queues={"type": "object", "additionalProperties": _ref("QueueStats")}
+            ),
+            "JobSummary": _object(**_SUMMARY),
+            "Attempt": _object(
+                number={"type": "integer"},
+                started_at={"type": "string", "format": "date-time"},
+                status_code=_nullable("integer"),
+                duration_ms={"type": "integer"},
+                error=_nullable("string"),
+                response_body=_nullable("string"),
+                outcome={"type": "string", "enum": ["delivered", "retry", "dead", "pause"]},
+            ),
+            "JobDetail": _object(
+                **_SUMMARY,
+                payload={"type": "string", "description": "The exact body POSTed."},
+                replays={"type": "integer"},
+                replayed_at=_nullable("string", format="date-time"),
+                next_attempt_at={"type": "string", "format": "date-time"},
+                attempt_log={"type": "array", "items": _ref("Attempt")},
+            ),
+            "ReplayRequest": {
+                **_object(
+                    required=False,
+                    queue={"type": "string", "pattern": QUEUE_NAME.pattern},
+                    event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+                    since={"type": "string", "description": _TIME},
+                    until={"type": "string", "description": _TIME},
+                    dry_run={"type": "boolean", "description": "Only count."},
+                    expected_count={
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_EXPECTED,
+                        "description": "Replay only if the filter matches exactly this many.",
+                    },
+                ),
+                "additionalProperties": False,
+            },
+            "ReplayResult": _object(
+                count={"type": "integer"},
+                queues={"type": "array", "items": {"type": "string"}},
+                dry_run={"type": "boolean"},
+            ),
+        },
+    },
+}
