@@ -55,6 +55,8 @@ NAIVE_STAGING = "naive_staging"  # tasks wait here until the naive worker is rea
 BENCH_REDIS_DB = 14
 API_KEY = "bench"
 POLL = 0.05
+WARM_UP = 200  # jobs delivered before the clock starts: connections, pools, lazy imports
+NAIVE_WARM_UP = 20  # tasks, likewise (enough for every pool process with prefetch 4)
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
 sys.path[:0] = [str(REPO), str(BENCH)]
@@ -747,52 +749,67 @@ def drain_run(
 ) -> dict[str, Any]:
     """n pending jobs -> all delivered, with the Procfile's worker and sweeper.
 
-    The queue is paused while the jobs are written and the processes start, so the clock starts
-    at ``resume`` (plus the signal ``dispatcher resume`` sends) with a ready worker, and stops when
-    no job is pending, retrying or in flight.
+    As a backlog after an outage: the worker and sweeper are started and warmed up on a few jobs,
+    the queue is paused while the n jobs are written, and the clock starts at ``resume`` (plus
+    the signal ``dispatcher resume`` sends) and stops when no job is pending, retrying or in
+    flight, that is when every outcome is recorded.
     """
+    import psycopg
+
     if fresh:
         sql(db_url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
-    set_paused(db_url, True)
-    first_id = enqueue_all(db_url, events(n, tag))
-    sql(db_url, "ANALYZE dispatcher_jobs", autocommit=True)
+    set_paused(db_url, False)
     ctx.redis.flushdb()
+    enqueue_all(db_url, events(WARM_UP, f"{tag}-warm"))
     worker, sweeper = ctx.start_workers(db_url, sink.url)
+    poll = psycopg.connect(pg_dsn(db_url), autocommit=True)
     try:
-        time.sleep(0.5)  # let the pool children finish starting up
+        remaining_q = (
+            "SELECT count(*) FROM dispatcher_jobs"
+            " WHERE status IN ('pending', 'retrying', 'in_flight')"
+        )
+
+        def remaining() -> int:
+            return int(poll.execute(remaining_q).fetchone()[0])  # type: ignore[index]
+
+        deadline = time.monotonic() + 60
+        while remaining():
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"drain ({tag}): {WARM_UP} warm-up jobs not delivered in 60 s; worker log "
+                    f"{worker.log_path}:\n{worker.tail()}"
+                )
+            time.sleep(POLL)
+        set_paused(db_url, True)
+        first_id = enqueue_all(db_url, events(n, tag))
+        sql(db_url, "ANALYZE dispatcher_jobs", autocommit=True)
+        time.sleep(0.5)  # the signals for the paused queue come and go
         sampler = RssSampler(worker.pid)
         rss_ready = sampler.sample(tree_pids(worker.pid))
         sampler.start()
         sink.mark()
-        import psycopg
-
-        with psycopg.connect(pg_dsn(db_url), autocommit=True) as poll:
-            remaining_q = (
-                "SELECT count(*) FROM dispatcher_jobs"
-                " WHERE status IN ('pending', 'retrying', 'in_flight')"
-            )
-            start = time.perf_counter()
-            set_paused(db_url, False)
-            signal_queue()
-            mid = first = None
-            deadline = start + 60 + n / 50
-            while True:
-                remaining = int(poll.execute(remaining_q).fetchone()[0])  # type: ignore[index]
-                now = time.perf_counter()
-                if first is None and sink.count():
-                    first = now - start
-                if mid is None and remaining <= n // 2:
-                    mid = now
-                if remaining == 0:
-                    break
-                if now > deadline:
-                    raise BenchError(
-                        f"drain ({tag}) not done after {now - start:.0f} s: "
-                        f"{status_counts(db_url, first_id)}; worker log {worker.log_path}:\n"
-                        f"{worker.tail()}"
-                    )
-                time.sleep(POLL)
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        set_paused(db_url, False)
+        signal_queue()
+        mid = first = None
+        deadline = start + 60 + n / 50
+        while True:
+            left = remaining()
+            now = time.perf_counter()
+            if first is None and sink.count():
+                first = now - start
+            if mid is None and left <= n // 2:
+                mid = now
+            if left == 0:
+                break
+            if now > deadline:
+                raise BenchError(
+                    f"drain ({tag}) not done after {now - start:.0f} s: "
+                    f"{status_counts(db_url, first_id)}; worker log {worker.log_path}:\n"
+                    f"{worker.tail()}"
+                )
+            time.sleep(POLL)
+        elapsed = time.perf_counter() - start
         sampler.finish()
         time.sleep(0.2)
         counts = status_counts(db_url, first_id)
@@ -815,6 +832,7 @@ def drain_run(
             },
         }
     finally:
+        poll.close()
         worker.stop()
         sweeper.stop()
 
@@ -829,6 +847,8 @@ def naive_run(ctx: Ctx, sink: Sink, n: int, tag: str) -> dict[str, Any]:
     import naive
 
     ctx.redis.flushdb()
+    for e in events(NAIVE_WARM_UP, f"{tag}-warm"):  # straight to the worker's queue, untimed
+        naive.send.apply_async((e.endpoint, e.to_json()), queue=NAIVE_QUEUE)
     evs = events(n, tag)
     start = time.perf_counter()
     with naive.app.producer_or_acquire() as producer:
@@ -841,10 +861,16 @@ def naive_run(ctx: Ctx, sink: Sink, n: int, tag: str) -> dict[str, Any]:
         sys.executable, "-m", "celery", "-A", "naive", "worker", "--pool=prefork",
         f"--concurrency={concurrency}", "-Q", NAIVE_QUEUE, "--loglevel=WARNING", "-n", "naive@%h",
     ]  # fmt: skip
+    sink.mark()
     worker = Proc("naive-worker", argv, ctx.env(ctx.small_url, sink.url), ctx.logdir, cwd=BENCH)
     try:
         worker.wait_for("naive worker ready", 90)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while sink.count() < NAIVE_WARM_UP:
+            if time.monotonic() > deadline:
+                raise BenchError(f"naive celery ({tag}): warm-up tasks not done in 60 s")
+            time.sleep(POLL)
+        time.sleep(0.2)
         sink.mark()
         start = time.perf_counter()
         ctx.redis.rename(NAIVE_STAGING, NAIVE_QUEUE)
@@ -934,13 +960,21 @@ def latency_run(ctx: Ctx, seconds: float, rate: float, tag: str) -> dict[str, An
                     return arrived
                 time.sleep(0.2)
 
-        collect(produce(events(int(rate), f"{tag}-warm")))  # one second of warm-up, not counted
+        warm = produce(events(int(rate), f"{tag}-warm"))  # one second of warm-up, not counted
+        if not any(k in warm for k in collect(warm)):
+            raise BenchError(
+                f"latency ({tag}): no warm-up event reached the sink in 30 s; worker log "
+                f"{worker.log_path}:\n{worker.tail()}"
+            )
         sink.reset()
         committed = produce(events(int(seconds * rate), tag))
         arrived = collect(committed)
         lat = sorted((arrived[k] - t) * 1000 for k, t in committed.items() if k in arrived)
         if len(lat) < 2:
-            raise BenchError(f"latency ({tag}): only {len(lat)} of {len(committed)} arrived")
+            raise BenchError(
+                f"latency ({tag}): only {len(lat)} of {len(committed)} arrived; worker log "
+                f"{worker.log_path}:\n{worker.tail()}"
+            )
         q = statistics.quantiles(lat, n=100, method="inclusive")
         return {
             "n": len(committed),

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TypeVar
 
 from dispatcher.policy import RetryPolicy
 
@@ -20,6 +21,7 @@ DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
 DEFAULT_BASE_URL = "https://api.ecdp.app"
 DEFAULT_QUEUE = "default"
 
+T = TypeVar("T", int, float)
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -66,6 +68,19 @@ def queue_env_suffix(queue: str) -> str:
     return queue.upper().replace("-", "_")
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Requests per second and requests in flight for one queue across all workers (None: no
+    ceiling)."""
+
+    rate: float | None = None
+    concurrency: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.rate is not None or self.concurrency is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -77,7 +92,10 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease_seconds: float = 120.0
     batch_size: int = 100
-    concurrency: int = 16
+    worker_threads: int = 16
+    # Both by queue_env_suffix(); the key "" holds the ceiling for every queue.
+    rate_limits: Mapping[str, float] = field(default_factory=dict)
+    concurrency_limits: Mapping[str, int] = field(default_factory=dict)
     sweep_interval_seconds: float = 1.0
     response_body_limit: int = 8192
     # The admin page / API / metrics token; without it `dispatcher web` only binds to loopback.
@@ -87,6 +105,14 @@ class Settings:
 
     def api_key(self, queue: str) -> Secret | None:
         return self.api_keys.get(queue_env_suffix(queue))
+
+    def limits(self, queue: str) -> QueueLimits:
+        """The queue's ceilings, shared by every worker: ``…_<QUEUE>`` wins over the plain one."""
+        suffix = queue_env_suffix(queue)
+        return QueueLimits(
+            rate=self.rate_limits.get(suffix, self.rate_limits.get("")),
+            concurrency=self.concurrency_limits.get(suffix, self.concurrency_limits.get("")),
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -122,6 +148,17 @@ class Settings:
                 raise ConfigError(f"{name}: use at least {min_length} characters")
             return Secret(value) if value else None
 
+        def per_queue(prefix: str, kind: type[T]) -> dict[str, T]:
+            """``PREFIX`` (every queue) and ``PREFIX_<QUEUE>``; empty or 0 means no ceiling."""
+            found: dict[str, T] = {}
+            for name in env or {}:
+                if name != prefix and not name.startswith(prefix + "_"):
+                    continue
+                value = num(name, 0.0)
+                if value > 0:
+                    found[name[len(prefix) + 1 :]] = kind(value)
+            return found
+
         retry = RetryPolicy(
             base_seconds=num("DISPATCHER_RETRY_BASE_SECONDS", 1.0),
             max_seconds=num("DISPATCHER_RETRY_MAX_SECONDS", 3600.0),
@@ -142,7 +179,9 @@ class Settings:
             retry=retry,
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
             batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
-            concurrency=int(num("DISPATCHER_CONCURRENCY", 16, minimum=1)),
+            worker_threads=int(num("DISPATCHER_WORKER_THREADS", 16, minimum=1)),
+            rate_limits=per_queue("DISPATCHER_RATE_LIMIT", float),
+            concurrency_limits=per_queue("DISPATCHER_CONCURRENCY", int),
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),

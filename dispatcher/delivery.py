@@ -63,6 +63,7 @@ class DrainSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     released: int = 0
     paused: bool = False
+    cooling: bool = False  # a 429 put the queue in a cool-down: the sweeper wakes it after
     more: bool = False  # stopped for the time budget with work left: re-signal
 
     def as_dict(self) -> dict[str, object]:
@@ -72,6 +73,7 @@ class DrainSummary:
             **dict(self.outcomes),
             "released": self.released,
             "paused": self.paused,
+            "cooling": self.cooling,
             "more": self.more,
         }
 
@@ -90,10 +92,10 @@ class Deliverer:
             settings.base_url,
             timeout=settings.http_timeout_seconds,
             connect_timeout=settings.http_connect_timeout_seconds,
-            max_connections=settings.concurrency,
+            max_connections=settings.worker_threads,
             body_limit=settings.response_body_limit,
         )
-        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="ecdp-post")
+        self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="ecdp-post")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -104,23 +106,34 @@ class Deliverer:
         summary = DrainSummary(queue)
         deadline = time.monotonic() + max_seconds
         while True:
-            claimed = self._claim(queue)
-            if not claimed:
-                return summary
-            summary.batches += 1
-            self._deliver_batch(queue, claimed, summary)
-            if summary.paused:
-                return summary
+            claimed, wait = self._claim(queue)
+            if claimed:
+                summary.batches += 1
+                self._deliver_batch(queue, claimed, summary)
+                if summary.paused or summary.cooling:
+                    return summary
+            elif not wait:
+                return summary  # nothing due (or the queue is paused)
+            else:
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))  # throttled
             if time.monotonic() >= deadline:
                 summary.more = True
                 return summary
 
-    def _claim(self, queue: str) -> list[Claimed]:
-        def claim() -> list[Claimed]:
+    def _claim(self, queue: str) -> tuple[list[Claimed], float]:
+        """Lease a batch within the queue's shared ceilings. ``([], seconds)``: throttled, jobs
+        are due, ask again after that long; ``([], 0)``: nothing to do."""
+        limits = self.settings.limits(queue)
+
+        def claim() -> tuple[list[Claimed], float]:
             with self.engine.begin() as conn:
-                return outbox.claim(
-                    conn, queue, self.settings.batch_size, utcnow(), self.settings.lease_seconds
-                )
+                now = utcnow()
+                allowed, wait = outbox.admit(conn, queue, self.settings.batch_size, now, limits)
+                if not allowed:
+                    return [], (wait if outbox.has_due(conn, queue, now) else 0.0)
+                jobs = outbox.claim(conn, queue, allowed, now, self.settings.lease_seconds)
+                outbox.refund(conn, queue, allowed - len(jobs), limits)
+                return jobs, 0.0
 
         return with_db_retry(claim, "claim")
 
@@ -145,8 +158,8 @@ class Deliverer:
                 return None
             answer = self.client.post(job.endpoint, job.payload, api_key)
             result = self._judge(job, answer)
-            if result.decision.outcome is Outcome.PAUSE:
-                stop.set()
+            if result.decision.outcome is Outcome.PAUSE or answer.status_code == 429:
+                stop.set()  # send nothing more from this batch; the rest go back unsent
             return result
 
         outcomes = list(self._pool.map(send, claimed))
@@ -161,7 +174,9 @@ class Deliverer:
         summary.released += with_db_retry(write, "recording the batch")
         for r in results:
             summary.outcomes[r.decision.outcome.value] += 1
-        if stop.is_set():
+        if stop.is_set() and not any(r.decision.outcome is Outcome.PAUSE for r in results):
+            summary.cooling = True
+        elif stop.is_set():
             summary.paused = True
             pause = next(r for r in results if r.decision.outcome is Outcome.PAUSE)
             log.error(

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher.config import QueueLimits
 from dispatcher.policy import Decision, Outcome
 from dispatcher.schema import DUE_WHERE, LEASED_WHERE, attempts, jobs, queues
 
@@ -172,6 +173,92 @@ def _paused(queue: str) -> sa.Exists:
     return sa.exists().where(queues.c.name == queue, queues.c.paused.is_(True))
 
 
+def _held(queue: str, now: datetime) -> sa.Exists:
+    """Paused by an operator or a 401, or cooling down after a 429."""
+    return sa.exists().where(
+        queues.c.name == queue,
+        sa.or_(queues.c.paused.is_(True), queues.c.cooldown_until > now),
+    )
+
+
+def admit(
+    conn: sa.Connection, queue: str, want: int, now: datetime, limits: QueueLimits
+) -> tuple[int, float]:
+    """How many requests of ``queue`` this worker may start now, at most ``want``, and if none,
+    how many seconds to wait before asking again.
+
+    The ceilings hold across every worker on every machine because the state lives in the
+    queue's row and the check runs under a per-queue lock (an advisory lock on PostgreSQL; the
+    write lock on SQLite). Tokens granted but not used are given back with :func:`refund`.
+    """
+    if not limits.any:
+        return want, 0.0
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"dq:{queue}"))))
+    if limits.concurrency is not None:
+        busy = conn.execute(
+            sa.select(sa.func.count()).where(sa.text(LEASED_WHERE), jobs.c.queue == queue)
+        ).scalar_one()
+        want = min(want, limits.concurrency - busy)
+        if want <= 0:
+            return 0, 0.02
+    if limits.rate is None:
+        return want, 0.0
+    _ensure_queue_row(conn, queue, now)
+    row = conn.execute(
+        sa.select(queues.c.tokens, queues.c.tokens_at).where(queues.c.name == queue)
+    ).one()
+    burst = max(1.0, limits.rate)  # at most one second's worth at once
+    tokens = burst
+    if row.tokens is not None and row.tokens_at is not None:
+        elapsed = max(0.0, (now - row.tokens_at).total_seconds())
+        tokens = min(burst, row.tokens + elapsed * limits.rate)
+    grant = max(0, min(want, int(tokens)))
+    conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == queue)
+        .values(tokens=tokens - grant, tokens_at=now)
+    )
+    return grant, (0.0 if grant else (1.0 - tokens) / limits.rate)
+
+
+def has_due(conn: sa.Connection, queue: str, now: datetime) -> bool:
+    due = sa.select(jobs.c.id).where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
+    return bool(conn.execute(sa.select(due.exists())).scalar())
+
+
+def refund(conn: sa.Connection, queue: str, unused: int, limits: QueueLimits) -> None:
+    """Give back rate tokens that :func:`admit` granted but no due job used."""
+    if unused > 0 and limits.rate is not None:
+        conn.execute(
+            sa.update(queues)
+            .where(queues.c.name == queue)
+            .values(tokens=queues.c.tokens + unused)
+        )
+
+
+def _ensure_queue_row(conn: sa.Connection, queue: str, now: datetime) -> None:
+    conn.execute(
+        _insert_for(conn.dialect.name)(queues)
+        .values(name=queue, paused=False, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+
+
+def cool_down(conn: sa.Connection, queue: str, until: datetime, now: datetime) -> None:
+    """After a 429, no worker claims from ``queue`` before ``until``: the whole queue slows down,
+    not only the job that was refused."""
+    _ensure_queue_row(conn, queue, now)
+    conn.execute(
+        sa.update(queues)
+        .where(
+            queues.c.name == queue,
+            sa.or_(queues.c.cooldown_until.is_(None), queues.c.cooldown_until < until),
+        )
+        .values(cooldown_until=until, updated_at=now)
+    )
+
+
 def claim(
     conn: sa.Connection, queue: str, limit: int, now: datetime, lease_seconds: float
 ) -> list[Claimed]:
@@ -192,7 +279,7 @@ def claim(
     )
     stmt = (
         sa.update(jobs)
-        .where(jobs.c.id.in_(due), ~_paused(queue))
+        .where(jobs.c.id.in_(due), ~_held(queue, now))
         .values(
             status="in_flight",
             lease_token=token,
@@ -275,6 +362,8 @@ def record(conn: sa.Connection, results: Sequence[AttemptResult], now: datetime)
     for r in results:
         if r.decision.outcome is Outcome.PAUSE:
             pause(conn, r.job.queue, r.decision.reason or "paused by the API's answer", now)
+        elif r.status_code == 429 and r.decision.delay_seconds:
+            cool_down(conn, r.job.queue, now + timedelta(seconds=r.decision.delay_seconds), now)
     return int(updated)
 
 
@@ -316,7 +405,13 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
     Walks the distinct queue names with one index seek each (a "loose index scan"), so the cost
     grows with the number of queues, not with the number of waiting jobs.
     """
-    paused = set(conn.execute(sa.select(queues.c.name).where(queues.c.paused.is_(True))).scalars())
+    paused = set(
+        conn.execute(
+            sa.select(queues.c.name).where(
+                sa.or_(queues.c.paused.is_(True), queues.c.cooldown_until > now)
+            )
+        ).scalars()
+    )
     found: list[str] = []
     last: str | None = None
     while True:

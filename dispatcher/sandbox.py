@@ -119,6 +119,8 @@ class Sandbox:
         self.fail_ratio = 0.0
         self.fail_status = 503
         self.requests: list[Received] = []
+        self.in_flight = 0  # requests being answered right now
+        self.max_in_flight = 0  # the most at any moment: for concurrency ceilings in tests
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._scripts: dict[int, deque[Reply]] = {}
@@ -362,6 +364,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._send(_problem(exc.status, path, _phrase(exc.status), str(exc)), head=False)
             return
+        with sandbox._lock:
+            sandbox.in_flight += 1
+            sandbox.max_in_flight = max(sandbox.max_in_flight, sandbox.in_flight)
+        try:
+            self._answer(sandbox, path, headers, body)
+        finally:
+            with sandbox._lock:
+                sandbox.in_flight -= 1
+
+    def _answer(self, sandbox: Sandbox, path: str, headers: dict[str, str], body: bytes) -> None:
         try:
             answer, event_id = sandbox._decide(self.command, path, headers, body)
         except Exception:

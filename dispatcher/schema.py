@@ -106,4 +106,9 @@ queues = sa.Table(
     sa.Column("pause_reason", sa.Text),
     sa.Column("paused_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Throttling shared by all workers (DISPATCHER_RATE_LIMIT): a token bucket ...
+    sa.Column("tokens", sa.Float),
+    sa.Column("tokens_at", UTCDateTime),
+    # ... and a pause of the whole queue after a 429 (its Retry-After or the backoff).
+    sa.Column("cooldown_until", UTCDateTime),
 )

@@ -114,16 +114,18 @@ class Gate:
         )
 
     def new_session(self) -> str:
-        expires = int(self._clock()) + SESSION_SECONDS
-        return f"{expires}.{self._sign(f'session.{expires}')}"
+        """``expires.nonce.signature``: unique per login, so each has its own CSRF token."""
+        body = f"{int(self._clock()) + SESSION_SECONDS}.{secrets.token_hex(8)}"
+        return f"{body}.{self._sign(f'session.{body}')}"
 
     def session_ok(self, cookie: str | None) -> bool:
-        expires, _, signature = (cookie or "").partition(".")
+        body, _, signature = (cookie or "").rpartition(".")
+        expires = body.partition(".")[0]
         return (
             expires.isascii()
             and expires.isdigit()
             and int(expires) > self._clock()
-            and hmac.compare_digest(signature.encode(), self._sign(f"session.{expires}").encode())
+            and hmac.compare_digest(signature.encode(), self._sign(f"session.{body}").encode())
         )
 
     def who(self, request: Request) -> str | None:

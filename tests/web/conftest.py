@@ -1,0 +1,198 @@
+"""Fixtures for the admin page, its API and the metrics: an outbox that has really been through
+delivery, an app over it, a live server on loopback and (where installed) headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from starlette.applications import Starlette
+
+from dispatcher import CustomEvent, SegmentEvent, enqueue, enqueue_many
+from dispatcher.config import Secret, Settings
+from dispatcher.db import utcnow
+from dispatcher.delivery import Deliverer
+from dispatcher.policy import RetryPolicy
+from dispatcher.sandbox import Reply, Sandbox
+from dispatcher.schema import jobs
+from dispatcher.web import create_app
+from tests.conftest import require
+
+TOKEN = "web-test-token-0123456789"
+PROBLEM_400 = {
+    "title": "One or more validation errors occurred.",
+    "status": 400,
+    "detail": "Customer not found",
+    "errors": ["customerEmail: no such customer ghost@example.com"],
+}
+
+
+@dataclasses.dataclass
+class Outbox:
+    """Job ids by what happened to them."""
+
+    anna: str  # event 101, delivered
+    ghost: str  # event 102, 400 -> dead
+    outage: list[str]  # event 103, 503 twice -> dead (max attempts 2)
+    other_dead: str  # event 104, 400 -> dead
+    flaky: str  # event 105, 500 then 201 -> delivered
+    segment: str  # event 106, delivered
+    eu: list[str]  # queue eu-shop: its key was revoked (401), so the queue paused; pending
+
+
+def settle(deliverer: Deliverer, engine: sa.Engine, queue: str = "default") -> None:
+    """Deliver until nothing of ``queue`` waits (following the outbox's own schedule)."""
+    for _ in range(400):
+        deliverer.drain(queue)
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
+                    jobs.c.queue == queue, jobs.c.status.in_(("pending", "retrying", "in_flight"))
+                )
+            ).scalar()
+        if waiting is None:
+            return
+        threading.Event().wait(max(0.0, min(0.2, (waiting - utcnow()).total_seconds())))
+    raise AssertionError("jobs did not settle")
+
+
+@pytest.fixture
+def signalled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Queues the site signalled to workers (instead of publishing to the broker)."""
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        "dispatcher.producer.signal_workers", lambda qs: calls.append(tuple(sorted(qs)))
+    )
+    return calls
+
+
+@pytest.fixture
+def outbox(settings: Settings, engine: sa.Engine, api_key: str) -> Outbox:
+    with Sandbox(api_key=api_key) as sandbox:
+        sandbox.script(102, Reply(400, PROBLEM_400))
+        sandbox.script(103, *[Reply(503)] * 6)
+        sandbox.script(104, Reply(400, PROBLEM_400))
+        sandbox.script(105, Reply(500))
+        ids = [
+            enqueue(CustomEvent(101, customer_email="Anna.Smith@Example.com")),
+            enqueue(CustomEvent(102, customer_email="ghost@example.com")),
+            *enqueue_many([CustomEvent(103, customer_id=n) for n in range(3)]),
+            enqueue(CustomEvent(104, customer_id=9)),
+            enqueue(CustomEvent(105, customer_id=8)),
+            enqueue(SegmentEvent(106, [1, 5, 15])),
+        ]
+        revoked = {**settings.api_keys, "EU_SHOP": Secret("revoked-key")}
+        deliverer = Deliverer(
+            dataclasses.replace(
+                settings,
+                api_keys=revoked,
+                base_url=sandbox.url,
+                retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
+                http_timeout_seconds=5.0,
+            )
+        )
+        try:
+            settle(deliverer, engine)
+            eu = enqueue_many(
+                [CustomEvent(201, customer_email=f"eu{n}@example.com") for n in range(3)],
+                queue="eu-shop",
+            )
+            deliverer.drain("eu-shop")  # 401: the queue pauses
+        finally:
+            deliverer.close()
+    return Outbox(ids[0], ids[1], ids[2:5], ids[5], ids[6], ids[7], eu)
+
+
+@pytest.fixture
+def app(settings: Settings, engine: sa.Engine) -> Starlette:
+    return create_app(dataclasses.replace(settings, admin_token=Secret(TOKEN)), engine=engine)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Starlette], str]]:
+    """Serve an app with uvicorn on a free loopback port, in a thread; returns its URL."""
+    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
+
+    def start(app: Starlette) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread, sock))
+        for _ in range(200):
+            if server.started:
+                return f"http://127.0.0.1:{sock.getsockname()[1]}"
+            threading.Event().wait(0.05)
+        raise AssertionError("uvicorn did not start")
+
+    yield start
+    for server, thread, sock in running:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def site(app: Starlette, serve: Callable[[Starlette], str]) -> str:
+    """The URL of ``app`` (token ``TOKEN``) served on loopback."""
+    return serve(app)
+
+
+@pytest.fixture
+def client(site: str) -> Iterator[httpx.Client]:
+    """Not logged in: pass ``headers=AUTH``, or log in through the form."""
+    with httpx.Client(base_url=site, follow_redirects=False, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Headless Chromium from Debian's packages (``chromium``, ``chromium-driver``), driven by
+    Selenium; never a downloaded browser. Skipped when absent, except under CI."""
+    browser = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    require(
+        browser and driver_path and "found",
+        "Chromium (apt-get install chromium chromium-driver)",
+    )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(browser)
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,860",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(driver_path)))
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def screenshot_dir() -> Path | None:
+    """Where to (re)write the README's screenshots: set ``SCREENSHOTS_DIR=docs`` to refresh."""
+    value = os.environ.get("SCREENSHOTS_DIR")
+    return Path(value) if value else None
