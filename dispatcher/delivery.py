@@ -11,11 +11,10 @@ unsent, so each worker sends at most its in-flight requests after the key stops 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
-from dispatcher.config import Settings, queue_env_suffix
+from dispatcher.config import Secret, Settings, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient
 from dispatcher.outbox import AttemptResult, Claimed
@@ -65,6 +64,7 @@ class DrainSummary:
     paused: bool = False
     cooling: bool = False  # a 429 put the queue in a cool-down: the sweeper wakes it after
     more: bool = False  # stopped for the time budget with work left: re-signal
+    pause: AttemptResult | None = field(default=None, repr=False)  # the answer that paused
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -102,23 +102,67 @@ class Deliverer:
         self.client.close()
 
     def drain(self, queue: str, *, max_seconds: float = 10.0) -> DrainSummary:
-        """Deliver due jobs of ``queue`` until none is due, the queue pauses, or time is up."""
+        """Deliver due jobs of ``queue`` until none is due, the queue pauses, or time is up.
+
+        A pipeline, not lock-step batches: up to ``worker_threads`` requests stay in flight
+        while the next batch is claimed and finished ones are recorded, so a slow API costs
+        latency, not throughput.
+        """
         summary = DrainSummary(queue)
+        api_key = self.settings.api_key(queue)
+        if api_key is None:
+            self._pause_without_key(queue, summary)
+            return summary
+        threads = self.settings.worker_threads
         deadline = time.monotonic() + max_seconds
+        inbox: deque[Claimed] = deque()  # leased, not yet sent
+        running: dict[Future[AttemptResult], Claimed] = {}
+        done: list[AttemptResult] = []
+        stop = False  # a 401/403 or 429 answered: send nothing more
+        exhausted = False  # nothing more was due at the last claim
+
         while True:
-            claimed, wait = self._claim(queue)
-            if claimed:
-                summary.batches += 1
-                self._deliver_batch(queue, claimed, summary)
-                if summary.paused or summary.cooling:
-                    return summary
-            elif not wait:
-                return summary  # nothing due (or the queue is paused)
-            else:
-                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))  # throttled
-            if time.monotonic() >= deadline:
-                summary.more = True
-                return summary
+            while not stop and len(running) < threads:
+                if not inbox and not exhausted and time.monotonic() < deadline:
+                    if done:  # recorded jobs stop counting against the in-flight ceiling
+                        self._record(done, [], summary)
+                        done = []
+                    claimed, throttled_for = self._claim(queue)
+                    if claimed:
+                        summary.batches += 1
+                        inbox.extend(claimed)
+                    elif not throttled_for:
+                        exhausted = True
+                    elif not running:  # throttled with nothing else to do
+                        time.sleep(min(throttled_for, max(0.0, deadline - time.monotonic())))
+                        continue
+                    else:
+                        break  # throttled: collect what is in flight first
+                if not inbox:
+                    break
+                job = inbox.popleft()
+                running[self._pool.submit(self._send, job, api_key)] = job
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                result = future.result()
+                done.append(result)
+                stop = stop or result.decision.outcome is Outcome.PAUSE
+                stop = stop or result.status_code == 429
+            if len(done) >= self.settings.batch_size:
+                self._record(done, [], summary)
+                done = []
+
+        self._record(done, list(inbox), summary)  # inbox: left unsent by a stop or the deadline
+        summary.more = not exhausted and not stop
+        if stop:
+            self._report_stop(queue, summary)
+        return summary
+
+    def _send(self, job: Claimed, api_key: Secret) -> AttemptResult:
+        return self._judge(job, self.client.post(job.endpoint, job.payload, api_key))
 
     def _claim(self, queue: str) -> tuple[list[Claimed], float]:
         """Lease a batch within the queue's shared ceilings. ``([], seconds)``: throttled, jobs
@@ -137,34 +181,13 @@ class Deliverer:
 
         return with_db_retry(claim, "claim")
 
-    def _deliver_batch(self, queue: str, claimed: list[Claimed], summary: DrainSummary) -> None:
-        api_key = self.settings.api_key(queue)
-        if api_key is None:
-            reason = f"no API key configured (set ECDP_API_KEY_{queue_env_suffix(queue)})"
-            if queue == "default":
-                reason = "no API key configured (set ECDP_API_KEY)"
-            with self.engine.begin() as conn:
-                now = utcnow()
-                summary.released += outbox.release(conn, claimed, now)
-                outbox.pause(conn, queue, reason, now)
-            log.error("queue paused: %s", reason, extra={"queue": queue})
-            summary.paused = True
+    def _record(
+        self, results: list[AttemptResult], unsent: list[Claimed], summary: DrainSummary
+    ) -> None:
+        """One transaction: every attempt and each job's new state; unsent jobs go back."""
+        if not results and not unsent:
             return
 
-        stop = threading.Event()
-
-        def send(job: Claimed) -> AttemptResult | None:
-            if stop.is_set():
-                return None
-            answer = self.client.post(job.endpoint, job.payload, api_key)
-            result = self._judge(job, answer)
-            if result.decision.outcome is Outcome.PAUSE or answer.status_code == 429:
-                stop.set()  # send nothing more from this batch; the rest go back unsent
-            return result
-
-        outcomes = list(self._pool.map(send, claimed))
-        results = [r for r in outcomes if r is not None]
-        unsent = [job for job, r in zip(claimed, outcomes, strict=True) if r is None]
         def write() -> int:
             with self.engine.begin() as conn:
                 now = utcnow()
@@ -174,18 +197,34 @@ class Deliverer:
         summary.released += with_db_retry(write, "recording the batch")
         for r in results:
             summary.outcomes[r.decision.outcome.value] += 1
-        if stop.is_set() and not any(r.decision.outcome is Outcome.PAUSE for r in results):
-            summary.cooling = True
-        elif stop.is_set():
-            summary.paused = True
-            pause = next(r for r in results if r.decision.outcome is Outcome.PAUSE)
-            log.error(
-                "queue %s paused after HTTP %s: %s",
-                queue,
-                pause.status_code,
-                pause.decision.reason,
-                extra={"queue": queue, "status_code": pause.status_code},
-            )
+            if r.decision.outcome is Outcome.PAUSE and summary.pause is None:
+                summary.pause = r
+
+    def _report_stop(self, queue: str, summary: DrainSummary) -> None:
+        if summary.pause is None:
+            summary.cooling = True  # a 429: the queue's cool-down is in its row
+            return
+        summary.paused = True
+        log.error(
+            "queue %s paused after HTTP %s: %s",
+            queue,
+            summary.pause.status_code,
+            summary.pause.decision.reason,
+            extra={"queue": queue, "status_code": summary.pause.status_code},
+        )
+
+    def _pause_without_key(self, queue: str, summary: DrainSummary) -> None:
+        """Nothing can be sent for a queue without a key: pause it (if it has work) and say why."""
+        reason = f"no API key configured (set ECDP_API_KEY_{queue_env_suffix(queue)})"
+        if queue == "default":
+            reason = "no API key configured (set ECDP_API_KEY)"
+        with self.engine.begin() as conn:
+            now = utcnow()
+            if not outbox.has_due(conn, queue, now):
+                return
+            outbox.pause(conn, queue, reason, now)
+        log.error("queue %s paused: %s", queue, reason, extra={"queue": queue})
+        summary.paused = True
 
     def _judge(self, job: Claimed, answer: Answer) -> AttemptResult:
         decision = decide(

@@ -294,6 +294,78 @@ def claim(
     return claimed
 
 
+_RECORD_JOB = (
+    sa.update(jobs)
+    .where(
+        jobs.c.id == sa.bindparam("b_id"),
+        jobs.c.lease_token == sa.bindparam("b_token"),
+        jobs.c.status == "in_flight",
+    )
+    .values(
+        status=sa.bindparam("b_status"),
+        attempts=jobs.c.attempts + sa.bindparam("b_inc", type_=sa.Integer),
+        next_attempt_at=sa.bindparam("b_next", type_=jobs.c.next_attempt_at.type),
+        last_status_code=sa.bindparam("b_code", type_=sa.Integer),
+        last_error=sa.bindparam("b_error", type_=sa.Text),
+        delivered_at=sa.bindparam("b_delivered", type_=jobs.c.delivered_at.type),
+        lease_token=None,
+        lease_expires_at=None,
+    )
+)
+
+# PostgreSQL: the whole batch in one statement, its rows passed as arrays (16 parameters however
+# large the batch), so neither a round trip per row nor a statement with thousands of
+# placeholders for the driver to parse.
+_RECORD_PG = sa.text(
+    """
+    WITH inserted AS (
+        INSERT INTO dispatcher_attempts
+            (job_id, started_at, duration_ms, status_code, error, response_body, outcome, counted)
+        SELECT * FROM unnest(
+            CAST(:a_job AS bigint[]), CAST(:a_started AS timestamptz[]), CAST(:a_dur AS int[]),
+            CAST(:a_code AS int[]), CAST(:a_error AS text[]), CAST(:a_body AS text[]),
+            CAST(:a_outcome AS text[]), CAST(:a_counted AS boolean[]))
+    ), r AS (
+        SELECT * FROM unnest(
+            CAST(:b_id AS bigint[]), CAST(:b_token AS text[]), CAST(:b_status AS text[]),
+            CAST(:b_inc AS int[]), CAST(:b_next AS timestamptz[]), CAST(:b_code AS int[]),
+            CAST(:b_error AS text[]), CAST(:b_delivered AS timestamptz[]))
+            AS r(id, token, status, inc, next_at, code, error, delivered_at)
+    )
+    UPDATE dispatcher_jobs AS j
+    SET status = r.status, attempts = j.attempts + r.inc, next_attempt_at = r.next_at,
+        last_status_code = r.code, last_error = r.error, delivered_at = r.delivered_at,
+        lease_token = NULL, lease_expires_at = NULL, updated_at = :now
+    FROM r
+    WHERE j.id = r.id AND j.lease_token = r.token AND j.status = 'in_flight'
+    """
+)
+_ATTEMPT_ARRAYS = {
+    "a_job": "job_id",
+    "a_started": "started_at",
+    "a_dur": "duration_ms",
+    "a_code": "status_code",
+    "a_error": "error",
+    "a_body": "response_body",
+    "a_outcome": "outcome",
+    "a_counted": "counted",
+}
+
+
+def _record_pg(
+    conn: sa.Connection,
+    attempt_rows: list[dict[str, Any]],
+    job_rows: list[dict[str, Any]],
+    now: datetime,
+) -> int:
+    params: dict[str, Any] = {"now": now}
+    for name, column in _ATTEMPT_ARRAYS.items():
+        params[name] = [row[column] for row in attempt_rows]
+    for name in job_rows[0]:
+        params[name] = [row[name] for row in job_rows]
+    return int(conn.execute(_RECORD_PG, params).rowcount)
+
+
 _STATUS_AFTER = {
     Outcome.DELIVERED: "delivered",
     Outcome.RETRY: "retrying",
@@ -311,54 +383,37 @@ def record(conn: sa.Connection, results: Sequence[AttemptResult], now: datetime)
     """
     if not results:
         return 0
-    conn.execute(
-        attempts.insert(),
-        [
-            {
-                "job_id": r.job.id,
-                "started_at": r.started_at,
-                "duration_ms": r.duration_ms,
-                "status_code": r.status_code,
-                "error": r.error,
-                "response_body": r.response_body,
-                "outcome": r.decision.outcome.value,
-                "counted": r.decision.counts,
-            }
-            for r in results
-        ],
-    )
-    updated = conn.execute(
-        sa.update(jobs)
-        .where(
-            jobs.c.id == sa.bindparam("b_id"),
-            jobs.c.lease_token == sa.bindparam("b_token"),
-            jobs.c.status == "in_flight",
-        )
-        .values(
-            status=sa.bindparam("b_status"),
-            attempts=jobs.c.attempts + sa.bindparam("b_inc", type_=sa.Integer),
-            next_attempt_at=sa.bindparam("b_next", type_=jobs.c.next_attempt_at.type),
-            last_status_code=sa.bindparam("b_code", type_=sa.Integer),
-            last_error=sa.bindparam("b_error", type_=sa.Text),
-            delivered_at=sa.bindparam("b_delivered", type_=jobs.c.delivered_at.type),
-            lease_token=None,
-            lease_expires_at=None,
-            updated_at=now,
-        ),
-        [
-            {
-                "b_id": r.job.id,
-                "b_token": r.job.lease_token,
-                "b_status": _STATUS_AFTER[r.decision.outcome],
-                "b_inc": 1 if r.decision.counts else 0,
-                "b_next": now + timedelta(seconds=r.decision.delay_seconds or 0.0),
-                "b_code": r.status_code,
-                "b_error": r.decision.reason,
-                "b_delivered": now if r.decision.outcome is Outcome.DELIVERED else None,
-            }
-            for r in results
-        ],
-    ).rowcount
+    attempt_rows = [
+        {
+            "job_id": r.job.id,
+            "started_at": r.started_at,
+            "duration_ms": r.duration_ms,
+            "status_code": r.status_code,
+            "error": r.error,
+            "response_body": r.response_body,
+            "outcome": r.decision.outcome.value,
+            "counted": r.decision.counts,
+        }
+        for r in results
+    ]
+    job_rows = [
+        {
+            "b_id": r.job.id,
+            "b_token": r.job.lease_token,
+            "b_status": _STATUS_AFTER[r.decision.outcome],
+            "b_inc": 1 if r.decision.counts else 0,
+            "b_next": now + timedelta(seconds=r.decision.delay_seconds or 0.0),
+            "b_code": r.status_code,
+            "b_error": r.decision.reason,
+            "b_delivered": now if r.decision.outcome is Outcome.DELIVERED else None,
+        }
+        for r in results
+    ]
+    if conn.dialect.name == "postgresql":
+        updated = _record_pg(conn, attempt_rows, job_rows, now)
+    else:
+        conn.execute(attempts.insert(), attempt_rows)
+        updated = conn.execute(_RECORD_JOB.values(updated_at=now), job_rows).rowcount
     for r in results:
         if r.decision.outcome is Outcome.PAUSE:
             pause(conn, r.job.queue, r.decision.reason or "paused by the API's answer", now)
