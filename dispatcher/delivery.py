@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
+from dispatcher.alerts import notify_pause
 from dispatcher.config import Secret, Settings, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient
@@ -87,6 +88,7 @@ class Deliverer:
         client: EcdpClient | None = None,
     ) -> None:
         self.settings = settings
+        self.webhook = settings.alert_webhook_url
         self.engine = engine or get_engine(settings.database_url)
         self.client = client or EcdpClient(
             settings.base_url,
@@ -188,13 +190,16 @@ class Deliverer:
         if not results and not unsent:
             return
 
-        def write() -> int:
+        def write() -> tuple[dict[str, AttemptResult], int]:
             with self.engine.begin() as conn:
                 now = utcnow()
-                outbox.record(conn, results, now)
-                return outbox.release(conn, unsent, now)
+                paused = outbox.record(conn, results, now)
+                return paused, outbox.release(conn, unsent, now)
 
-        summary.released += with_db_retry(write, "recording the batch")
+        paused, released = with_db_retry(write, "recording the batch")
+        summary.released += released
+        for queue, r in paused.items():  # committed: announce each new pause once
+            notify_pause(queue, r.status_code, r.decision.reason, webhook_url=self.webhook)
         for r in results:
             summary.outcomes[r.decision.outcome.value] += 1
             if r.decision.outcome is Outcome.PAUSE and summary.pause is None:
@@ -203,15 +208,8 @@ class Deliverer:
     def _report_stop(self, queue: str, summary: DrainSummary) -> None:
         if summary.pause is None:
             summary.cooling = True  # a 429: the queue's cool-down is in its row
-            return
-        summary.paused = True
-        log.error(
-            "queue %s paused after HTTP %s: %s",
-            queue,
-            summary.pause.status_code,
-            summary.pause.decision.reason,
-            extra={"queue": queue, "status_code": summary.pause.status_code},
-        )
+        else:
+            summary.paused = True  # announced by _record if this worker paused it
 
     def _pause_without_key(self, queue: str, summary: DrainSummary) -> None:
         """Nothing can be sent for a queue without a key: pause it (if it has work) and say why."""
@@ -222,8 +220,9 @@ class Deliverer:
             now = utcnow()
             if not outbox.has_due(conn, queue, now):
                 return
-            outbox.pause(conn, queue, reason, now)
-        log.error("queue %s paused: %s", queue, reason, extra={"queue": queue})
+            changed = outbox.pause(conn, queue, reason, now)
+        if changed:
+            notify_pause(queue, None, reason, webhook_url=self.webhook)
         summary.paused = True
 
     def _judge(self, job: Claimed, answer: Answer) -> AttemptResult:

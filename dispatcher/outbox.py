@@ -374,15 +374,19 @@ _STATUS_AFTER = {
 }
 
 
-def record(conn: sa.Connection, results: Sequence[AttemptResult], now: datetime) -> int:
+def record(
+    conn: sa.Connection, results: Sequence[AttemptResult], now: datetime
+) -> dict[str, AttemptResult]:
     """Write each attempt and the job's new state; pause queues that answered 401/403.
 
     A job whose lease was lost (the sweeper returned it after expiry and another worker holds it)
-    still gets its attempt row, but its state is left to the current holder. Returns how many jobs
-    changed state.
+    still gets its attempt row, but its state is left to the current holder. Returns the queues
+    this call paused (they were not paused before), each with the answer that paused it, so the
+    caller can announce each pause exactly once.
     """
+    newly_paused: dict[str, AttemptResult] = {}
     if not results:
-        return 0
+        return newly_paused
     attempt_rows = [
         {
             "job_id": r.job.id,
@@ -410,16 +414,18 @@ def record(conn: sa.Connection, results: Sequence[AttemptResult], now: datetime)
         for r in results
     ]
     if conn.dialect.name == "postgresql":
-        updated = _record_pg(conn, attempt_rows, job_rows, now)
+        _record_pg(conn, attempt_rows, job_rows, now)
     else:
         conn.execute(attempts.insert(), attempt_rows)
-        updated = conn.execute(_RECORD_JOB.values(updated_at=now), job_rows).rowcount
+        conn.execute(_RECORD_JOB.values(updated_at=now), job_rows)
     for r in results:
-        if r.decision.outcome is Outcome.PAUSE:
-            pause(conn, r.job.queue, r.decision.reason or "paused by the API's answer", now)
+        if r.decision.outcome is Outcome.PAUSE and r.job.queue not in newly_paused:
+            reason = r.decision.reason or "paused by the API's answer"
+            if pause(conn, r.job.queue, reason, now):
+                newly_paused[r.job.queue] = r
         elif r.status_code == 429 and r.decision.delay_seconds:
             cool_down(conn, r.job.queue, now + timedelta(seconds=r.decision.delay_seconds), now)
-    return int(updated)
+    return newly_paused
 
 
 def release(conn: sa.Connection, claimed: Iterable[Claimed], now: datetime) -> int:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import time
@@ -56,6 +57,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_BODY_BYTES = 64 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("dispatcher.web")
 
 
 class BindError(RuntimeError):
@@ -245,10 +247,21 @@ def _int(name: str, text: str, low: int, high: int) -> int:
     return value
 
 
-def parse_filters(params: Mapping[str, str], allowed: tuple[str, ...], now: datetime) -> Filters:
-    """Query parameters -> :class:`Filters`; empty values mean "not given". Raises AdminError."""
-    form = {k: params[k].strip() for k in allowed if params.get(k, "").strip()}
+def parse_filters(
+    params: Mapping[str, str], allowed: tuple[str, ...], now: datetime, *, api: bool = False
+) -> Filters:
+    """Query parameters -> :class:`Filters`; raises AdminError naming the parameter. Pages send
+    every field of their form, so there an empty value means "not given"; the API refuses it."""
+    if api:
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise admin.AdminError(unknown[0][:40], "unknown parameter")
+        form = {k: params[k] for k in allowed if k in params}
+    else:
+        form = {k: params[k].strip() for k in allowed if params.get(k, "").strip()}
     for name, text in form.items():
+        if not text:
+            raise admin.AdminError(name, "empty (leave the parameter out instead)")
         if any(ord(c) < 32 for c in text):
             raise admin.AdminError(name, "control characters are not allowed")
     values: dict[str, Any] = {}
@@ -316,6 +329,7 @@ class Site:
         with self.engine.begin() as conn:
             changed = outbox.resume(conn, queue, utcnow())
         if changed:
+            log.info("admin: resumed queue %s", queue, extra={"queue": queue})
             producer.signal_workers([queue])
             self.metrics.invalidate()
         return changed
@@ -341,6 +355,10 @@ class Site:
                 return result, False
             conn.commit()
         if result.count:
+            log.info(
+                "admin: replayed %d dead jobs (queue=%s event_id=%s since=%s until=%s)",
+                result.count, f.queue, f.event_id, _iso(f.since), _iso(f.until),
+            )  # fmt: skip
             producer.signal_workers(result.queues)
             self.metrics.invalidate()
         return result, True
@@ -351,9 +369,12 @@ def _site(request: Request) -> Site:
     return site
 
 
+NONE = "\u2013"  # an en dash: "nothing here" in a table cell
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return NONE
     whole = int(seconds)
     if whole < 60:
         return f"{whole}s"
@@ -365,7 +386,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return NONE if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _link(path: str, params: Mapping[str, str], **changes: object) -> str:
@@ -554,7 +575,7 @@ async def api_queues(request: Request) -> Response:
 @guarded
 async def api_jobs(request: Request) -> Response:
     try:
-        f = parse_filters(request.query_params, (*HISTORY_FIELDS, "per_page"), utcnow())
+        f = parse_filters(request.query_params, (*HISTORY_FIELDS, "per_page"), utcnow(), api=True)
         found, more = await run_in_threadpool(f.history, _site(request).engine)
     except admin.AdminError as exc:
         return _bad(exc)
@@ -577,6 +598,8 @@ async def api_job(request: Request) -> Response:
     reveal = request.query_params.get("reveal", "false")
     if reveal not in ("true", "false"):
         return _error(400, "expected true or false", "reveal")
+    if set(request.query_params) - {"reveal"}:
+        return _error(400, "unknown parameter")
     try:
         job = await run_in_threadpool(
             admin.show, _site(request).engine, request.path_params["job_id"]
@@ -604,7 +627,7 @@ _REPLAY_KEYS = {"queue": str, "event_id": int, "since": str, "until": str}
 async def api_replay(request: Request) -> Response:
     try:
         body = json.loads(await request.body() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return _error(400, "expected a JSON object")
     if not isinstance(body, dict):
         return _error(400, "expected a JSON object")
@@ -617,7 +640,7 @@ async def api_replay(request: Request) -> Response:
     fields = {k: str(v) for k, v in body.items() if k in _REPLAY_KEYS}
     expected = body.get("expected_count")
     try:
-        f = parse_filters(fields, DEAD_FIELDS, utcnow())
+        f = parse_filters(fields, DEAD_FIELDS[:-1], utcnow(), api=True)
         if expected is not None and not 0 <= expected <= MAX_EXPECTED:
             raise admin.AdminError("expected_count", f"must be between 0 and {MAX_EXPECTED}")
         result, done = await run_in_threadpool(
@@ -642,15 +665,27 @@ async def metrics(request: Request) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    """404/405/413 as JSON under /api (and /metrics), as a page elsewhere."""
+    assert isinstance(exc, HTTPException)
     if _is_api(request):
-        return _error(
-            status, detail, **(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-        )
-    site = _site(request)
-    return site.templates.TemplateResponse(
-        request, "error.html", {"status": status, "detail": detail, "login": False}, status
+        return _error(exc.status_code, exc.detail, **(exc.headers or {}))
+    return _site(request).templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": exc.status_code, "detail": exc.detail, "login": False},
+        exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    """The database is unreachable or refused us (restart, too many clients, lock timeout)."""
+    log.warning("admin: database unavailable: %s", type(exc).__name__)
+    message = "the outbox database is unavailable or busy: try again shortly"
+    if _is_api(request):
+        return _error(503, message, **{"Retry-After": "5"})
+    return _site(request).templates.TemplateResponse(
+        request, "error.html", {"status": 503, "detail": message, "login": False}, 503
     )
 
 
@@ -690,7 +725,11 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_SecurityHeaders)],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            sa.exc.OperationalError: _database_down,
+            sa.exc.TimeoutError: _database_down,
+        },
         max_body_size=MAX_BODY_BYTES,
     )
     app.state.site = Site(
@@ -704,4 +743,6 @@ def serve(host: str, port: int, settings: Settings, *, pages: bool = True) -> No
     import uvicorn
 
     check_bind(host, settings.admin_token)
-    uvicorn.run(create_app(settings, pages=pages), host=host, port=port, server_header=False)
+    # No access log: history searches put customer emails in URLs. State changes log themselves.
+    app = create_app(settings, pages=pages)
+    uvicorn.run(app, host=host, port=port, server_header=False, access_log=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
 
-from dispatcher import CustomEvent, SegmentEvent, enqueue, enqueue_many
+from dispatcher import CustomEvent, DataField, SegmentEvent, enqueue, enqueue_many
 from dispatcher.config import Secret, Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
@@ -44,7 +43,7 @@ class Outbox:
     ghost: str  # event 102, 400 -> dead
     outage: list[str]  # event 103, 503 twice -> dead (max attempts 2)
     other_dead: str  # event 104, 400 -> dead
-    flaky: str  # event 105, 500 then 201 -> delivered
+    flaky: str  # event 105 (maria.garcia@…, data fields), 500 then 201 -> delivered
     segment: str  # event 106, delivered
     eu: list[str]  # queue eu-shop: its key was revoked (401), so the queue paused; pending
 
@@ -76,39 +75,47 @@ def signalled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
 
 
 @pytest.fixture
-def outbox(settings: Settings, engine: sa.Engine, api_key: str) -> Outbox:
-    with Sandbox(api_key=api_key) as sandbox:
-        sandbox.script(102, Reply(400, PROBLEM_400))
-        sandbox.script(103, *[Reply(503)] * 6)
-        sandbox.script(104, Reply(400, PROBLEM_400))
-        sandbox.script(105, Reply(500))
-        ids = [
-            enqueue(CustomEvent(101, customer_email="Anna.Smith@Example.com")),
-            enqueue(CustomEvent(102, customer_email="ghost@example.com")),
-            *enqueue_many([CustomEvent(103, customer_id=n) for n in range(3)]),
-            enqueue(CustomEvent(104, customer_id=9)),
-            enqueue(CustomEvent(105, customer_id=8)),
-            enqueue(SegmentEvent(106, [1, 5, 15])),
-        ]
-        revoked = {**settings.api_keys, "EU_SHOP": Secret("revoked-key")}
-        deliverer = Deliverer(
-            dataclasses.replace(
-                settings,
-                api_keys=revoked,
-                base_url=sandbox.url,
-                retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
-                http_timeout_seconds=5.0,
-            )
+def sandbox(api_key: str) -> Iterator[Sandbox]:
+    with Sandbox(api_key=api_key) as server:
+        yield server
+
+
+@pytest.fixture
+def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
+    """Delivers to the sandbox, quick retries (2 attempts); queue eu-shop has a revoked key."""
+    d = Deliverer(
+        dataclasses.replace(
+            settings,
+            api_keys={**settings.api_keys, "EU_SHOP": Secret("revoked-key")},
+            base_url=sandbox.url,
+            retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
+            http_timeout_seconds=5.0,
         )
-        try:
-            settle(deliverer, engine)
-            eu = enqueue_many(
-                [CustomEvent(201, customer_email=f"eu{n}@example.com") for n in range(3)],
-                queue="eu-shop",
-            )
-            deliverer.drain("eu-shop")  # 401: the queue pauses
-        finally:
-            deliverer.close()
+    )
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def outbox(engine: sa.Engine, sandbox: Sandbox, deliverer: Deliverer) -> Outbox:
+    sandbox.script(102, Reply(400, PROBLEM_400))
+    sandbox.script(103, *[Reply(503)] * 6)
+    sandbox.script(104, Reply(400, PROBLEM_400))
+    sandbox.script(105, Reply(500))
+    order = [DataField("total", "Money", "129.90"), DataField("vip", "Boolean", True)]
+    ids = [
+        enqueue(CustomEvent(101, customer_email="Anna.Smith@Example.com")),
+        enqueue(CustomEvent(102, customer_email="ghost@example.com")),
+        *enqueue_many([CustomEvent(103, customer_id=n) for n in range(3)]),
+        enqueue(CustomEvent(104, customer_id=9)),
+        enqueue(CustomEvent(105, customer_email="maria.garcia@example.com", data_fields=order)),
+        enqueue(SegmentEvent(106, [1, 5, 15])),
+    ]
+    settle(deliverer, engine)
+    eu = enqueue_many(
+        [CustomEvent(201, customer_email=f"eu{n}@example.com") for n in range(3)], queue="eu-shop"
+    )
+    deliverer.drain("eu-shop")  # 401: the queue pauses
     return Outbox(ids[0], ids[1], ids[2:5], ids[5], ids[6], ids[7], eu)
 
 
@@ -123,26 +130,25 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def serve() -> Iterator[Callable[[Starlette], str]]:
     """Serve an app with uvicorn on a free loopback port, in a thread; returns its URL."""
-    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(app: Starlette) -> str:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        running.append((server, thread, sock))
+        running.append((server, thread))
         for _ in range(200):
             if server.started:
-                return f"http://127.0.0.1:{sock.getsockname()[1]}"
+                port = server.servers[0].sockets[0].getsockname()[1]
+                return f"http://127.0.0.1:{port}"
             threading.Event().wait(0.05)
         raise AssertionError("uvicorn did not start")
 
     yield start
-    for server, thread, sock in running:
+    for server, thread in running:
         server.should_exit = True
         thread.join(10)
-        sock.close()
 
 
 @pytest.fixture
@@ -164,10 +170,8 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     Selenium; never a downloaded browser. Skipped when absent, except under CI."""
     browser = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
-    require(
-        browser and driver_path and "found",
-        "Chromium (apt-get install chromium chromium-driver)",
-    )
+    found = "yes" if browser and driver_path else None
+    require(found, "Chromium (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -1,0 +1,96 @@
+"""The pause alert: one structured ERROR line and one webhook notice, never the key or the URL."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from dispatcher.alerts import notify_pause, pause_notice
+from dispatcher.config import Secret, Settings
+
+HOOK = "https://hooks.slack.example/services/T000/B000/very-secret-part"
+DETAIL = "401 Unauthorized: The API key is missing or invalid."
+
+
+class Poster:
+    def __init__(self, answer: int = 200, error: Exception | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any], float]] = []
+        self.answer = answer
+        self.error = error
+
+    def __call__(self, url: str, *, json: dict[str, Any], timeout: float) -> httpx.Response:
+        self.calls.append((url, json, timeout))
+        if self.error is not None:
+            raise self.error
+        return httpx.Response(self.answer, request=httpx.Request("POST", url))
+
+
+def test_logs_one_structured_error_line(caplog: pytest.LogCaptureFixture) -> None:
+    post = Poster()
+    with caplog.at_level(logging.INFO, logger="dispatcher.alerts"):
+        notify_pause("eu-shop", 401, DETAIL, webhook_url=None, post=post)
+    assert post.calls == []
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == (
+        'queue paused queue=eu-shop status_code=401 detail="401 Unauthorized: The API key is '
+        'missing or invalid."'
+    )
+    assert (record.queue, record.status_code, record.detail) == ("eu-shop", 401, DETAIL)  # type: ignore[attr-defined]
+
+
+def test_posts_a_slack_compatible_notice_once(caplog: pytest.LogCaptureFixture) -> None:
+    post = Poster()
+    notify_pause("eu-shop", 403, DETAIL, webhook_url=Secret(HOOK), post=post)
+    [(url, body, timeout)] = post.calls
+    assert url == HOOK and timeout == 5.0
+    assert body == pause_notice("eu-shop", 403, DETAIL)
+    assert body["text"].startswith(":rotating_light: ecdp-dispatcher: queue `eu-shop` paused")
+    assert "after HTTP 403: 401 Unauthorized: The API key is missing" in body["text"]
+    assert "dispatcher resume eu-shop" in body["text"]
+    assert {k: body[k] for k in ("queue", "status_code", "detail")} == {
+        "queue": "eu-shop",
+        "status_code": 403,
+        "detail": DETAIL,
+    }
+    assert HOOK not in caplog.text
+
+
+def test_no_status_code_and_long_details() -> None:
+    notice = pause_notice("default", None, "no API key configured (set ECDP_API_KEY)\n")
+    assert "paused before sending: no API key configured (set ECDP_API_KEY)." in notice["text"]
+    assert notice["status_code"] is None
+    assert len(pause_notice("q", 401, "x" * 5000)["detail"]) == 1000
+    assert pause_notice("q", 401, None)["detail"] is None
+
+
+@pytest.mark.parametrize(
+    "post",
+    [Poster(answer=500), Poster(error=httpx.ConnectError(f"cannot reach {HOOK}"))],
+    ids=["http-500", "unreachable"],
+)
+def test_a_failing_webhook_never_raises_nor_leaks_its_url(
+    post: Poster, caplog: pytest.LogCaptureFixture
+) -> None:
+    notify_pause("eu-shop", 401, DETAIL, webhook_url=HOOK, post=post)
+    assert len(post.calls) == 1  # not retried: the log line is the fallback
+    [error, warning] = caplog.records
+    assert error.levelno == logging.ERROR and warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("pause alert webhook failed for queue eu-shop: ")
+    assert HOOK not in caplog.text and "very-secret" not in caplog.text
+
+
+def test_settings_read_the_token_and_webhook_as_secrets() -> None:
+    settings = Settings.from_env(
+        {"DISPATCHER_ADMIN_TOKEN": "t" * 16, "DISPATCHER_ALERT_WEBHOOK_URL": HOOK}
+    )
+    assert settings.admin_token == Secret("t" * 16)
+    assert settings.alert_webhook_url == Secret(HOOK)
+    assert "t" * 16 not in repr(settings) and HOOK not in repr(settings)
+    assert Settings.from_env({}).admin_token is None
+    assert Settings.from_env({"DISPATCHER_ADMIN_TOKEN": " "}).admin_token is None
+    with pytest.raises(ValueError, match="DISPATCHER_ADMIN_TOKEN: use at least 16 characters"):
+        Settings.from_env({"DISPATCHER_ADMIN_TOKEN": "short"})

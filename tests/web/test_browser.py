@@ -1,0 +1,139 @@
+"""The admin page in real headless Chromium (Debian's chromium + chromium-driver via Selenium):
+log in, find a customer's event by email, open its attempts, resume a paused queue, replay a
+filtered set of dead jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's screenshots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dispatcher import admin
+
+from .conftest import TOKEN, Outbox, screenshot_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser(chromium: Any, site: str) -> Iterator[Any]:
+    """The session's Chromium, logged out, pointed at this test's site."""
+    chromium.get(f"{site}/login")
+    chromium.delete_all_cookies()
+    yield chromium
+
+
+def by_id(browser: Any, element_id: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id)
+
+
+def click(browser: Any, element_id: str) -> None:
+    """Click something that loads a page, and wait until the new page replaced the old one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    by_id(browser, element_id).click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+
+
+def texts(browser: Any, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+def log_in(browser: Any, site: str, path: str = "/") -> None:
+    browser.get(site + path)
+    assert browser.current_url.startswith(f"{site}/login?next=")
+    by_id(browser, "token").send_keys("wrong-token-000000")
+    click(browser, "login")
+    assert "That is not the token." in by_id(browser, "error").text
+    by_id(browser, "token").send_keys(TOKEN)
+    click(browser, "login")
+    assert browser.current_url == site + path
+
+
+def test_find_a_customers_event_and_its_attempts(browser: Any, site: str, outbox: Outbox) -> None:
+    log_in(browser, site, "/jobs")
+    by_id(browser, "customer_email").send_keys("anna.smith@EXAMPLE.com")
+    click(browser, "search")
+    assert texts(browser, "a.job-link") == [outbox.anna]
+    click(browser, f"job-{outbox.anna}")
+    assert browser.current_url == f"{site}/jobs/{outbox.anna}"
+    payload = by_id(browser, "payload").text
+    assert payload == '{"customEventId":101,"customerEmail":"A***@Example.com"}'
+    assert texts(browser, "tr.attempt td.status-code") == ["201"]
+    click(browser, "reveal")
+    assert "Anna.Smith@Example.com" in by_id(browser, "payload").text
+
+    # A dead job: every attempt with its status code, duration, error and response body.
+    browser.get(f"{site}/jobs/{outbox.outage[0]}")
+    assert texts(browser, "tr.attempt td.status-code") == ["503", "503"]
+    rows = texts(browser, "tr.attempt")
+    assert "retry" in rows[0] and "dead" in rows[1] and " ms" in rows[0]
+    assert "max attempts exceeded" in rows[1]
+
+    browser.get(f"{site}/jobs/{outbox.flaky}")  # retried once, then delivered
+    assert texts(browser, "tr.attempt td.status-code") == ["500", "201"]
+    assert "m***@example.com" in by_id(browser, "payload").text
+    _screenshot(browser, "admin-job.png")
+
+
+def test_resume_a_paused_queue(
+    browser: Any, site: str, outbox: Outbox, signalled: list[tuple[str, ...]]
+) -> None:
+    log_in(browser, site)
+    row = by_id(browser, "queue-eu-shop").text
+    assert "paused" in row and "401 Unauthorized: The API key is missing or invalid." in row
+    _screenshot(browser, "admin-overview.png")
+    click(browser, "resume-eu-shop")
+    assert "Queue eu-shop resumed" in by_id(browser, "notice").text
+    assert "running" in by_id(browser, "queue-eu-shop").text
+    assert signalled == [("eu-shop",)]
+
+
+def test_replay_a_filtered_set_of_dead_jobs(
+    browser: Any, site: str, outbox: Outbox, engine: sa.Engine, signalled: list[tuple[str, ...]]
+) -> None:
+    log_in(browser, site, "/dead")
+    assert by_id(browser, "replay").text == "Replay 5 jobs"
+    by_id(browser, "event_id").send_keys("103")
+    click(browser, "filter")
+    assert sorted(texts(browser, "a.job-link")) == sorted(outbox.outage)
+    click(browser, "replay")
+    assert browser.find_element("tag name", "h1").text == "Replay 3 dead jobs?"
+
+    # Meanwhile another job matching the filter dies: the confirmed count no longer holds.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE dispatcher_jobs SET status = 'dead', custom_event_id = 103 WHERE id = "
+            + str(int(outbox.anna))
+        )
+    click(browser, "confirm")
+    assert "it now matches 4" in by_id(browser, "changed").text
+    assert signalled == [] and len(admin.history(engine, status="dead")) == 6
+    click(browser, "confirm")
+    assert "Replayed 4 jobs" in by_id(browser, "notice").text
+    assert signalled == [("default",)]
+    dead = {j.id for j in admin.history(engine, status="dead")}
+    assert dead == {outbox.ghost, outbox.other_dead}, "only what the filter showed was replayed"
+
+
+def _screenshot(browser: Any, name: str) -> None:
+    target = screenshot_dir()
+    if target is None:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    size = browser.get_window_size()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(size["width"], min(1400, height + (size["height"] - 700)))
+    try:
+        browser.save_screenshot(str(target / name))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
