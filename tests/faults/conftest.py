@@ -114,7 +114,9 @@ def rig(pg_test_url: str, api_key: str, tmp_path: Path, monkeypatch) -> Iterator
         "DISPATCHER_RETRY_MAX_SECONDS": "1",
         "DISPATCHER_HTTP_TIMEOUT_SECONDS": "2",
     }
-    for name in ("DISPATCHER_DATABASE_URL", "DISPATCHER_BROKER_URL", "ECDP_API_KEY"):
+    # The test process itself only enqueues; the sweeper signals the workers, so its own
+    # (in-memory) broker is left alone.
+    for name in ("DISPATCHER_DATABASE_URL", "ECDP_API_KEY"):
         monkeypatch.setenv(name, env[name])
     from dispatcher.config import get_settings
 

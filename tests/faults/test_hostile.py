@@ -82,7 +82,7 @@ def test_property_cli_file_with_random_bytes(engine: sa.Engine, tmp_path: Path, 
     assert isinstance(result.exception, SystemExit | None)
     if result.exit_code != 0:
         assert count(engine) == before
-        assert "line 1: body: " in result.output or not raw.strip()
+        assert "line 1: " in result.output or not raw.strip()
 
 
 @pytest.mark.parametrize(
