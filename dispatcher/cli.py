@@ -674,10 +674,14 @@ def purge(
 @click.option("--port", default=8000, show_default=True, type=int)
 def web(host: str, port: int) -> None:
     """Serve the admin page, its JSON API (/api, OpenAPI at /api/openapi.json) and /metrics."""
+    _serve_web(host, port, pages=True)
+
+
+def _serve_web(host: str, port: int, *, pages: bool) -> None:
     from dispatcher.web import BindError, serve
 
     try:
-        serve(host, port, get_settings())
+        serve(host, port, get_settings(), pages=pages)
     except BindError as exc:
         fail(str(exc))
 
@@ -692,12 +696,7 @@ def web(host: str, port: int) -> None:
 @click.option("--port", default=9108, show_default=True, type=int)
 def metrics(host: str, port: int) -> None:
     """Serve only the Prometheus endpoint, /metrics (for installs without the admin page)."""
-    from dispatcher.web import BindError, serve
-
-    try:
-        serve(host, port, get_settings(), pages=False)
-    except BindError as exc:
-        fail(str(exc))
+    _serve_web(host, port, pages=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

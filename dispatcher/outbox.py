@@ -215,9 +215,7 @@ def admit(
         tokens = min(burst, row.tokens + elapsed * limits.rate)
     grant = max(0, min(want, int(tokens)))
     conn.execute(
-        sa.update(queues)
-        .where(queues.c.name == queue)
-        .values(tokens=tokens - grant, tokens_at=now)
+        sa.update(queues).where(queues.c.name == queue).values(tokens=tokens - grant, tokens_at=now)
     )
     return grant, (0.0 if grant else (1.0 - tokens) / limits.rate)
 
@@ -231,9 +229,7 @@ def refund(conn: sa.Connection, queue: str, unused: int, limits: QueueLimits) ->
     """Give back rate tokens that :func:`admit` granted but no due job used."""
     if unused > 0 and limits.rate is not None:
         conn.execute(
-            sa.update(queues)
-            .where(queues.c.name == queue)
-            .values(tokens=queues.c.tokens + unused)
+            sa.update(queues).where(queues.c.name == queue).values(tokens=queues.c.tokens + unused)
         )
 
 

@@ -34,6 +34,8 @@ class OutboxUnavailable(RuntimeError):
             f"could not write to the outbox at {url.render_as_string(hide_password=True)}: "
             f"{reason}; nothing was written"
         )
+
+
 MAX_DEDUPE_KEY = 255
 
 

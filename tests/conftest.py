@@ -31,6 +31,7 @@ import sqlalchemy as sa  # noqa: E402
 from dispatcher.config import Settings, get_settings, normalize_database_url  # noqa: E402
 from dispatcher.db import dispose_engines, get_engine  # noqa: E402
 from dispatcher.migrate import upgrade  # noqa: E402
+from dispatcher.sandbox import Sandbox  # noqa: E402
 
 PG_URL = os.environ.get("DISPATCHER_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL")
@@ -93,6 +94,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
 @pytest.fixture
 def api_key() -> str:
     return "test-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def sandbox(api_key: str) -> Iterator[Sandbox]:
+    """The ECDP look-alike on loopback, answering with this test's API key."""
+    with Sandbox(api_key=api_key) as server:
+        yield server
 
 
 @pytest.fixture

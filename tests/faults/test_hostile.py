@@ -137,12 +137,6 @@ def test_huge_segment_lists_and_values_are_refused_cleanly(engine: sa.Engine) ->
 
 
 @pytest.fixture
-def sandbox(api_key: str) -> Iterator[Sandbox]:
-    with Sandbox(api_key=api_key) as server:
-        yield server
-
-
-@pytest.fixture
 def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
     d = Deliverer(
         dataclasses.replace(

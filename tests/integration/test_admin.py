@@ -66,12 +66,6 @@ PROBLEM_400 = {
 
 
 @pytest.fixture
-def sandbox(api_key: str) -> Iterator[Sandbox]:
-    with Sandbox(api_key=api_key) as server:
-        yield server
-
-
-@pytest.fixture
 def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
     d = Deliverer(
         dataclasses.replace(

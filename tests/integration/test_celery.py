@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 
 @pytest.fixture
-def sandbox(api_key: str) -> Iterator[Sandbox]:
-    with Sandbox(api_key=api_key) as server:
-        yield server
-
-
-@pytest.fixture
 def system(
     pg_test_url: str, redis_url: str, sandbox: Sandbox, api_key: str, tmp_path: Path, monkeypatch
 ) -> Iterator[dict[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -21,12 +20,6 @@ from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import jobs, queues
 
 pytestmark = pytest.mark.usefixtures("env")
-
-
-@pytest.fixture
-def sandbox(api_key: str) -> Iterator[Sandbox]:
-    with Sandbox(api_key=api_key) as server:
-        yield server
 
 
 def run_workers(settings: Settings, n: int, engine: sa.Engine) -> None:

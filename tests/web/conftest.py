@@ -75,12 +75,6 @@ def signalled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
 
 
 @pytest.fixture
-def sandbox(api_key: str) -> Iterator[Sandbox]:
-    with Sandbox(api_key=api_key) as server:
-        yield server
-
-
-@pytest.fixture
 def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
     """Delivers to the sandbox, quick retries (2 attempts); queue eu-shop has a revoked key."""
     d = Deliverer(

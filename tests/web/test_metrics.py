@@ -179,4 +179,3 @@ def test_metrics_only_app(
         assert c.get("/metrics").status_code == 200  # no token configured, loopback
         assert c.get("/").status_code == 404
         assert c.get("/api/queues").status_code == 404
-
