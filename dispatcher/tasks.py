@@ -81,6 +81,9 @@ def get_deliverer() -> Deliverer:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _after_fork(**_: object) -> None:
     dispose_engines()  # never share the parent's pooled connections
+    # httpx logs every request at INFO: at a thousand deliveries a second that is most of the
+    # log and a few percent of the CPU. The outbox's attempt rows are the record.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
