@@ -59,7 +59,18 @@ WARM_UP = 200  # jobs delivered before the clock starts: connections, pools, laz
 NAIVE_WARM_UP = 20  # tasks, likewise (enough for every pool process with prefetch 4)
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 
-sys.path[:0] = [str(REPO), str(BENCH)]
+sys.path.insert(0, str(BENCH))  # bench/naive.py
+
+
+def snapshot(workdir: Path) -> Path:
+    """Copy ``dispatcher/`` and import it (here and in every worker) from the copy: the whole run
+    measures the engine as it was at the start, even while someone edits the checkout."""
+    src = workdir / "src"
+    shutil.copytree(
+        REPO / "dispatcher", src / "dispatcher", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    sys.path.insert(0, str(src))
+    return src
 
 
 class BenchError(RuntimeError):
@@ -524,6 +535,13 @@ def make_db(base: str, name: str) -> str:
     return db_url
 
 
+def drop_db(base: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn(base), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
 def events(n: int, tag: str) -> list[Any]:
     """Bodies like a shop's: an event id, an email (the latency sink's key), two data fields."""
     from dispatcher import CustomEvent, DataField
@@ -646,6 +664,18 @@ def enqueue_round(url: str, single_n: int, batch_n: int, tag: str) -> dict[str, 
     return out
 
 
+def reset_outbox(url: str, keep_up_to: int = 0) -> None:
+    """Empty the outbox but for the jobs with ids up to ``keep_up_to`` (the big table's) and their
+    attempts, so that every round (and a redone one) starts from the same state."""
+    if not keep_up_to:
+        sql(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
+        return
+    sql(url, f"DELETE FROM dispatcher_attempts WHERE job_id > {keep_up_to}")
+    sql(url, f"DELETE FROM dispatcher_jobs WHERE id > {keep_up_to}")
+    sql(url, "VACUUM dispatcher_jobs", autocommit=True)
+    sql(url, "VACUUM dispatcher_attempts", autocommit=True)
+
+
 def build_big_table(url: str, rows: int) -> float:
     """``rows`` delivered jobs with one attempt each, as a busy outbox has after a while."""
     start = time.perf_counter()
@@ -691,6 +721,7 @@ class Ctx:
     fast: Sink
     slow: Sink
     latency_sink: PySink | None
+    src: Path
     procfile: dict[str, str] = field(default_factory=dict)
 
     def env(self, db_url: str, base_url: str) -> dict[str, str]:
@@ -701,7 +732,7 @@ class Ctx:
             ECDP_BASE_URL=base_url,
             ECDP_API_KEY=API_KEY,
             PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join([str(REPO), str(BENCH), env.get("PYTHONPATH", "")]),
+            PYTHONPATH=os.pathsep.join([str(self.src), str(BENCH), env.get("PYTHONPATH", "")]),
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
         return env
@@ -745,7 +776,14 @@ def status_counts(url: str, first_id: int) -> dict[str, int]:
 
 
 def drain_run(
-    ctx: Ctx, db_url: str, sink: Sink, n: int, tag: str, *, fresh: bool
+    ctx: Ctx,
+    db_url: str,
+    sink: Sink,
+    n: int,
+    tag: str,
+    *,
+    keep_up_to: int = 0,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """n pending jobs -> all delivered, with the Procfile's worker and sweeper.
 
@@ -756,8 +794,7 @@ def drain_run(
     """
     import psycopg
 
-    if fresh:
-        sql(db_url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
+    reset_outbox(db_url, keep_up_to)
     set_paused(db_url, False)
     ctx.redis.flushdb()
     enqueue_all(db_url, events(WARM_UP, f"{tag}-warm"))
@@ -787,6 +824,7 @@ def drain_run(
         sampler = RssSampler(worker.pid)
         rss_ready = sampler.sample(tree_pids(worker.pid))
         sampler.start()
+        spy = start_py_spy(ctx, worker.pid, profile) if profile else None
         sink.mark()
         start = time.perf_counter()
         set_paused(db_url, False)
@@ -810,8 +848,16 @@ def drain_run(
                 )
             time.sleep(POLL)
         elapsed = time.perf_counter() - start
+        if spy:
+            stop_py_spy(spy)
         sampler.finish()
         time.sleep(0.2)
+        half = [(t, k) for t, k in sampler.samples if t >= (mid or start)]
+        growth = None
+        if len(half) >= 3 and half[-1][0] > half[0][0]:
+            # Least squares over the second half: RSS steps (allocator arenas) average out.
+            slope = statistics.linear_regression([t for t, _ in half], [k for _, k in half]).slope
+            growth = slope * 1024 / (n / elapsed)
         counts = status_counts(db_url, first_id)
         attempts = sql(
             db_url, f"SELECT count(*) FROM dispatcher_attempts WHERE job_id >= {first_id}"
@@ -830,11 +876,85 @@ def drain_run(
                 "peak": max(k for _, k in sampler.samples),
                 "end": sampler.samples[-1][1],
             },
+            "rss_growth_bytes_per_event": growth,
+            # (seconds since the start, KiB), one per second: enough to see a plateau or a leak.
+            "rss_series": [
+                (round(t - start, 1), k)
+                for i, (t, k) in enumerate(sampler.samples)
+                if t >= start and i % 10 == 0
+            ],
         }
     finally:
         poll.close()
         worker.stop()
         sweeper.stop()
+
+
+def start_py_spy(ctx: Ctx, pid: int, out: Path) -> Proc:
+    exe = shutil.which("py-spy", path=ctx.env("", "")["PATH"])
+    if exe is None:
+        raise BenchError("--py-spy: py-spy is not installed (pip install py-spy)")
+    argv = [exe, "record", "--pid", str(pid), "--subprocesses", "--gil", "--format", "raw"]
+    spy = Proc("py-spy", [*argv, "--rate", "200", "-o", str(out)], dict(os.environ), ctx.logdir)
+    time.sleep(1.5)  # attaching takes a moment
+    return spy
+
+
+def stop_py_spy(spy: Proc) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(spy.pid, signal.SIGINT)  # py-spy writes its file on Ctrl-C
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spy.popen.wait(30)
+    spy.stop()
+
+
+def _package(frame: str) -> str:
+    """``f (httpcore/_sync/http11.py:12)`` -> ``httpcore``; ``f (threading.py:3)`` -> threading."""
+    m = re.search(r"\(([^():]+?)(?:\.py)?:\d+\)$", frame)
+    if not m:
+        return "?"
+    return m.group(1).split("/")[0]
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Leaf (self) and inclusive shares of the samples, from py-spy's collapsed stacks."""
+    leaf: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    by_package: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
+        total += count
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
+        package = _package(frames[-1])
+        by_package[package] = by_package.get(package, 0) + count
+        # The engine's own functions (any line), with what they call.
+        for f in {re.sub(r":\d+\)$", ")", f) for f in frames if _package(f) == "dispatcher"}:
+            incl[f] = incl.get(f, 0) + count
+    if not total:
+        return f"(no samples in {path})"
+    out = [
+        f"py-spy --gil of the worker during one drain: {total:,} samples of the thread holding "
+        f"the GIL, so CPU time in Python ({path})"
+    ]
+    out.append(
+        "  self time by package: "
+        + ", ".join(
+            f"{name} {count * 100 / total:.0f}%"
+            for name, count in sorted(by_package.items(), key=lambda kv: -kv[1])[:12]
+        )
+    )
+    for title, table in (("self", leaf), ("inclusive (dispatcher functions)", incl)):
+        out.append(f"  top {top} by {title} time:")
+        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"    {count * 100 / total:5.1f}%  {frame[:110]}")
+    return "\n".join(out)
 
 
 def naive_run(ctx: Ctx, sink: Sink, n: int, tag: str) -> dict[str, Any]:
@@ -1068,7 +1188,7 @@ def report(per_round: dict[str, list[float]], notes: dict[str, str]) -> tuple[st
                 "met": met,
             }
         )
-    header = f"{'figure':<24}{'value':>10}  {'unit':<11}{'ratio':>7}  {'vs':<20}{'target':<15}met"
+    header = f"{'figure':<24}{'value':>10}  {'unit':<11}{'ratio':>7}  {'vs':<23}{'target':<16}met"
     lines = [header, "-" * len(header)]
     for name in UNITS:
         if name not in med:
@@ -1076,13 +1196,13 @@ def report(per_round: dict[str, list[float]], notes: dict[str, str]) -> tuple[st
         mine = [c for c in checks if c["figure"] == name]
         first = f"{name:<24}{fmt(med[name]):>10}  {UNITS[name]:<11}"
         if not mine:
-            lines.append(first + (f"{'':>7}  {notes[name]}" if name in notes else "").rstrip())
+            lines.append((first + (f"{'':>7}  {notes[name]}" if name in notes else "")).rstrip())
         for i, c in enumerate(mine):
             lead = first if i == 0 else " " * len(first)
             ratio = f"{c['value']:.2f}" if c["vs"] else ""
             vs = BASELINE_NAMES.get(c["vs"], c["vs"] or "")
             lines.append(
-                f"{lead}{ratio:>7}  {vs:<20}{c['target']:<15}{'yes' if c['met'] else 'NO'}"
+                f"{lead}{ratio:>7}  {vs:<23}{c['target']:<16}{'yes' if c['met'] else 'NO'}"
             )
     return "\n".join(lines), checks
 
@@ -1140,6 +1260,7 @@ FIGURES = (
     "naive_celery_50ms",
     "raw_http_50ms",
     "latency",
+    "memory",
 )
 
 
@@ -1152,12 +1273,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(FIGURES)}")
     p.add_argument("--jobs", type=int, help="jobs per drain (default 20000; --quick: 2000)")
     p.add_argument("--naive-50ms-jobs", type=int, help="tasks for naive_celery_50ms (1000; 200)")
+    p.add_argument(
+        "--memory-jobs", type=int, help="jobs of the long drain for RSS growth (60000)"
+    )
     p.add_argument("--big-rows", type=int, default=1_000_000, help="delivered rows, big table")
     p.add_argument("--latency-seconds", type=float, help="per round (default 10; --quick: 5)")
     p.add_argument("--latency-rate", type=float, default=100.0, help="events/s for latency")
     p.add_argument("--delay", type=float, default=0.05, help="the slow sink's delay (s)")
-    p.add_argument("--threads", type=int, default=64, help="threads for raw_http_50ms_threads")
+    p.add_argument("--threads", type=int, default=32, help="threads for raw_http_50ms_threads")
     p.add_argument("--python-sink", action="store_true", help="slow sink: bench/sink.py, no echo")
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="after the rounds, one more drain (not counted) under py-spy; prints where the "
+        "worker's time goes and keeps the collapsed stacks in /tmp/ecdp-bench-py-spy-drain.txt",
+    )
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
     p.add_argument(
         "--ready-pattern", default=r"\bready\b", help="the worker's readiness line (regex)"
@@ -1172,7 +1302,8 @@ def parse_args() -> argparse.Namespace:
     args.single = 500 if q else 2000
     args.batch = 5000 if q else 20000
     args.http_n = min(args.jobs, 10000)
-    selected = set(FIGURES) - ({"drain_big_table"} if q else set())
+    args.memory_jobs = args.memory_jobs or 60000
+    selected = set(FIGURES) - ({"drain_big_table", "memory"} if q else set())
     if args.only:
         selected = {f.strip() for f in args.only.split(",") if f.strip()}
         unknown = selected - set(FIGURES)
@@ -1180,6 +1311,10 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--only: unknown {', '.join(sorted(unknown))} (known: {', '.join(FIGURES)})")
     args.selected = selected
     return args
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
 
 
 def main() -> int:
@@ -1193,11 +1328,13 @@ def main() -> int:
     redis_url = with_db(
         os.environ.get("DISPATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), BENCH_REDIS_DB
     )
+    snapshot(workdir)
     # Before anything imports dispatcher (its settings are read once): our own signals go here.
     os.environ["DISPATCHER_BROKER_URL"] = redis_url
     os.environ.setdefault("ECDP_API_KEY", API_KEY)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     stop_pg: Callable[[], None] | None = None
+    redis = None
     ok = False
     try:
         stop_pg = ensure_postgres(pg_dsn(pg_base.replace("postgresql://", "postgresql+psycopg://")))
@@ -1210,6 +1347,11 @@ def main() -> int:
         log("interrupted")
     finally:
         stop_all()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                redis.flushdb()  # our own db: leave no signals or tasks behind
+        with contextlib.suppress(Exception):
+            drop_db(pg_base, "dispatcher_bench_big")  # ~1 GB on disk, rebuilt by every run
         if stop_pg:
             stop_pg()
         if ok:
@@ -1217,6 +1359,38 @@ def main() -> int:
         else:
             log(f"logs kept in {logdir}")
     return 0 if ok else 1
+
+
+def run_step(name: str, fn: Callable[[int], None], r: int, url: str) -> None:
+    """Run one figure; if PostgreSQL went away under it (tests/faults restart the shared server),
+    wait for it and run the figure again once: a step records nothing until it has finished."""
+    import psycopg
+    import sqlalchemy as sa
+
+    from dispatcher.db import dispose_engines
+
+    for attempt in (1, 2):
+        try:
+            fn(r)
+            return
+        except (sa.exc.OperationalError, psycopg.OperationalError) as exc:
+            first_line = str(exc).splitlines()[0]
+            if attempt == 2:
+                raise BenchError(f"{name}: PostgreSQL failed again: {first_line}") from exc
+            log(
+                f"{name}: lost PostgreSQL ({first_line}); was it restarted, e.g. by the fault "
+                "tests? Run the benchmark alone. Waiting for it, then redoing this figure"
+            )
+            dispose_engines()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    psycopg.connect(pg_dsn(url), connect_timeout=3).close()
+                    break
+                except psycopg.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise BenchError("PostgreSQL did not come back in 60 s") from exc
+                    time.sleep(0.5)
 
 
 def run(
@@ -1233,12 +1407,14 @@ def run(
     log("setting up: databases, sinks")
     small = make_db(pg_base, "dispatcher_bench")
     big = None
+    big_max_id = 0
     setup: dict[str, Any] = {}
     if "drain_big_table" in sel:
         big = make_db(pg_base, "dispatcher_bench_big")
         log(f"writing {args.big_rows:,} delivered rows (+ attempts) into dispatcher_bench_big")
         setup["big_table_seconds"] = build_big_table(big, args.big_rows)
         log(f"big table ready in {setup['big_table_seconds']:.0f} s")
+        big_max_id = int(sql(big, "SELECT max(id) FROM dispatcher_jobs")[0][0])
     nginx = Nginx(workdir, logdir, args.delay, has_echo)
     slow: Sink
     if nginx.slow is not None:
@@ -1248,7 +1424,8 @@ def run(
             log("no nginx echo module: the delayed sink is bench/sink.py")
         slow = PySink(logdir, args.delay, record=False)
     lat_sink = PySink(logdir, 0.0, record=True) if "latency" in sel else None
-    ctx = Ctx(args, logdir, redis_url, redis, small, big, nginx.fast, slow, lat_sink)
+    src = Path(sys.path[0])
+    ctx = Ctx(args, logdir, redis_url, redis, small, big, nginx.fast, slow, lat_sink, src)
     ctx.procfile = read_procfile()
     info = machine_info(small, redis)
     sinks = {"fast": nginx.fast.name, "slow": slow.name}
@@ -1273,12 +1450,10 @@ def run(
         )
 
     def step_drain(r: int) -> None:
-        res = keep("drain", drain_run(ctx, small, nginx.fast, args.jobs, f"d{r}", fresh=True))
+        res = keep("drain", drain_run(ctx, small, nginx.fast, args.jobs, f"d{r}"))
         per_round["drain"].append(res["rate"])
         rss = res["rss_kib"]
         per_round["worker_rss_peak"].append(rss["peak"] / 1024)
-        growth = (rss["end"] - rss["mid"]) * 1024 / max(1, args.jobs - args.jobs // 2)
-        per_round["worker_rss_growth"].append(growth)
         log(
             f"drain {res['rate']:,.0f}/s ({res['seconds']:.1f} s, sink got "
             f"{res['sink_requests']:,}, {res['statuses']}); worker RSS MiB ready "
@@ -1288,13 +1463,13 @@ def run(
 
     def step_big(r: int) -> None:
         assert big is not None
-        res = drain_run(ctx, big, nginx.fast, args.jobs, f"b{r}", fresh=False)
+        res = drain_run(ctx, big, nginx.fast, args.jobs, f"b{r}", keep_up_to=big_max_id)
         keep("drain_big_table", res)
         per_round["drain_big_table"].append(res["rate"])
         log(f"drain_big_table {res['rate']:,.0f}/s ({res['seconds']:.1f} s, {res['statuses']})")
 
     def step_drain_slow(r: int) -> None:
-        res = keep("drain_50ms", drain_run(ctx, small, slow, args.jobs, f"s{r}", fresh=True))
+        res = keep("drain_50ms", drain_run(ctx, small, slow, args.jobs, f"s{r}"))
         per_round["drain_50ms"].append(res["rate"])
         log(f"drain_50ms {res['rate']:,.0f}/s ({res['seconds']:.1f} s, {res['statuses']})")
 
@@ -1345,11 +1520,37 @@ def run(
         ("latency", step_latency),
     ]
     steps = [s for s in steps if s[0] in sel]
-    for r in range(args.rounds):
-        order = steps if r % 2 == 0 else steps[::-1]
-        for name, fn in order:
-            log(f"round {r + 1}/{args.rounds}: {name}")
-            fn(r)
+    try:
+        for r in range(args.rounds):
+            order = steps if r % 2 == 0 else steps[::-1]
+            for name, fn in order:
+                log(f"round {r + 1}/{args.rounds}: {name}")
+                run_step(name, fn, r, small)
+    except BenchError:
+        if any(per_round.values()):
+            print(f"incomplete run, figures so far:\n{report(per_round, {})[0]}", flush=True)
+        raise
+
+    if "memory" in sel:
+        # RSS still settles (allocator arenas, caches: a few MiB) over the first tens of
+        # thousands of events, so growth per event is judged on the second half of a long drain.
+        log(f"one long drain of {args.memory_jobs:,} jobs for the worker's RSS growth")
+        res = keep("memory", drain_run(ctx, small, nginx.fast, args.memory_jobs, "mem"))
+        if res["rss_growth_bytes_per_event"] is not None:
+            per_round["worker_rss_growth"].append(res["rss_growth_bytes_per_event"])
+        rss = res["rss_kib"]
+        log(
+            f"memory: {res['rate']:,.0f}/s; RSS MiB ready {rss['ready'] / 1024:.0f} mid "
+            f"{rss['mid'] / 1024:.0f} end {rss['end'] / 1024:.0f}; growth over the second half "
+            f"{res['rss_growth_bytes_per_event']:.1f} B/event"
+        )
+
+    profile_summary = None
+    if args.py_spy:
+        out = Path(tempfile.gettempdir()) / "ecdp-bench-py-spy-drain.txt"  # MBs: not for git
+        log("one more drain under py-spy (not counted)")
+        drain_run(ctx, small, nginx.fast, args.jobs, "prof", profile=out)
+        profile_summary = summarize_profile(out)
 
     notes = {
         "raw_http": "1 process, 1 httpx.Client, sequential",
@@ -1379,6 +1580,8 @@ def run(
                 for x in rss
             )
         )
+    if profile_summary:
+        print("\n" + profile_summary)
     document = {
         "date": finished.isoformat(timespec="seconds"),
         "started": started.isoformat(timespec="seconds"),
@@ -1395,6 +1598,7 @@ def run(
         "checks": checks,
         "runs": raw,
         "table": table,
+        "profile": profile_summary,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")

@@ -92,7 +92,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease_seconds: float = 120.0
     batch_size: int = 100
-    worker_threads: int = 16
+    worker_threads: int = 48
     # Both by queue_env_suffix(); the key "" holds the ceiling for every queue.
     rate_limits: Mapping[str, float] = field(default_factory=dict)
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
@@ -179,7 +179,7 @@ class Settings:
             retry=retry,
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
             batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
-            worker_threads=int(num("DISPATCHER_WORKER_THREADS", 16, minimum=1)),
+            worker_threads=int(num("DISPATCHER_WORKER_THREADS", 48, minimum=1)),
             rate_limits=per_queue("DISPATCHER_RATE_LIMIT", float),
             concurrency_limits=per_queue("DISPATCHER_CONCURRENCY", int),
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
