@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, enqueue
 from dispatcher.db import get_engine
-from tests.integration.test_celery import sandbox, system  # noqa: F401
+from tests.integration.test_celery import system  # noqa: F401
 from tests.support import free_port, start, statuses, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
