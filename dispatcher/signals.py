@@ -2,7 +2,7 @@
 
 Publishing a Celery message costs about a millisecond, more than the INSERT it announces. So a
 commit only records which queues have new work and wakes a background thread, which publishes one
-signal per queue for everything recorded since its last round, at most one round every 5 ms.
+signal per queue for everything recorded since its last round, at most one round every 20 ms.
 Every commit is followed by a publish that starts after it, so no event waits for the sweeper
 unless the broker is down (or the process exits before the thread runs: ``flush`` at exit, and
 the sweeper, cover that).
@@ -26,7 +26,7 @@ class Signaller:
     hooks fail."""
 
     def __init__(
-        self, make_send: Callable[[], Callable[[str], None]], min_interval: float = 0.005
+        self, make_send: Callable[[], Callable[[str], None]], min_interval: float = 0.02
     ) -> None:
         self._make_send = make_send
         self._min_interval = min_interval
