@@ -33,13 +33,23 @@ def by_id(browser: Any, element_id: str) -> Any:
 
 def click(browser: Any, element_id: str) -> None:
     """Click something that loads a page, and wait until the new page replaced the old one."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     by_id(browser, element_id).click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+
+    def replaced(_: Any) -> bool:
+        # Mid-navigation ChromeDriver may answer "stale element" or a raw inspector error
+        # ("Node ... does not belong to the document"): either way the old page is gone.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return browser.execute_script("return document.readyState") == "complete"
+        return False
+
+    WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(replaced)
 
 
 def texts(browser: Any, css: str) -> list[str]:
