@@ -17,7 +17,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dispatcher.db import get_engine
+from dispatcher.db import get_engine, utcnow
+from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
 
@@ -74,6 +75,26 @@ def settled(url: str) -> bool:
         return not {"pending", "in_flight", "retrying"} & set(statuses(url))
     except sa.exc.OperationalError:  # the database is being restarted by the test
         return False
+
+
+def settle(deliverer: Deliverer, engine: sa.Engine, queue: str = "default") -> None:
+    """Deliver until no job of ``queue`` is pending, retrying or in flight.
+
+    Waiting for a retry's time follows the outbox's own schedule (``next_attempt_at``), never a
+    sleep whose length a test asserts on.
+    """
+    for _ in range(500):
+        deliverer.drain(queue)
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
+                    jobs.c.queue == queue, jobs.c.status.in_(("pending", "retrying", "in_flight"))
+                )
+            ).scalar()
+        if waiting is None:
+            return
+        time.sleep(max(0.0, min(0.2, (waiting - utcnow()).total_seconds())))
+    raise AssertionError("jobs did not settle")
 
 
 def worker_ready(log: Path) -> Callable[[], bool]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from dispatcher.outbox import pause
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import STATUSES, attempts, jobs, queues
+from tests.support import settle as drain_until_settled
 
 INJECTIONS = ("' OR 1=1 --", "x'; DROP TABLE dispatcher_jobs; --")
 SUMMARY_KEYS = {
@@ -102,23 +102,6 @@ def run(env: pytest.MonkeyPatch, signalled: list[tuple[str, ...]]) -> Callable[.
         return result
 
     return invoke
-
-
-def drain_until_settled(d: Deliverer, engine: sa.Engine, queue: str = "default") -> None:
-    """Deliver until no job of ``queue`` is pending, retrying or in flight (waiting on the
-    outbox's own schedule, never asserting on time)."""
-    for _ in range(500):
-        d.drain(queue)
-        with engine.connect() as conn:
-            waiting = conn.execute(
-                sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
-                    jobs.c.queue == queue, jobs.c.status.in_(("pending", "retrying", "in_flight"))
-                )
-            ).scalar()
-        if waiting is None:
-            return
-        threading.Event().wait(max(0.0, min(0.5, (waiting - utcnow()).total_seconds())))
-    raise AssertionError("jobs did not settle")
 
 
 @dataclasses.dataclass

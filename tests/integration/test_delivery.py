@@ -24,6 +24,7 @@ from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, jobs
 from dispatcher.sweeper import sweep_once
+from tests.support import settle as drain_until_settled
 
 
 @pytest.fixture
@@ -61,26 +62,6 @@ def attempt_rows(engine: sa.Engine, job_id: str) -> list[sa.Row]:
         return conn.execute(
             sa.select(attempts).where(attempts.c.job_id == int(job_id)).order_by(attempts.c.id)
         ).all()
-
-
-def drain_until_settled(d: Deliverer, engine: sa.Engine, queue: str = "default") -> None:
-    """Run the worker and the sweeper until no job is pending, retrying or in flight.
-
-    Waiting for a retry's time is done with the database's own schedule (next_attempt_at), never
-    with a sleep whose length the test asserts on.
-    """
-    for _ in range(500):
-        d.drain(queue)
-        with engine.connect() as conn:
-            waiting = conn.execute(
-                sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
-                    jobs.c.status.in_(("pending", "retrying", "in_flight"))
-                )
-            ).scalar()
-        if waiting is None:
-            return
-        threading.Event().wait(max(0.0, min(0.5, (waiting - utcnow()).total_seconds())))
-    raise AssertionError("jobs did not settle")
 
 
 def test_201_delivered_once_with_the_documented_bytes(

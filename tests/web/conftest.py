@@ -18,13 +18,12 @@ from starlette.applications import Starlette
 
 from dispatcher import CustomEvent, DataField, SegmentEvent, enqueue, enqueue_many
 from dispatcher.config import Secret, Settings
-from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
-from dispatcher.schema import jobs
 from dispatcher.web import create_app
 from tests.conftest import require
+from tests.support import settle
 
 TOKEN = "web-test-token-0123456789"
 PROBLEM_400 = {
@@ -46,22 +45,6 @@ class Outbox:
     flaky: str  # event 105 (maria.garcia@…, data fields), 500 then 201 -> delivered
     segment: str  # event 106, delivered
     eu: list[str]  # queue eu-shop: its key was revoked (401), so the queue paused; pending
-
-
-def settle(deliverer: Deliverer, engine: sa.Engine, queue: str = "default") -> None:
-    """Deliver until nothing of ``queue`` waits (following the outbox's own schedule)."""
-    for _ in range(400):
-        deliverer.drain(queue)
-        with engine.connect() as conn:
-            waiting = conn.execute(
-                sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
-                    jobs.c.queue == queue, jobs.c.status.in_(("pending", "retrying", "in_flight"))
-                )
-            ).scalar()
-        if waiting is None:
-            return
-        threading.Event().wait(max(0.0, min(0.2, (waiting - utcnow()).total_seconds())))
-    raise AssertionError("jobs did not settle")
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ from dispatcher.outbox import pause
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts
 from dispatcher.web import create_app
+from tests.support import settle
 
-from .conftest import AUTH, Outbox, settle
+from .conftest import AUTH, Outbox
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
