@@ -1273,9 +1273,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(FIGURES)}")
     p.add_argument("--jobs", type=int, help="jobs per drain (default 20000; --quick: 2000)")
     p.add_argument("--naive-50ms-jobs", type=int, help="tasks for naive_celery_50ms (1000; 200)")
-    p.add_argument(
-        "--memory-jobs", type=int, help="jobs of the long drain for RSS growth (60000)"
-    )
+    p.add_argument("--memory-jobs", type=int, help="jobs of the long drain for RSS growth (60000)")
     p.add_argument("--big-rows", type=int, default=1_000_000, help="delivered rows, big table")
     p.add_argument("--latency-seconds", type=float, help="per round (default 10; --quick: 5)")
     p.add_argument("--latency-rate", type=float, default=100.0, help="events/s for latency")

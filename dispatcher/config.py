@@ -92,7 +92,9 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease_seconds: float = 120.0
     batch_size: int = 100
-    worker_threads: int = 48
+    max_in_flight: int = 128  # requests in flight per worker process, at most
+    # From HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, as httpx and curl read them.
+    proxy_url: Secret | None = None
     # Both by queue_env_suffix(); the key "" holds the ceiling for every queue.
     rate_limits: Mapping[str, float] = field(default_factory=dict)
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
@@ -159,6 +161,10 @@ class Settings:
                     found[name[len(prefix) + 1 :]] = kind(value)
             return found
 
+        base_url = (env.get("ECDP_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+        scheme, _, host = base_url.partition("://")
+        if scheme.lower() not in ("http", "https") or not host:
+            raise ConfigError(f"ECDP_BASE_URL: expected an http(s):// URL (got {base_url!r})")
         retry = RetryPolicy(
             base_seconds=num("DISPATCHER_RETRY_BASE_SECONDS", 1.0),
             max_seconds=num("DISPATCHER_RETRY_MAX_SECONDS", 3600.0),
@@ -170,7 +176,7 @@ class Settings:
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
             broker_url=env.get("DISPATCHER_BROKER_URL") or DEFAULT_BROKER_URL,
-            base_url=(env.get("ECDP_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+            base_url=base_url,
             api_keys=keys,
             http_timeout_seconds=num("DISPATCHER_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.001),
             http_connect_timeout_seconds=num(
@@ -179,7 +185,8 @@ class Settings:
             retry=retry,
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
             batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
-            worker_threads=int(num("DISPATCHER_WORKER_THREADS", 48, minimum=1)),
+            max_in_flight=int(num("DISPATCHER_MAX_IN_FLIGHT", 128, minimum=1)),
+            proxy_url=proxy_for(base_url, env),
             rate_limits=per_queue("DISPATCHER_RATE_LIMIT", float),
             concurrency_limits=per_queue("DISPATCHER_CONCURRENCY", int),
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
@@ -187,6 +194,26 @@ class Settings:
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
         )
+
+
+def proxy_for(base_url: str, env: Mapping[str, str]) -> Secret | None:
+    """The proxy that ``base_url`` should go through, read as curl and httpx read it:
+    ``<scheme>_proxy`` or ``all_proxy`` (either case), unless ``no_proxy`` lists the host, one
+    of its parent domains, or ``*``. A Secret: proxy URLs often carry a password."""
+
+    def get(name: str) -> str:
+        return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
+
+    scheme, _, rest = base_url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    host = host.strip("[]").lower()
+    for entry in get("no_proxy").split(","):
+        entry = entry.strip().lower().lstrip(".")
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return None
+    proxy = get(f"{scheme.lower()}_proxy") or get("all_proxy")
+    return Secret(proxy) if proxy else None
 
 
 @lru_cache(maxsize=1)

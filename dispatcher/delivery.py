@@ -3,18 +3,20 @@
 Kept free of Celery so that tests (and the demo) can run several deliverers side by side; the
 Celery task in :mod:`dispatcher.tasks` is a thin wrapper around :meth:`Deliverer.drain`.
 
-Requests of a batch go out on a small thread pool sharing one ``httpx.Client``, so a slow API
-costs latency, not throughput. A 401/403 stops the batch: requests not yet sent are given back
-unsent, so each worker sends at most its in-flight requests after the key stops working.
+Requests go out through the process's one :class:`~dispatcher.ecdp.EcdpClient`, many in flight at
+once, so a slow API costs latency, not throughput. A 401/403 stops the drain: requests not yet sent
+are given back unsent, so each worker sends at most its in-flight requests after the key stops
+working.
 """
 
 from __future__ import annotations
 
 import logging
+import queue as queues
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -94,22 +96,20 @@ class Deliverer:
             settings.base_url,
             timeout=settings.http_timeout_seconds,
             connect_timeout=settings.http_connect_timeout_seconds,
-            max_connections=settings.worker_threads,
+            max_connections=settings.max_in_flight,
             body_limit=settings.response_body_limit,
+            proxy_url=settings.proxy_url.reveal() if settings.proxy_url else None,
         )
-        self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="ecdp-post")
         self._latency_ms = 10.0  # running average of answer times, see _window()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         self.client.close()
 
     def drain(self, queue: str, *, max_seconds: float = 10.0) -> DrainSummary:
         """Deliver due jobs of ``queue`` until none is due, the queue pauses, or time is up.
 
-        A pipeline, not lock-step batches: up to ``worker_threads`` requests stay in flight
-        while the next batch is claimed and finished ones are recorded, so a slow API costs
-        latency, not throughput.
+        A pipeline, not lock-step batches: requests stay in flight while the next batch is
+        claimed and finished ones are recorded, so a slow API costs latency, not throughput.
         """
         summary = DrainSummary(queue)
         api_key = self.settings.api_key(queue)
@@ -118,13 +118,14 @@ class Deliverer:
             return summary
         deadline = time.monotonic() + max_seconds
         inbox: deque[Claimed] = deque()  # leased, not yet sent
-        running: dict[Future[AttemptResult], Claimed] = {}
+        answered: queues.SimpleQueue[tuple[Claimed, Future[Answer]]] = queues.SimpleQueue()
+        in_flight = 0
         done: list[AttemptResult] = []
         stop = False  # a 401/403 or 429 answered: send nothing more
         exhausted = False  # nothing more was due at the last claim
 
         while True:
-            while not stop and len(running) < self._window():
+            while not stop and in_flight < self._window():
                 if not inbox and not exhausted and time.monotonic() < deadline:
                     if done:  # recorded jobs stop counting against the in-flight ceiling
                         self._record(done, [], summary)
@@ -135,21 +136,23 @@ class Deliverer:
                         inbox.extend(claimed)
                     elif not throttled_for:
                         exhausted = True
-                    elif not running:  # throttled with nothing else to do
+                    elif not in_flight:  # throttled with nothing else to do
                         time.sleep(min(throttled_for, max(0.0, deadline - time.monotonic())))
                         continue
                     else:
                         break  # throttled: collect what is in flight first
                 if not inbox:
                     break
-                job = inbox.popleft()
-                running[self._pool.submit(self._send, job, api_key)] = job
-            if not running:
+                self._send(inbox.popleft(), api_key, answered)
+                in_flight += 1
+            if not in_flight:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                del running[future]
-                result = future.result()
+            finished = [answered.get()]  # wait for one, then take whatever else is in
+            while not answered.empty():
+                finished.append(answered.get_nowait())
+            in_flight -= len(finished)
+            for job, future in finished:
+                result = self._judge(job, future.result())
                 done.append(result)
                 # Little's law: keeping R requests/s going at latency L needs R x L in flight.
                 self._latency_ms += 0.1 * (result.duration_ms - self._latency_ms)
@@ -166,14 +169,20 @@ class Deliverer:
         return summary
 
     def _window(self) -> int:
-        """How many requests to keep in flight: about one per millisecond of answer latency
-        (what one process can prepare per ms), at least 2, at most ``worker_threads``. Against a
-        fast local API more threads only fight over the GIL; against one 50 ms away they are
-        what keeps the throughput up."""
-        return min(self.settings.worker_threads, max(2, round(self._latency_ms)))
+        """How many requests to keep in flight: about two per millisecond of answer latency
+        (a process sends on the order of a thousand a second), at least 2, at most
+        ``max_in_flight``. Against a fast local API a few suffice; against one 50 ms away
+        about a hundred are what keeps the throughput up."""
+        return min(self.settings.max_in_flight, max(2, round(2 * self._latency_ms)))
 
-    def _send(self, job: Claimed, api_key: Secret) -> AttemptResult:
-        return self._judge(job, self.client.post(job.endpoint, job.payload, api_key))
+    def _send(
+        self,
+        job: Claimed,
+        api_key: Secret,
+        answered: queues.SimpleQueue[tuple[Claimed, Future[Answer]]],
+    ) -> None:
+        future = self.client.submit(job.endpoint, job.payload, api_key)
+        future.add_done_callback(lambda f: answered.put((job, f)))
 
     def _claim(self, queue: str) -> tuple[list[Claimed], float]:
         """Lease a batch within the queue's shared ceilings. ``([], seconds)``: throttled, jobs

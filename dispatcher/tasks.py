@@ -71,7 +71,7 @@ _deliverer: tuple[int, Deliverer] | None = None
 
 
 def get_deliverer() -> Deliverer:
-    """One Deliverer (and so one httpx.Client) per worker process, created after fork."""
+    """One Deliverer (and so one HTTP client) per worker process, created after fork."""
     global _deliverer
     if _deliverer is None or _deliverer[0] != os.getpid():
         _deliverer = (os.getpid(), Deliverer(get_settings()))
@@ -81,8 +81,8 @@ def get_deliverer() -> Deliverer:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _after_fork(**_: object) -> None:
     dispose_engines()  # never share the parent's pooled connections
-    # httpx logs every request at INFO: at a thousand deliveries a second that is most of the
-    # log and a few percent of the CPU. The outbox's attempt rows are the record.
+    # httpx logs every request's URL at INFO; in a worker its only requests are the pause
+    # alert's, and that webhook URL is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

@@ -172,7 +172,7 @@ def test_api_key_revoked_mid_drain(rig: Rig) -> None:
     assert rig.sandbox.count(status=401) == refused, "requests were sent while paused"
     settings = get_settings()
     # Each worker process stops at its first 401; only requests already in flight can follow.
-    assert refused <= 2 * settings.worker_threads
+    assert refused <= 2 * settings.max_in_flight
     assert "dead" not in statuses(rig.db_url)
     print(f"401 answers before the pause took hold: {refused}")
 

@@ -73,7 +73,7 @@ def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
             base_url=sandbox.url,
             retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
             http_timeout_seconds=2.0,
-            worker_threads=4,
+            max_in_flight=4,
         )
     )
     yield d

@@ -41,7 +41,7 @@ def delivery_settings(settings: Settings, sandbox: Sandbox) -> Settings:
         base_url=sandbox.url,
         retry=RetryPolicy(base_seconds=0.05, max_seconds=0.2, max_attempts=4),
         http_timeout_seconds=2.0,
-        worker_threads=4,
+        max_in_flight=4,
     )
 
 
@@ -185,7 +185,7 @@ def test_401_pauses_queue_until_resume(
     assert {s.status for s in statuses} == {"pending"}, "nothing is dead or lost"
     assert {s.attempts for s in statuses} == {0}, "a 401 does not count toward the limit"
     sent_during_pause = sandbox.count()
-    assert 1 <= sent_during_pause <= deliverer.settings.worker_threads  # only what was in flight
+    assert 1 <= sent_during_pause <= deliverer.settings.max_in_flight  # only what was in flight
 
     # While paused: new events wait, the sweeper does not signal, no request reaches the server.
     late = enqueue(CustomEvent(21, customer_id=99))

@@ -60,7 +60,7 @@ def test_rate_ceiling_holds_across_workers(
 ) -> None:
     rate = 40.0
     limited = dataclasses.replace(
-        settings, base_url=sandbox.url, rate_limits={"": rate}, worker_threads=8
+        settings, base_url=sandbox.url, rate_limits={"": rate}, max_in_flight=8
     )
     enqueue_many([CustomEvent(1, customer_id=n) for n in range(1, 121)])
     run_workers(limited, 3, engine)
@@ -78,7 +78,7 @@ def test_concurrency_ceiling_holds_across_workers(
 ) -> None:
     sandbox.default_delay = 0.02  # so that requests overlap
     limited = dataclasses.replace(
-        settings, base_url=sandbox.url, concurrency_limits={"": 5}, worker_threads=8
+        settings, base_url=sandbox.url, concurrency_limits={"": 5}, max_in_flight=8
     )
     enqueue_many([CustomEvent(1, customer_id=n) for n in range(1, 201)])
     run_workers(limited, 3, engine)
@@ -110,7 +110,7 @@ def test_429_cools_the_whole_queue_down(
         dataclasses.replace(
             settings,
             base_url=sandbox.url,
-            worker_threads=1,
+            max_in_flight=1,
             batch_size=10,
             retry=RetryPolicy(base_seconds=0.01, max_seconds=60),
         )
