@@ -301,3 +301,23 @@ def test_two_workers_drain_2000_jobs_exactly_once(
     assert len(received) == 2000
     assert sorted(received) == list(range(1, 2001)), "each job delivered exactly once"
     assert len(ids) == 2000
+
+
+def test_a_slow_api_gets_many_requests_in_flight_each_delivered_once(
+    delivery_settings: Settings, engine: sa.Engine, sandbox: Sandbox
+) -> None:
+    """Against an API 100 ms away one worker widens its window from a few requests in flight to
+    its ceiling (64 here), and never beyond it."""
+    enqueue_many([CustomEvent(17, customer_id=n) for n in range(1, 601)])
+    sandbox.default_delay = 0.1
+    d = Deliverer(dataclasses.replace(delivery_settings, max_in_flight=64))
+    try:
+        while d.drain("default").batches:
+            pass
+    finally:
+        d.close()
+    with engine.connect() as conn:
+        assert set(conn.execute(sa.select(jobs.c.status)).scalars()) == {"delivered"}
+    received = [json.loads(b)["customerId"] for b in sandbox.bodies()]
+    assert sorted(received) == list(range(1, 601)), "each job delivered exactly once"
+    assert sandbox.max_in_flight == 64

@@ -1,0 +1,288 @@
+"""``dispatcher.ecdp.EcdpClient`` against real servers on loopback: the sandbox, and small raw
+socket servers where a test needs to control the connection itself (close, TLS, a proxy)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.config import Secret
+from dispatcher.ecdp import EcdpClient
+from dispatcher.sandbox import CUSTOM_EVENTS_PATH, Reply, Sandbox
+from tests.support import free_port
+
+KEY = Secret("client-test-key")
+BODY = b'{"customEventId":7,"customerEmail":"a@example.com"}'
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    with Sandbox(api_key=KEY.reveal()) as server:
+        yield server
+
+
+@pytest.fixture
+def client(box: Sandbox) -> Iterator[EcdpClient]:
+    c = EcdpClient(box.url, timeout=5, max_connections=64, body_limit=1000)
+    yield c
+    c.close()
+
+
+def test_201_sends_the_body_and_headers_as_given(box: Sandbox, client: EcdpClient) -> None:
+    answer = client.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    assert (answer.status_code, answer.error) == (201, None)
+    (seen,) = box.requests
+    assert (seen.method, seen.path, seen.body) == ("POST", CUSTOM_EVENTS_PATH, BODY)
+    headers = {k.lower(): v for k, v in seen.headers.items()}
+    assert headers["x-api-key"] == KEY.reveal()
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(BODY))
+    assert headers["host"] == f"127.0.0.1:{box.url.rsplit(':', 1)[1]}"
+
+
+def test_error_body_and_retry_after_are_returned(box: Sandbox, client: EcdpClient) -> None:
+    box.script(7, Reply(429, body={"title": "slow down"}, headers={"Retry-After": "3"}))
+    answer = client.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    assert answer.status_code == 429
+    assert answer.retry_after == "3"
+    assert b"slow down" in answer.body
+
+
+def test_a_large_body_is_cut_and_the_client_goes_on(box: Sandbox, client: EcdpClient) -> None:
+    box.script(7, Reply(500, body=b"x" * 300_000))
+    answer = client.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    assert (answer.status_code, len(answer.body), answer.body_size) == (500, 1000, 300_000)
+    assert client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
+
+
+def test_a_hanging_server_gives_a_timeout_answer(box: Sandbox) -> None:
+    box.script(7, Reply(201, hang=True))
+    c = EcdpClient(box.url, timeout=0.3)
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+    assert (answer.status_code, answer.error) == (None, "timeout: ReadTimeout")
+
+
+def test_nothing_listening_gives_a_connection_error_answer() -> None:
+    c = EcdpClient(f"http://127.0.0.1:{free_port()}", connect_timeout=2)
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+    assert answer.status_code is None
+    assert answer.error is not None and answer.error.startswith("connection error: ConnectError")
+
+
+def test_a_path_prefix_in_the_base_url_is_kept(box: Sandbox) -> None:
+    c = EcdpClient(box.url + "/v2/", timeout=5)
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+    assert answer.status_code == 404  # the sandbox knows no /v2 prefix: what counts is the path
+    assert [r.path for r in box.requests] == ["/v2" + CUSTOM_EVENTS_PATH]
+
+
+def test_requests_run_concurrently_up_to_the_ceiling(box: Sandbox) -> None:
+    """A slow API: 40 requests submitted at once are all in flight together, and with a ceiling
+    of 8 connections never more than 8 are."""
+    box.default_delay = 0.3
+    wide = EcdpClient(box.url, timeout=5, max_connections=64)
+    try:
+        futures = [wide.submit(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(40)]
+        answers = [f.result() for f in futures]
+    finally:
+        wide.close()
+    assert [a.status_code for a in answers] == [201] * 40
+    assert box.max_in_flight == 40
+
+    box.max_in_flight = 0
+    narrow = EcdpClient(box.url, timeout=5, max_connections=8)
+    try:
+        futures = [narrow.submit(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(24)]
+        answers = [f.result() for f in futures]
+    finally:
+        narrow.close()
+    assert [a.status_code for a in answers] == [201] * 24
+    assert box.max_in_flight == 8
+
+
+# -- raw servers: one thread per connection, each answering with ``respond(request_head)`` ----
+
+
+class RawServer:
+    def __init__(
+        self,
+        respond: Callable[[bytes], bytes],
+        *,
+        close_after: bool = False,
+        tls: Path | None = None,
+    ) -> None:
+        self.respond = respond
+        self.close_after = close_after
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            stream = conn.makefile("rb")
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = stream.readline()
+                    if not line:
+                        return
+                    head += line
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                stream.read(length)
+                self.heads.append(head)
+                conn.sendall(self.respond(head))
+                if self.close_after:
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def created(_: bytes) -> bytes:
+    return b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_connections_are_kept_alive_and_reused() -> None:
+    server = RawServer(created)
+    c = EcdpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        codes = [c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code for _ in range(20)]
+    finally:
+        c.close()
+        server.close()
+    assert codes == [201] * 20
+    assert server.connections == 1
+
+
+def test_a_server_that_closes_every_connection_is_reconnected_to() -> None:
+    server = RawServer(
+        lambda _: b"HTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        close_after=True,
+    )
+    c = EcdpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        codes = [c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code for _ in range(5)]
+    finally:
+        c.close()
+        server.close()
+    assert codes == [201] * 5
+    assert server.connections == 5
+
+
+def test_a_redirect_is_an_answer_not_followed() -> None:
+    server = RawServer(
+        lambda _: (
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://evil.example/\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+    )
+    c = EcdpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+        server.close()
+    assert answer.status_code == 307
+    assert len(server.heads) == 1
+
+
+def test_https_with_a_trusted_certificate(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert)),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = RawServer(created, tls=tmp_path)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    good = EcdpClient(f"https://localhost:{server.port}", ssl_context=trusting)
+    default = EcdpClient(f"https://localhost:{server.port}", connect_timeout=2)
+    try:
+        assert good.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
+        refused = default.post(CUSTOM_EVENTS_PATH, BODY, KEY)  # self-signed: not trusted
+    finally:
+        good.close()
+        default.close()
+        server.close()
+    assert refused.status_code is None
+    assert refused.error is not None and "CERTIFICATE_VERIFY_FAILED" in refused.error
+    assert len(server.heads) == 1
+
+
+def test_a_proxy_gets_the_request_with_its_absolute_url() -> None:
+    proxy = RawServer(created)
+    c = EcdpClient("http://api.invalid:8080", proxy_url=f"http://127.0.0.1:{proxy.port}")
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+        proxy.close()
+    assert answer.status_code == 201
+    assert proxy.heads[0].startswith(b"POST http://api.invalid:8080" + CUSTOM_EVENTS_PATH.encode())
+
+
+def _post_in_child(client: EcdpClient, out: multiprocessing.Queue[object]) -> None:
+    out.put(client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code)
+
+
+def test_a_forked_child_gets_a_working_client_of_its_own(box: Sandbox, client: EcdpClient) -> None:
+    """Celery's prefork pool: the parent's loop thread does not exist in the child."""
+    assert client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201  # parent's loop runs
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[object] = ctx.Queue()
+    child = ctx.Process(target=_post_in_child, args=(client, out))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == 201
+    assert client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201  # parent's still does
+    assert box.count(201) == 3
+
+
+def test_bad_base_urls_are_refused_with_the_variable_named() -> None:
+    with pytest.raises(ValueError, match="ECDP_BASE_URL"):
+        EcdpClient("ftp://example.com")
