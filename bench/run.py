@@ -1044,6 +1044,29 @@ def raw_http_run(sink: Sink, n: int, threads: int, tag: str) -> dict[str, Any]:
     return {"n": n, "threads": threads, "seconds": elapsed, "rate": n / elapsed}
 
 
+def client_run(sink: Sink, n: int, in_flight: int, tag: str) -> dict[str, Any]:
+    """One process, the dispatcher's own ``EcdpClient`` (asyncio + httpcore, a connection per
+    request in flight), the same bodies: what a worker's sending side does without the outbox."""
+    from dispatcher.config import Secret
+    from dispatcher.ecdp import EcdpClient
+
+    bodies = [(e.endpoint, e.to_json().encode()) for e in events(n, tag)]
+    key = Secret(API_KEY)
+    client = EcdpClient(sink.url, max_connections=in_flight)
+    try:
+        client.post(bodies[0][0], bodies[0][1], key)
+        start = time.perf_counter()
+        futures = [client.submit(endpoint, body, key) for endpoint, body in bodies]
+        codes = [f.result().status_code for f in futures]
+        elapsed = time.perf_counter() - start
+    finally:
+        client.close()
+    bad = sum(1 for c in codes if c != 201)
+    if bad:
+        raise BenchError(f"EcdpClient ({tag}): {bad} of {n} answers were not 201")
+    return {"n": n, "in_flight": in_flight, "seconds": elapsed, "rate": n / elapsed}
+
+
 def latency_run(ctx: Ctx, seconds: float, rate: float, tag: str) -> dict[str, Any]:
     """enqueue-commit -> request received, at a steady ``rate`` of single-event transactions."""
     from sqlalchemy.orm import Session
@@ -1148,6 +1171,7 @@ UNITS = {
     "naive_celery_50ms": "events/s",
     "raw_http_50ms": "requests/s",
     "raw_http_50ms_threads": "requests/s",
+    "raw_http_50ms_client": "requests/s",
     "drain_big_table": "events/s",
     "worker_rss_peak": "MiB",
     "worker_rss_growth": "B/event",
@@ -1279,6 +1303,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=100.0, help="events/s for latency")
     p.add_argument("--delay", type=float, default=0.05, help="the slow sink's delay (s)")
     p.add_argument("--threads", type=int, default=32, help="threads for raw_http_50ms_threads")
+    p.add_argument(
+        "--in-flight", type=int, default=128, help="requests in flight for raw_http_50ms_client"
+    )
     p.add_argument("--python-sink", action="store_true", help="slow sink: bench/sink.py, no echo")
     p.add_argument(
         "--py-spy",
@@ -1482,9 +1509,17 @@ def run(
             "raw_http_50ms_threads",
             raw_http_run(slow, min(args.jobs, 5000), args.threads, f"ht{r}"),
         )
+        ours = keep(
+            "raw_http_50ms_client",
+            client_run(slow, min(args.jobs, 5000), args.in_flight, f"hc{r}"),
+        )
         per_round["raw_http_50ms"].append(seq["rate"])
         per_round["raw_http_50ms_threads"].append(thr["rate"])
-        log(f"raw_http_50ms {seq['rate']:,.1f}/s; {args.threads} threads {thr['rate']:,.0f}/s")
+        per_round["raw_http_50ms_client"].append(ours["rate"])
+        log(
+            f"raw_http_50ms {seq['rate']:,.1f}/s; {args.threads} threads {thr['rate']:,.0f}/s; "
+            f"EcdpClient, {args.in_flight} in flight {ours['rate']:,.0f}/s"
+        )
 
     def step_naive(r: int) -> None:
         res = keep("naive_celery", naive_run(ctx, nginx.fast, args.jobs, f"n{r}"))
@@ -1553,7 +1588,8 @@ def run(
     notes = {
         "raw_http": "1 process, 1 httpx.Client, sequential",
         "raw_http_50ms": "sequential",
-        "raw_http_50ms_threads": f"{args.threads} threads, 1 client",
+        "raw_http_50ms_threads": f"{args.threads} threads, 1 httpx.Client",
+        "raw_http_50ms_client": f"1 process, EcdpClient, {args.in_flight} in flight",
         "naive_celery": f"prefork {worker_concurrency(ctx.procfile['worker'])}",
         "naive_celery_enqueue": "send.delay(), producer side",
         "worker_rss_peak": "worker + pool children, during drain",
