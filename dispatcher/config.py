@@ -7,12 +7,14 @@ Every knob the dispatcher has is a field of :class:`Settings`; nothing else in t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from dispatcher.policy import RetryPolicy
 
@@ -93,8 +95,8 @@ class Settings:
     lease_seconds: float = 120.0
     batch_size: int = 100
     max_in_flight: int = 128  # requests in flight per worker process, at most
-    # From HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, as httpx and curl read them.
-    proxy_url: Secret | None = None
+    # https_proxy, http_proxy, all_proxy and no_proxy as found (either case); see proxy_url().
+    proxy_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Both by queue_env_suffix(); the key "" holds the ceiling for every queue.
     rate_limits: Mapping[str, float] = field(default_factory=dict)
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
@@ -107,6 +109,10 @@ class Settings:
 
     def api_key(self, queue: str) -> Secret | None:
         return self.api_keys.get(queue_env_suffix(queue))
+
+    def proxy_url(self) -> Secret | None:
+        """The egress proxy for ``base_url``, if the environment names one for it."""
+        return proxy_for(self.base_url, self.proxy_env)
 
     def limits(self, queue: str) -> QueueLimits:
         """The queue's ceilings, shared by every worker: ``…_<QUEUE>`` wins over the plain one."""
@@ -161,10 +167,18 @@ class Settings:
                     found[name[len(prefix) + 1 :]] = kind(value)
             return found
 
-        base_url = (env.get("ECDP_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
-        scheme, _, host = base_url.partition("://")
-        if scheme.lower() not in ("http", "https") or not host:
-            raise ConfigError(f"ECDP_BASE_URL: expected an http(s):// URL (got {base_url!r})")
+        if env.get("DISPATCHER_WORKER_THREADS"):
+            raise ConfigError(
+                "DISPATCHER_WORKER_THREADS: renamed DISPATCHER_MAX_IN_FLIGHT (requests in flight "
+                "per worker process); set that instead"
+            )
+        base_url = check_base_url(env.get("ECDP_BASE_URL") or DEFAULT_BASE_URL)
+        proxy_env = {
+            name: value
+            for name in PROXY_VARIABLES
+            if (value := (env.get(name) or env.get(name.upper()) or "").strip())
+        }
+        proxy_for(base_url, proxy_env)  # a proxy URL we cannot use is refused now, by name
         retry = RetryPolicy(
             base_seconds=num("DISPATCHER_RETRY_BASE_SECONDS", 1.0),
             max_seconds=num("DISPATCHER_RETRY_MAX_SECONDS", 3600.0),
@@ -186,7 +200,7 @@ class Settings:
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
             batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
             max_in_flight=int(num("DISPATCHER_MAX_IN_FLIGHT", 128, minimum=1)),
-            proxy_url=proxy_for(base_url, env),
+            proxy_env=proxy_env,
             rate_limits=per_queue("DISPATCHER_RATE_LIMIT", float),
             concurrency_limits=per_queue("DISPATCHER_CONCURRENCY", int),
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
@@ -196,24 +210,92 @@ class Settings:
         )
 
 
+def check_base_url(raw: str) -> str:
+    """``ECDP_BASE_URL`` as ``http(s)://host[:port][/path]``, without a trailing slash."""
+    url = raw.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+        if parts.hostname:
+            parts.hostname.encode("idna")
+    except (ValueError, UnicodeError):
+        raise ConfigError(f"ECDP_BASE_URL: not a URL we can send to (got {url!r})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "ECDP_BASE_URL: must not hold a user name or password (the key is sent as x-api-key)"
+        )
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"ECDP_BASE_URL: expected http(s)://host[:port][/path] (got {url!r})")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"ECDP_BASE_URL: must not have a query or fragment (got {url!r})")
+    return url
+
+
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
+
+
 def proxy_for(base_url: str, env: Mapping[str, str]) -> Secret | None:
     """The proxy that ``base_url`` should go through, read as curl and httpx read it:
-    ``<scheme>_proxy`` or ``all_proxy`` (either case), unless ``no_proxy`` lists the host, one
-    of its parent domains, or ``*``. A Secret: proxy URLs often carry a password."""
+    ``<scheme>_proxy`` or ``all_proxy`` (either case), unless ``no_proxy`` covers the host. A
+    proxy without a scheme is taken as ``http://``. A Secret: proxy URLs often carry a password.
+    """
 
     def get(name: str) -> str:
-        return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
+        return (env.get(name) or env.get(name.upper()) or "").strip()
 
-    scheme, _, rest = base_url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    host = host.strip("[]").lower()
-    for entry in get("no_proxy").split(","):
-        entry = entry.strip().lower().lstrip(".")
-        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
-            return None
-    proxy = get(f"{scheme.lower()}_proxy") or get("all_proxy")
-    return Secret(proxy) if proxy else None
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    if _no_proxy(parts.hostname or "", port, get("no_proxy")):
+        return None
+    name = f"{scheme}_proxy" if get(f"{scheme}_proxy") else "all_proxy"
+    proxy = get(name)
+    if not proxy:
+        return None
+    proxy = proxy if "://" in proxy else "http://" + proxy
+    try:
+        parts = urlsplit(proxy)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        usable = False
+    if not usable:  # the value may hold a password: not shown
+        raise ConfigError(f"{name.upper()}: expected an http:// or https:// proxy URL")
+    return Secret(proxy)
+
+
+def _no_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` covers ``host``: ``*``, a name or a parent domain (``.x.com`` or
+    ``x.com``), an IP address or network (CIDR); each optionally with ``:port``."""
+    host = host.lower()
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.lower().split(","):
+        entry = entry.strip()
+        if entry == "*":
+            return True
+        want_port = ""
+        if entry.startswith("["):  # [v6]:port
+            entry, _, rest = entry[1:].partition("]")
+            want_port = rest.removeprefix(":")
+        elif entry.count(":") == 1:  # name:port or v4:port
+            entry, _, want_port = entry.partition(":")
+        if not entry or (want_port and want_port != str(port)):
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            network = None
+        if network is not None:
+            if address is not None and address in network:
+                return True
+            continue
+        entry = entry.lstrip(".")
+        if address is None and (host == entry or host.endswith("." + entry)):
+            return True
+    return False
 
 
 @lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ from dispatcher.policy import Outcome, decide, truncate_body
 log = logging.getLogger("dispatcher.delivery")
 
 T = TypeVar("T")
+Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answer) as they come
 LATENCY_SAMPLES = 100  # answers that _window() looks back over
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
 
@@ -99,9 +100,9 @@ class Deliverer:
             connect_timeout=settings.http_connect_timeout_seconds,
             max_connections=settings.max_in_flight,
             body_limit=settings.response_body_limit,
-            proxy_url=settings.proxy_url.reveal() if settings.proxy_url else None,
+            proxy_url=proxy.reveal() if (proxy := settings.proxy_url()) else None,
         )
-        self._latencies_ms: deque[int] = deque([5], maxlen=LATENCY_SAMPLES)  # see _window()
+        self._latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)  # see _window()
 
     def close(self) -> None:
         self.client.close()
@@ -119,18 +120,39 @@ class Deliverer:
             return summary
         deadline = time.monotonic() + max_seconds
         inbox: deque[Claimed] = deque()  # leased, not yet sent
-        answered: queues.SimpleQueue[tuple[Claimed, Future[Answer]]] = queues.SimpleQueue()
+        answered: Answered = queues.SimpleQueue()  # answers not yet judged
+        done: list[AttemptResult] = []  # judged, not yet recorded
+        try:
+            stop, exhausted = self._pump(queue, api_key, deadline, inbox, answered, done, summary)
+        except BaseException:
+            self._give_back(answered, done, inbox, summary)
+            raise
+        self._record(done, list(inbox), summary)  # inbox: left unsent by a stop or the deadline
+        summary.more = not exhausted and not stop
+        if stop:
+            self._report_stop(queue, summary)
+        return summary
+
+    def _pump(
+        self,
+        queue: str,
+        api_key: Secret,
+        deadline: float,
+        inbox: deque[Claimed],
+        answered: Answered,
+        done: list[AttemptResult],
+        summary: DrainSummary,
+    ) -> tuple[bool, bool]:
+        """Claim, send and collect until nothing is due, a 401/403/429 stops it, or the deadline
+        passes; ``(stopped, exhausted)``. Leaves in ``inbox`` and ``done`` what the caller must
+        give back and record."""
         in_flight = 0
-        done: list[AttemptResult] = []
         stop = False  # a 401/403 or 429 answered: send nothing more
         exhausted = False  # nothing more was due at the last claim
-
         while True:
             while not stop and in_flight < self._window():
                 if not inbox and not exhausted and time.monotonic() < deadline:
-                    if done:  # recorded jobs stop counting against the in-flight ceiling
-                        self._record(done, [], summary)
-                        done = []
+                    self._flush(done, summary)  # recorded jobs leave the in-flight ceiling
                     claimed, throttled_for = self._claim(queue)
                     if claimed:
                         summary.batches += 1
@@ -144,29 +166,24 @@ class Deliverer:
                         break  # throttled: collect what is in flight first
                 if not inbox:
                     break
-                self._send(inbox.popleft(), api_key, answered)
+                self._send(inbox[0], api_key, answered)
+                inbox.popleft()  # only once sent: a job that failed to go out is given back
                 in_flight += 1
             if not in_flight:
-                break
-            finished = [answered.get()]  # wait for one, then take whatever else is in
+                return stop, exhausted
+            # Wait for one answer, then take whatever else is in. No answer within a lease means
+            # the client is broken; the jobs in flight come back when their leases expire.
+            finished = [answered.get(timeout=self.settings.lease_seconds)]
             while not answered.empty():
                 finished.append(answered.get_nowait())
             in_flight -= len(finished)
-            for job, future in finished:
-                result = self._judge(job, future.result())
+            for result in self._judge_all(finished):
                 done.append(result)
                 self._latencies_ms.append(result.duration_ms)
                 stop = stop or result.decision.outcome is Outcome.PAUSE
                 stop = stop or result.status_code == 429
             if len(done) >= self.settings.batch_size:
-                self._record(done, [], summary)
-                done = []
-
-        self._record(done, list(inbox), summary)  # inbox: left unsent by a stop or the deadline
-        summary.more = not exhausted and not stop
-        if stop:
-            self._report_stop(queue, summary)
-        return summary
+                self._flush(done, summary)
 
     def _window(self) -> int:
         """How many requests to keep in flight. Little's law: R requests/s at latency L need
@@ -178,13 +195,13 @@ class Deliverer:
         a reason to send it more at once (and a revoked key would cost a hundred 401s instead of
         a few); the minimum stays a few ms against a nearby API and ~50 against one 50 ms away.
         """
-        return min(self.settings.max_in_flight, max(2, 2 * min(self._latencies_ms)))
+        return min(self.settings.max_in_flight, max(2, 2 * min(self._latencies_ms, default=5)))
 
     def _send(
         self,
         job: Claimed,
         api_key: Secret,
-        answered: queues.SimpleQueue[tuple[Claimed, Future[Answer]]],
+        answered: Answered,
     ) -> None:
         future = self.client.submit(job.endpoint, job.payload, api_key)
         future.add_done_callback(lambda f: answered.put((job, f)))
@@ -207,7 +224,11 @@ class Deliverer:
         return with_db_retry(claim, "claim")
 
     def _record(
-        self, results: list[AttemptResult], unsent: list[Claimed], summary: DrainSummary
+        self,
+        results: list[AttemptResult],
+        unsent: list[Claimed],
+        summary: DrainSummary,
+        retry_seconds: float = DB_RETRY_SECONDS,
     ) -> None:
         """One transaction: every attempt and each job's new state; unsent jobs go back."""
         if not results and not unsent:
@@ -219,7 +240,7 @@ class Deliverer:
                 paused = outbox.record(conn, results, now)
                 return paused, outbox.release(conn, unsent, now)
 
-        paused, released = with_db_retry(write, "recording the batch")
+        paused, released = with_db_retry(write, "recording the batch", retry_seconds)
         summary.released += released
         for queue, r in paused.items():  # committed: announce each new pause once
             notify_pause(queue, r.status_code, r.decision.reason, webhook_url=self.webhook)
@@ -227,6 +248,30 @@ class Deliverer:
             summary.outcomes[r.decision.outcome.value] += 1
             if r.decision.outcome is Outcome.PAUSE and summary.pause is None:
                 summary.pause = r
+
+    def _flush(self, done: list[AttemptResult], summary: DrainSummary) -> None:
+        self._record(done, [], summary)
+        done.clear()
+
+    def _judge_all(self, finished: list[tuple[Claimed, Future[Answer]]]) -> list[AttemptResult]:
+        return [self._judge(job, _answer_of(future)) for job, future in finished]
+
+    def _give_back(
+        self,
+        answered: Answered,
+        done: list[AttemptResult],
+        inbox: deque[Claimed],
+        summary: DrainSummary,
+    ) -> None:
+        """A drain that fails still records what was answered and gives back what was not sent,
+        in one try: the error that stopped it is what the caller hears about. Requests still in
+        flight have no answer yet; their jobs come back when their leases expire."""
+        try:
+            while not answered.empty():
+                done.extend(self._judge_all([answered.get_nowait()]))
+            self._record(done, list(inbox), summary, retry_seconds=0.0)
+        except Exception:
+            log.exception("could not record %d answers after a failed drain", len(done))
 
     def _report_stop(self, queue: str, summary: DrainSummary) -> None:
         if summary.pause is None:
@@ -272,3 +317,10 @@ class Deliverer:
             response_body=body,
             decision=decision,
         )
+
+
+def _answer_of(future: Future[Answer]) -> Answer:
+    try:
+        return future.result()
+    except Exception as exc:  # cancelled by close(), or a bug: a failed attempt, judged as one
+        return Answer.failed(utcnow(), time.perf_counter(), f"unexpected error: {exc!r}")

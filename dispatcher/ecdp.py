@@ -6,40 +6,48 @@ judge.
 
 Why it looks the way it does (measured with ``bench/run.py``'s sinks, 2 cores): against an API
 50 ms away, one process has to keep about a hundred requests in flight to send a thousand a
-second. Threads sharing one ``httpx.Client`` stop scaling at a few dozen (598 requests/s at 32
+second. Threads sharing one ``httpx.Client`` stop scaling at a few dozen (612 requests/s at 32
 threads, 172/s at 128: the connection pool's lock and bookkeeping grow with every connection),
 and ``httpx.AsyncClient`` over one shared pool fared worse (121/s with 64 tasks). What scales is
 one asyncio loop on its own thread, sending each request over a keep-alive connection of its own
-("a slot") with ``httpcore``, the HTTP/1.1 engine underneath httpx: 1,990 requests/s with 128 in
-flight, at about the CPU per request of a plain single-threaded ``httpx.Client`` loop.
+("a slot") with ``httpcore``, the HTTP/1.1 engine underneath httpx: about 2,000 requests/s with
+128 in flight, at the CPU cost per request of a plain single-threaded ``httpx.Client`` loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpcore
 
-from dispatcher.config import Secret
+from dispatcher.config import Secret, check_base_url
 from dispatcher.db import utcnow
+
+log = logging.getLogger("dispatcher.ecdp")
 
 DRAIN_LIMIT = 8 * 1024 * 1024  # read (and drop) this much of an answer to keep its connection
 KEEPALIVE_SECONDS = 5.0  # an idle connection older than this is not reused (httpx's default)
 
+# Everything a broken network, TLS session or peer can raise from httpcore on asyncio: anyio
+# passes ssl.SSLError and OSError through where httpx's sync backend wrapped them.
 NETWORK_ERRORS = (
     httpcore.NetworkError,
     httpcore.ProtocolError,
     httpcore.ProxyError,
     httpcore.UnsupportedProtocol,
+    ssl.SSLError,
+    OSError,
 )
 
 
@@ -53,14 +61,27 @@ class Answer:
     retry_after: str | None
     error: str | None
 
+    @classmethod
+    def failed(cls, started_at: datetime, start: float, error: str) -> Answer:
+        return cls(started_at, _ms_since(start), None, b"", 0, None, error[:1000])
+
+
+@dataclass
+class _Loop:
+    """The event loop thread and what lives on it; made on first use in each process."""
+
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    slots: asyncio.LifoQueue[httpcore.AsyncConnectionPool]
+
 
 class EcdpClient:
     """POSTs outbox payloads to the ECDP API. Thread-safe: call :meth:`submit` from any thread.
 
-    Requests run on an event loop in a daemon thread that the client starts (and starts again in
-    a forked child, where the parent's thread does not exist). At most ``max_connections`` are
-    in flight; more wait for a free slot. Redirects are never followed: a redirect is an answer
-    to judge, not a reason to send the API key somewhere else.
+    Requests run on an event loop in a daemon thread that the client starts on first use (and
+    again in a forked child, which has no copy of the parent's threads). At most
+    ``max_connections`` are in flight; more wait for a free slot. Redirects are never followed: a
+    redirect is an answer to judge, not a reason to send the API key somewhere else.
     """
 
     def __init__(
@@ -74,98 +95,85 @@ class EcdpClient:
         proxy_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        url = httpcore.URL(base_url.rstrip("/"))
-        if url.scheme not in (b"http", b"https"):
-            raise ValueError(f"ECDP_BASE_URL: must be an http:// or https:// URL, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
+        parts = urlsplit(self.base_url)
+        assert parts.hostname is not None  # check_base_url saw to it
         self.body_limit = body_limit
-        self._scheme, self._host, self._port = url.scheme, url.host, url.port
-        self._path = url.target.rstrip(b"/")
-        default_port = 443 if url.scheme == b"https" else 80
-        self._host_header = (
-            url.host
-            if url.port in (None, default_port)
-            else b"%s:%d"
-            % (
-                url.host,
-                url.port,
-            )
-        )
+        self._scheme = parts.scheme.lower().encode()
+        self._host = parts.hostname.encode("idna")
+        self._port = parts.port
+        self._path = quote(parts.path, safe="/%:@!$&'()*+,;=").encode()
+        host = b"[%s]" % self._host if b":" in self._host else self._host
+        self._host_header = host if parts.port is None else b"%s:%d" % (host, parts.port)
         self._timeouts = {"connect": connect_timeout, "read": timeout, "write": timeout}
         self._max_connections = max_connections
-        self._proxy = httpcore.Proxy(proxy_url) if proxy_url else None
-        self._ssl_context = ssl_context
+        self._proxy = _proxy(proxy_url) if proxy_url else None
+        # One context for every connection: building one reads the CA bundle (tens of ms).
+        self._ssl_context = ssl_context or httpcore.default_ssl_context()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._owner_pid = 0
-        self._thread: threading.Thread | None = None
-        self._slots: asyncio.LifoQueue[httpcore.AsyncConnectionPool] | None = None
+        self._running: _Loop | None = None
+        self._closed = False
+        os.register_at_fork(after_in_child=_forget_loop(weakref.ref(self)))
 
     # -- the calling threads' side --------------------------------------------------------
 
     def submit(self, endpoint: str, payload: str | bytes, api_key: Secret) -> Future[Answer]:
         """Start one POST; the future's result is its :class:`Answer` (never an HTTP error)."""
         body = payload.encode() if isinstance(payload, str) else payload
-        return self._run(self._post(endpoint, body, api_key))
+        running = self._loop()
+        return asyncio.run_coroutine_threadsafe(
+            self._post(running, endpoint, body, api_key), running.loop
+        )
 
     def post(self, endpoint: str, payload: str | bytes, api_key: Secret) -> Answer:
         return self.submit(endpoint, payload, api_key).result()
 
     def close(self) -> None:
+        """Stop the loop. Requests still in flight are cancelled (their futures say so)."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            if loop is None or thread is None or self._owner_pid != os.getpid():
-                return
-            self._loop = self._thread = None
-        asyncio.run_coroutine_threadsafe(self._close_slots(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+            running, self._running, self._closed = self._running, None, True
+        if running is None or not running.thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(running), running.loop).result(timeout=30)
+        running.loop.call_soon_threadsafe(running.loop.stop)
+        running.thread.join(timeout=10)
+        running.loop.close()
 
-    def _run(self, coro: Coroutine[Any, Any, Answer]) -> Future[Answer]:
-        loop = self._loop
-        if loop is None or self._owner_pid != os.getpid():
-            loop = self._start()
-        return asyncio.run_coroutine_threadsafe(coro, loop)
-
-    def _start(self) -> asyncio.AbstractEventLoop:
+    def _loop(self) -> _Loop:
+        running = self._running
+        if running is not None and running.thread.is_alive():
+            return running
         with self._lock:
-            if self._loop is not None and self._owner_pid == os.getpid():
-                return self._loop
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
+            if self._closed:
+                raise RuntimeError("EcdpClient is closed")
+            if self._running is None or not self._running.thread.is_alive():
+                self._running = self._start()
+            return self._running
 
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                self._slots = asyncio.LifoQueue()
-                for _ in range(self._max_connections):
-                    self._slots.put_nowait(self._new_slot())
-                ready.set()
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="ecdp-http", daemon=True)
-            thread.start()
-            ready.wait()
-            self._loop, self._thread, self._owner_pid = loop, thread, os.getpid()
-            return loop
+    def _start(self) -> _Loop:
+        loop = asyncio.new_event_loop()
+        slots: asyncio.LifoQueue[httpcore.AsyncConnectionPool] = asyncio.LifoQueue()
+        for _ in range(self._max_connections):
+            # A pool of one: it reconnects when the server closed the connection and expires
+            # idle ones; nothing is shared between slots, so no bookkeeping grows with them.
+            slots.put_nowait(
+                httpcore.AsyncConnectionPool(
+                    ssl_context=self._ssl_context,
+                    proxy=self._proxy,
+                    max_connections=1,
+                    keepalive_expiry=KEEPALIVE_SECONDS,
+                )
+            )
+        thread = threading.Thread(target=loop.run_forever, name="ecdp-http", daemon=True)
+        thread.start()
+        return _Loop(loop, thread, slots)
 
     # -- the loop's side ------------------------------------------------------------------
 
-    def _new_slot(self) -> httpcore.AsyncConnectionPool:
-        # A pool of one: it reconnects when the server closed the connection, and expires idle
-        # ones; nothing is shared between slots, so no bookkeeping grows with their number.
-        return httpcore.AsyncConnectionPool(
-            ssl_context=self._ssl_context,
-            proxy=self._proxy,
-            max_connections=1,
-            keepalive_expiry=KEEPALIVE_SECONDS,
-        )
-
-    async def _post(self, endpoint: str, body: bytes, api_key: Secret) -> Answer:
-        assert self._slots is not None
+    async def _post(self, running: _Loop, endpoint: str, body: bytes, api_key: Secret) -> Answer:
+        slot = await running.slots.get()
         started_at = utcnow()
         start = time.perf_counter()
-        slot = await self._slots.get()
         try:
             request = httpcore.Request(
                 b"POST",
@@ -200,13 +208,16 @@ class EcdpClient:
                 retry_after=_header(response, b"retry-after"),
                 error=None,
             )
-        except httpcore.TimeoutException as exc:
-            error = f"timeout: {type(exc).__name__}"  # ReadTimeout etc., named as httpx names them
+        except httpcore.TimeoutException as exc:  # ReadTimeout etc., named as httpx names them
+            return Answer.failed(started_at, start, f"timeout: {type(exc).__name__}")
         except NETWORK_ERRORS as exc:
-            error = f"connection error: {type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+            return Answer.failed(started_at, start, f"connection error: {error}")
+        except Exception as exc:  # a bug, not the API's answer: judged as a failed attempt
+            log.exception("unexpected error sending to %s", self.base_url)
+            return Answer.failed(started_at, start, f"unexpected error: {type(exc).__name__}")
         finally:
-            self._slots.put_nowait(slot)
-        return Answer(started_at, _ms_since(start), None, b"", 0, None, error[:1000])
+            running.slots.put_nowait(slot)
 
     async def _read_capped(self, response: httpcore.Response) -> tuple[bytes, int]:
         """Keep the first ``body_limit`` bytes; read and drop the rest (up to a few MiB) so the
@@ -221,10 +232,34 @@ class EcdpClient:
                 break
         return bytes(kept), size
 
-    async def _close_slots(self) -> None:
-        assert self._slots is not None
-        while not self._slots.empty():
-            await self._slots.get_nowait().aclose()
+    @staticmethod
+    async def _shutdown(running: _Loop) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not running.slots.empty():
+            await running.slots.get_nowait().aclose()
+
+
+def _forget_loop(ref: weakref.ref[EcdpClient]) -> Callable[[], None]:
+    def after_fork_in_child() -> None:
+        client = ref()
+        if client is not None:  # the parent's loop thread does not exist here
+            client._lock = threading.Lock()
+            client._running = None
+
+    return after_fork_in_child
+
+
+def _proxy(url: str) -> httpcore.Proxy:
+    """httpcore takes a proxy's credentials apart from its URL."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return httpcore.Proxy(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    auth = (unquote(parts.username), unquote(parts.password or ""))
+    return httpcore.Proxy(parts._replace(netloc=netloc).geturl(), auth=auth)
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

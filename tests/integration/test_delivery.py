@@ -10,6 +10,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from datetime import timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from dispatcher import CustomEvent, DataField, SegmentEvent, enqueue, enqueue_ma
 from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
+from dispatcher.ecdp import Answer
 from dispatcher.outbox import claim, is_paused, resume
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
@@ -321,3 +323,36 @@ def test_a_slow_api_gets_many_requests_in_flight_each_delivered_once(
     received = [json.loads(b)["customerId"] for b in sandbox.bodies()]
     assert sorted(received) == list(range(1, 601)), "each job delivered exactly once"
     assert sandbox.max_in_flight == 64
+
+
+class ThreeThenBroken:
+    """A client that answers three requests 201 at once, then raises as a broken client would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submit(self, endpoint: str, payload: str, api_key: object) -> Future[Answer]:
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("the client broke")
+        future: Future[Answer] = Future()
+        future.set_result(Answer(utcnow(), 1, 201, b"", 0, None, None))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_drain_records_what_was_answered_and_gives_back_the_rest(
+    delivery_settings: Settings, engine: sa.Engine, deliverer: Deliverer
+) -> None:
+    enqueue_many([CustomEvent(17, customer_id=n) for n in range(1, 11)])
+    broken = Deliverer(delivery_settings, client=ThreeThenBroken())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="the client broke"):
+        broken.drain("default")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.status, jobs.c.attempts)).all()
+    assert sorted(rows) == [("delivered", 1)] * 3 + [("pending", 0)] * 7  # none left leased
+    deliverer.drain("default")
+    with engine.connect() as conn:
+        assert set(conn.execute(sa.select(jobs.c.status)).scalars()) == {"delivered"}

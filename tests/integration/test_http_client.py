@@ -3,7 +3,9 @@ socket servers where a test needs to control the connection itself (close, TLS, 
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
+import os
 import socket
 import ssl
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 from dispatcher.config import Secret
 from dispatcher.ecdp import EcdpClient
 from dispatcher.sandbox import CUSTOM_EVENTS_PATH, Reply, Sandbox
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 KEY = Secret("client-test-key")
 BODY = b'{"customEventId":7,"customerEmail":"a@example.com"}'
@@ -126,9 +128,11 @@ class RawServer:
         *,
         close_after: bool = False,
         tls: Path | None = None,
+        garbage: bool = False,
     ) -> None:
         self.respond = respond
         self.close_after = close_after
+        self.garbage = garbage  # answer with bytes that are not a TLS record (a bad MAC)
         self.connections = 0
         self.heads: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -166,6 +170,9 @@ class RawServer:
                         length = int(line.split(b":", 1)[1])
                 stream.read(length)
                 self.heads.append(head)
+                if self.garbage:  # behind TLS's back, on the raw socket
+                    os.write(conn.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+                    return
                 conn.sendall(self.respond(head))
                 if self.close_after:
                     return
@@ -226,7 +233,8 @@ def test_a_redirect_is_an_answer_not_followed() -> None:
     assert len(server.heads) == 1
 
 
-def test_https_with_a_trusted_certificate(tmp_path: Path) -> None:
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [
@@ -237,8 +245,12 @@ def test_https_with_a_trusted_certificate(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    server = RawServer(created, tls=tmp_path)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    return tmp_path
+
+
+def test_https_with_a_trusted_certificate(certificate: Path) -> None:
+    server = RawServer(created, tls=certificate)
+    trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
     good = EcdpClient(f"https://localhost:{server.port}", ssl_context=trusting)
     default = EcdpClient(f"https://localhost:{server.port}", connect_timeout=2)
     try:
@@ -253,6 +265,21 @@ def test_https_with_a_trusted_certificate(tmp_path: Path) -> None:
     assert len(server.heads) == 1
 
 
+def test_a_broken_tls_session_is_a_connection_error_answer(certificate: Path) -> None:
+    """asyncio passes ssl.SSLError through where httpx's sync client wrapped it: still an
+    answer to judge (and retry), never an exception out of the client."""
+    server = RawServer(created, tls=certificate, garbage=True)
+    trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
+    c = EcdpClient(f"https://localhost:{server.port}", ssl_context=trusting, timeout=3)
+    try:
+        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    finally:
+        c.close()
+        server.close()
+    assert answer.status_code is None
+    assert answer.error is not None and answer.error.startswith("connection error: SSLError")
+
+
 def test_a_proxy_gets_the_request_with_its_absolute_url() -> None:
     proxy = RawServer(created)
     c = EcdpClient("http://api.invalid:8080", proxy_url=f"http://127.0.0.1:{proxy.port}")
@@ -263,6 +290,42 @@ def test_a_proxy_gets_the_request_with_its_absolute_url() -> None:
         proxy.close()
     assert answer.status_code == 201
     assert proxy.heads[0].startswith(b"POST http://api.invalid:8080" + CUSTOM_EVENTS_PATH.encode())
+
+
+def test_a_proxy_gets_its_credentials_apart_from_the_url() -> None:
+    proxy = RawServer(created)
+    c = EcdpClient("http://api.invalid", proxy_url=f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}")
+    try:
+        assert c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
+    finally:
+        c.close()
+        proxy.close()
+    expected = b"Basic " + base64.b64encode(b"us@er:p:ss")
+    assert b"Proxy-Authorization: " + expected + b"\r\n" in proxy.heads[0]
+
+
+def test_an_ipv6_base_url_sends_a_bracketed_host(api_key: str) -> None:
+    with Sandbox(host="::1", api_key=KEY.reveal()) as box6:
+        c = EcdpClient(box6.url)
+        try:
+            assert c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
+        finally:
+            c.close()
+        port = box6.url.rsplit(":", 1)[1]
+        assert {k.lower(): v for k, v in box6.requests[0].headers.items()}[
+            "host"
+        ] == f"[::1]:{port}"
+
+
+def test_close_cancels_what_is_in_flight_and_refuses_more(box: Sandbox) -> None:
+    box.script(7, Reply(201, hang=True))
+    c = EcdpClient(box.url, timeout=30)
+    hanging = c.submit(CUSTOM_EVENTS_PATH, BODY, KEY)
+    wait_until(lambda: box.in_flight == 1, "the request to arrive")
+    c.close()
+    assert hanging.cancelled()
+    with pytest.raises(RuntimeError, match="closed"):
+        c.submit(CUSTOM_EVENTS_PATH, BODY, KEY)
 
 
 def _post_in_child(client: EcdpClient, out: multiprocessing.Queue[object]) -> None:
