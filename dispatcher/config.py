@@ -131,12 +131,12 @@ class Settings:
         env = os.environ if env is None else env
         # Keyed by the variable's suffix, so queue "eu-shop" finds ECDP_API_KEY_EU_SHOP.
         keys = {
-            name[len("ECDP_API_KEY_") :]: Secret(value)
+            name[len("ECDP_API_KEY_") :]: api_key(name, value)
             for name, value in env.items()
-            if name.startswith("ECDP_API_KEY_") and value
+            if name.startswith("ECDP_API_KEY_") and value.strip()
         }
-        if env.get("ECDP_API_KEY"):
-            keys[queue_env_suffix(DEFAULT_QUEUE)] = Secret(env["ECDP_API_KEY"])
+        if (env.get("ECDP_API_KEY") or "").strip():
+            keys[queue_env_suffix(DEFAULT_QUEUE)] = api_key("ECDP_API_KEY", env["ECDP_API_KEY"])
 
         def num(name: str, default: float, *, minimum: float = 0.0) -> float:
             raw = env.get(name)
@@ -208,6 +208,15 @@ class Settings:
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
         )
+
+
+def api_key(name: str, raw: str) -> Secret:
+    """An API key as a header can carry it: surrounding whitespace (a secrets file's newline)
+    dropped, anything else that is not printable ASCII refused. Never shown in the error."""
+    value = raw.strip()
+    if not (value.isascii() and value.isprintable()):
+        raise ConfigError(f"{name}: an API key must be printable ASCII (the value is not shown)")
+    return Secret(value)
 
 
 def check_base_url(raw: str) -> str:

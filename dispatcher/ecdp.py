@@ -211,7 +211,8 @@ class EcdpClient:
         except httpcore.TimeoutException as exc:  # ReadTimeout etc., named as httpx names them
             return Answer.failed(started_at, start, f"timeout: {type(exc).__name__}")
         except NETWORK_ERRORS as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            # h11 quotes a header it refuses: keep the key out of the attempt row regardless.
+            error = f"{type(exc).__name__}: {exc}".replace(api_key.reveal(), "***")
             return Answer.failed(started_at, start, f"connection error: {error}")
         except Exception as exc:  # a bug, not the API's answer: judged as a failed attempt
             log.exception("unexpected error sending to %s", self.base_url)

@@ -116,3 +116,13 @@ def test_max_in_flight() -> None:
     assert Settings.from_env({"DISPATCHER_MAX_IN_FLIGHT": "16"}).max_in_flight == 16
     with pytest.raises(ConfigError, match="DISPATCHER_MAX_IN_FLIGHT"):
         Settings.from_env({"DISPATCHER_MAX_IN_FLIGHT": "0"})
+
+
+def test_api_keys_lose_surrounding_whitespace_and_refuse_control_characters() -> None:
+    settings = Settings.from_env({"ECDP_API_KEY": " k1\n", "ECDP_API_KEY_EU_SHOP": "k2"})
+    assert settings.api_key("default") == Secret("k1")
+    assert settings.api_key("eu-shop") == Secret("k2")
+    for bad in ("se\ncret", "sécret", "se\x00cret"):
+        with pytest.raises(ConfigError, match="ECDP_API_KEY_X") as caught:
+            Settings.from_env({"ECDP_API_KEY_X": bad})
+        assert bad not in str(caught.value)
