@@ -10,8 +10,9 @@ second. Threads sharing one ``httpx.Client`` stop scaling at a few dozen (612 re
 threads, 172/s at 128: the connection pool's lock and bookkeeping grow with every connection),
 and ``httpx.AsyncClient`` over one shared pool fared worse (121/s with 64 tasks). What scales is
 one asyncio loop on its own thread, sending each request over a keep-alive connection of its own
-("a slot") with ``httpcore``, the HTTP/1.1 engine underneath httpx: about 2,000 requests/s with
-128 in flight, at the CPU cost per request of a plain single-threaded ``httpx.Client`` loop.
+("a slot") with ``httpcore``, the HTTP/1.1 engine underneath httpx, on plain asyncio streams
+(:mod:`dispatcher.httpcore_asyncio`): about 2,000 requests/s with 128 in flight, at less CPU per
+request than a plain single-threaded ``httpx.Client`` loop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import httpcore
 
 from dispatcher.config import Secret, check_base_url
 from dispatcher.db import utcnow
+from dispatcher.httpcore_asyncio import AsyncioBackend
 
 log = logging.getLogger("dispatcher.ecdp")
 
@@ -110,6 +112,7 @@ class EcdpClient:
         self._proxy = _proxy(proxy_url) if proxy_url else None
         # One context for every connection: building one reads the CA bundle (tens of ms).
         self._ssl_context = ssl_context or httpcore.default_ssl_context()
+        self._network = AsyncioBackend()
         self._lock = threading.Lock()
         self._running: _Loop | None = None
         self._closed = False
@@ -162,6 +165,7 @@ class EcdpClient:
                     proxy=self._proxy,
                     max_connections=1,
                     keepalive_expiry=KEEPALIVE_SECONDS,
+                    network_backend=self._network,
                 )
             )
         thread = threading.Thread(target=loop.run_forever, name="ecdp-http", daemon=True)
@@ -243,10 +247,18 @@ class EcdpClient:
             await running.slots.get_nowait().aclose()
 
 
+# A forked child's copies of its parent's loops, kept from the garbage collector: collecting one
+# would unregister its sockets from the epoll instance that parent and child share, and the
+# parent's loop would never hear of its answers again. (Celery forks before any client exists.)
+_INHERITED: list[_Loop] = []
+
+
 def _forget_loop(ref: weakref.ref[EcdpClient]) -> Callable[[], None]:
     def after_fork_in_child() -> None:
         client = ref()
         if client is not None:  # the parent's loop thread does not exist here
+            if client._running is not None:
+                _INHERITED.append(client._running)
             client._lock = threading.Lock()
             client._running = None
 
