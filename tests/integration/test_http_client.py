@@ -12,11 +12,12 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dispatcher.config import Secret
-from dispatcher.ecdp import EcdpClient
+from dispatcher.ecdp import Answer, EcdpClient
 from dispatcher.sandbox import CUSTOM_EVENTS_PATH, Reply, Sandbox
 from tests.support import free_port, wait_until
 
@@ -35,6 +36,15 @@ def client(box: Sandbox) -> Iterator[EcdpClient]:
     c = EcdpClient(box.url, timeout=5, max_connections=64, body_limit=1000)
     yield c
     c.close()
+
+
+def post_to(url: str, times: int = 1, **options: Any) -> list[Answer]:
+    """``times`` POSTs, one after the other, from a client of their own."""
+    c = EcdpClient(url, **options)
+    try:
+        return [c.post(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(times)]
+    finally:
+        c.close()
 
 
 def test_201_sends_the_body_and_headers_as_given(box: Sandbox, client: EcdpClient) -> None:
@@ -66,56 +76,36 @@ def test_a_large_body_is_cut_and_the_client_goes_on(box: Sandbox, client: EcdpCl
 
 def test_a_hanging_server_gives_a_timeout_answer(box: Sandbox) -> None:
     box.script(7, Reply(201, hang=True))
-    c = EcdpClient(box.url, timeout=0.3)
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
+    (answer,) = post_to(box.url, timeout=0.3)
     assert (answer.status_code, answer.error) == (None, "timeout: ReadTimeout")
 
 
 def test_nothing_listening_gives_a_connection_error_answer() -> None:
-    c = EcdpClient(f"http://127.0.0.1:{free_port()}", connect_timeout=2)
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
+    (answer,) = post_to(f"http://127.0.0.1:{free_port()}", connect_timeout=2)
     assert answer.status_code is None
     assert answer.error is not None and answer.error.startswith("connection error: ConnectError")
 
 
 def test_a_path_prefix_in_the_base_url_is_kept(box: Sandbox) -> None:
-    c = EcdpClient(box.url + "/v2/", timeout=5)
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
+    (answer,) = post_to(box.url + "/v2/")
     assert answer.status_code == 404  # the sandbox knows no /v2 prefix: what counts is the path
     assert [r.path for r in box.requests] == ["/v2" + CUSTOM_EVENTS_PATH]
 
 
-def test_requests_run_concurrently_up_to_the_ceiling(box: Sandbox) -> None:
-    """A slow API: 40 requests submitted at once are all in flight together, and with a ceiling
-    of 8 connections never more than 8 are."""
+@pytest.mark.parametrize(("ceiling", "submitted", "most"), [(64, 40, 40), (8, 24, 8)])
+def test_requests_run_concurrently_up_to_the_ceiling(
+    box: Sandbox, ceiling: int, submitted: int, most: int
+) -> None:
+    """A slow API: requests submitted at once are all in flight together, up to the ceiling."""
     box.default_delay = 0.3
-    wide = EcdpClient(box.url, timeout=5, max_connections=64)
+    c = EcdpClient(box.url, timeout=5, max_connections=ceiling)
     try:
-        futures = [wide.submit(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(40)]
+        futures = [c.submit(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(submitted)]
         answers = [f.result() for f in futures]
     finally:
-        wide.close()
-    assert [a.status_code for a in answers] == [201] * 40
-    assert box.max_in_flight == 40
-
-    box.max_in_flight = 0
-    narrow = EcdpClient(box.url, timeout=5, max_connections=8)
-    try:
-        futures = [narrow.submit(CUSTOM_EVENTS_PATH, BODY, KEY) for _ in range(24)]
-        answers = [f.result() for f in futures]
-    finally:
-        narrow.close()
-    assert [a.status_code for a in answers] == [201] * 24
-    assert box.max_in_flight == 8
+        c.close()
+    assert [a.status_code for a in answers] == [201] * submitted
+    assert box.max_in_flight == most
 
 
 # -- raw servers: one thread per connection, each answering with ``respond(request_head)`` ----
@@ -181,7 +171,14 @@ class RawServer:
         finally:
             conn.close()
 
-    def close(self) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self.sock.close()
 
 
@@ -190,45 +187,27 @@ def created(_: bytes) -> bytes:
 
 
 def test_connections_are_kept_alive_and_reused() -> None:
-    server = RawServer(created)
-    c = EcdpClient(f"http://127.0.0.1:{server.port}")
-    try:
-        codes = [c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code for _ in range(20)]
-    finally:
-        c.close()
-        server.close()
-    assert codes == [201] * 20
+    with RawServer(created) as server:
+        answers = post_to(server.url, 20)
+    assert [a.status_code for a in answers] == [201] * 20
     assert server.connections == 1
 
 
 def test_a_server_that_closes_every_connection_is_reconnected_to() -> None:
-    server = RawServer(
-        lambda _: b"HTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-        close_after=True,
-    )
-    c = EcdpClient(f"http://127.0.0.1:{server.port}")
-    try:
-        codes = [c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code for _ in range(5)]
-    finally:
-        c.close()
-        server.close()
-    assert codes == [201] * 5
+    closing = b"HTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    with RawServer(lambda _: closing, close_after=True) as server:
+        answers = post_to(server.url, 5)
+    assert [a.status_code for a in answers] == [201] * 5
     assert server.connections == 5
 
 
 def test_a_redirect_is_an_answer_not_followed() -> None:
-    server = RawServer(
-        lambda _: (
-            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://evil.example/\r\n"
-            b"Content-Length: 0\r\n\r\n"
-        )
+    redirect = (
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://evil.example/\r\n"
+        b"Content-Length: 0\r\n\r\n"
     )
-    c = EcdpClient(f"http://127.0.0.1:{server.port}")
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
-        server.close()
+    with RawServer(lambda _: redirect) as server:
+        (answer,) = post_to(server.url)
     assert answer.status_code == 307
     assert len(server.heads) == 1
 
@@ -249,17 +228,12 @@ def certificate(tmp_path: Path) -> Path:
 
 
 def test_https_with_a_trusted_certificate(certificate: Path) -> None:
-    server = RawServer(created, tls=certificate)
     trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
-    good = EcdpClient(f"https://localhost:{server.port}", ssl_context=trusting)
-    default = EcdpClient(f"https://localhost:{server.port}", connect_timeout=2)
-    try:
-        assert good.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
-        refused = default.post(CUSTOM_EVENTS_PATH, BODY, KEY)  # self-signed: not trusted
-    finally:
-        good.close()
-        default.close()
-        server.close()
+    with RawServer(created, tls=certificate) as server:
+        url = f"https://localhost:{server.port}"
+        (good,) = post_to(url, ssl_context=trusting)
+        (refused,) = post_to(url, connect_timeout=2)  # self-signed: not trusted by default
+    assert good.status_code == 201
     assert refused.status_code is None
     assert refused.error is not None and "CERTIFICATE_VERIFY_FAILED" in refused.error
     assert len(server.heads) == 1
@@ -268,50 +242,33 @@ def test_https_with_a_trusted_certificate(certificate: Path) -> None:
 def test_a_broken_tls_session_is_a_connection_error_answer(certificate: Path) -> None:
     """asyncio passes ssl.SSLError through where httpx's sync client wrapped it: still an
     answer to judge (and retry), never an exception out of the client."""
-    server = RawServer(created, tls=certificate, garbage=True)
     trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
-    c = EcdpClient(f"https://localhost:{server.port}", ssl_context=trusting, timeout=3)
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
-        server.close()
+    with RawServer(created, tls=certificate, garbage=True) as server:
+        (answer,) = post_to(f"https://localhost:{server.port}", ssl_context=trusting, timeout=3)
     assert answer.status_code is None
     assert answer.error is not None and answer.error.startswith("connection error: ReadError")
     assert "SSL" in answer.error
 
 
 def test_a_proxy_gets_the_request_with_its_absolute_url() -> None:
-    proxy = RawServer(created)
-    c = EcdpClient("http://api.invalid:8080", proxy_url=f"http://127.0.0.1:{proxy.port}")
-    try:
-        answer = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
-    finally:
-        c.close()
-        proxy.close()
+    with RawServer(created) as proxy:
+        (answer,) = post_to("http://api.invalid:8080", proxy_url=proxy.url)
     assert answer.status_code == 201
     assert proxy.heads[0].startswith(b"POST http://api.invalid:8080" + CUSTOM_EVENTS_PATH.encode())
 
 
 def test_a_proxy_gets_its_credentials_apart_from_the_url() -> None:
-    proxy = RawServer(created)
-    c = EcdpClient("http://api.invalid", proxy_url=f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}")
-    try:
-        assert c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
-    finally:
-        c.close()
-        proxy.close()
+    with RawServer(created) as proxy:
+        proxy_url = f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}"
+        (answer,) = post_to("http://api.invalid", proxy_url=proxy_url)
+    assert answer.status_code == 201
     expected = b"Basic " + base64.b64encode(b"us@er:p:ss")
     assert b"Proxy-Authorization: " + expected + b"\r\n" in proxy.heads[0]
 
 
 def test_an_ipv6_base_url_sends_a_bracketed_host(api_key: str) -> None:
     with Sandbox(host="::1", api_key=KEY.reveal()) as box6:
-        c = EcdpClient(box6.url)
-        try:
-            assert c.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
-        finally:
-            c.close()
+        assert post_to(box6.url)[0].status_code == 201
         port = box6.url.rsplit(":", 1)[1]
         assert {k.lower(): v for k, v in box6.requests[0].headers.items()}[
             "host"
