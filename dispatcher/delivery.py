@@ -179,7 +179,8 @@ class Deliverer:
             in_flight -= len(finished)
             for result in self._judge_all(finished):
                 done.append(result)
-                self._latencies_ms.append(result.duration_ms)
+                if result.status_code is not None:  # a refused connection says nothing of L
+                    self._latencies_ms.append(result.duration_ms)
                 stop = stop or result.decision.outcome is Outcome.PAUSE
                 stop = stop or result.status_code == 429
             if len(done) >= self.settings.batch_size:

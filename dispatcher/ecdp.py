@@ -109,9 +109,9 @@ class EcdpClient:
         self._host_header = host if parts.port is None else b"%s:%d" % (host, parts.port)
         self._timeouts = {"connect": connect_timeout, "read": timeout, "write": timeout}
         self._max_connections = max_connections
-        self._proxy = _proxy(proxy_url) if proxy_url else None
         # One context for every connection: building one reads the CA bundle (tens of ms).
         self._ssl_context = ssl_context or httpcore.default_ssl_context()
+        self._proxy = _proxy(proxy_url, self._ssl_context) if proxy_url else None
         self._network = AsyncioBackend()
         self._lock = threading.Lock()
         self._running: _Loop | None = None
@@ -140,7 +140,11 @@ class EcdpClient:
         asyncio.run_coroutine_threadsafe(self._shutdown(running), running.loop).result(timeout=30)
         running.loop.call_soon_threadsafe(running.loop.stop)
         running.thread.join(timeout=10)
-        running.loop.close()
+        if not running.thread.is_alive():
+            # A submit() that raced close() may have left a task behind: cancel it here, so
+            # that its future says so instead of never resolving.
+            running.loop.run_until_complete(self._shutdown(running))
+            running.loop.close()
 
     def _loop(self) -> _Loop:
         running = self._running
@@ -175,6 +179,8 @@ class EcdpClient:
     # -- the loop's side ------------------------------------------------------------------
 
     async def _post(self, running: _Loop, endpoint: str, body: bytes, api_key: Secret) -> Answer:
+        if self._closed:  # submitted as close() began: its slots are gone
+            raise RuntimeError("EcdpClient is closed")
         slot = await running.slots.get()
         started_at = utcnow()
         start = time.perf_counter()
@@ -243,13 +249,17 @@ class EcdpClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        slots = []
         while not running.slots.empty():
-            await running.slots.get_nowait().aclose()
+            slots.append(running.slots.get_nowait())
+        await asyncio.gather(*(slot.aclose() for slot in slots), return_exceptions=True)
 
 
 # A forked child's copies of its parent's loops, kept from the garbage collector: collecting one
-# would unregister its sockets from the epoll instance that parent and child share, and the
-# parent's loop would never hear of its answers again. (Celery forks before any client exists.)
+# would unregister its sockets from the epoll instance that parent and child share (and close
+# TLS sessions the parent still uses), and the parent would never hear its answers again. So a
+# child must end with os._exit(), as Celery's prefork pool and multiprocessing's children do; and
+# Celery forks before any client exists anyway.
 _INHERITED: list[_Loop] = []
 
 
@@ -265,14 +275,15 @@ def _forget_loop(ref: weakref.ref[EcdpClient]) -> Callable[[], None]:
     return after_fork_in_child
 
 
-def _proxy(url: str) -> httpcore.Proxy:
-    """httpcore takes a proxy's credentials apart from its URL."""
+def _proxy(url: str, ssl_context: ssl.SSLContext) -> httpcore.Proxy:
+    """httpcore takes a proxy's credentials apart from its URL, and an https proxy's context
+    (else it builds one per connection)."""
     parts = urlsplit(url)
-    if parts.username is None:
-        return httpcore.Proxy(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    auth = (unquote(parts.username), unquote(parts.password or ""))
-    return httpcore.Proxy(parts._replace(netloc=netloc).geturl(), auth=auth)
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return httpcore.Proxy(url, auth=auth, ssl_context=ssl_context)
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

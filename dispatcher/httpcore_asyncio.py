@@ -47,13 +47,17 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        """Closed when this returns (its socket too), as anyio's ``aclose``; a TLS peer that
-        does not answer our close_notify within a second gets the connection aborted."""
-        self._writer.close()
+        """Closed when this returns, socket included, as with anyio. A TLS connection is
+        aborted without a close_notify, as anyio does: waiting for the peer's would put a round
+        trip (or a silent peer's timeout) into the request that happens to close it."""
+        if self._writer.get_extra_info("ssl_object") is not None:
+            self._writer.transport.abort()
+        else:
+            self._writer.close()
         try:
             async with asyncio.timeout(CLOSE_SECONDS):
                 await self._writer.wait_closed()
-        except (TimeoutError, OSError):
+        except Exception:  # closed badly is still closed
             self._writer.transport.abort()
 
     async def start_tls(
@@ -71,6 +75,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         except OSError as exc:  # a certificate that does not verify, a refused handshake
             self._writer.close()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            self._writer.close()  # httpcore never closes a stream whose start_tls raised
+            raise
         return self
 
     def get_extra_info(self, info: str) -> object:
@@ -82,9 +89,18 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             return self._writer.get_extra_info("peername")
         if info == "socket":
             return self._writer.get_extra_info("socket")
-        if info == "is_readable":  # an idle connection the server closed: not to be reused
+        if info == "is_readable":  # asked of an idle connection: anything there means "don't reuse"
+            # Unlike anyio, asyncio reads from the socket while the connection idles, so bytes a
+            # server sent unasked (say, a 408 before closing) wait in the reader's buffer, not in
+            # the socket: reusing the connection would answer the next request with them.
             sock = self._writer.get_extra_info("socket")
-            return self._reader.at_eof() or sock is None or is_socket_readable(sock)
+            return (
+                bool(getattr(self._reader, "_buffer", b""))  # no public way to ask
+                or self._reader.exception() is not None
+                or self._reader.at_eof()
+                or sock is None
+                or is_socket_readable(sock)
+            )
         return None
 
 
@@ -100,7 +116,10 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                    happy_eyeballs_delay=0.25,  # as anyio: a dead IPv6 route costs 0.25 s
                 )
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None

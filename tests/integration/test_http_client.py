@@ -4,12 +4,14 @@ socket servers where a test needs to control the connection itself (close, TLS, 
 from __future__ import annotations
 
 import base64
+import itertools
 import multiprocessing
 import os
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,10 +121,13 @@ class RawServer:
         close_after: bool = False,
         tls: Path | None = None,
         garbage: bool = False,
+        unasked: bytes = b"",
     ) -> None:
         self.respond = respond
         self.close_after = close_after
         self.garbage = garbage  # answer with bytes that are not a TLS record (a bad MAC)
+        self.unasked = unasked  # sent after each answer, on the idle connection
+        self.unasked_sent = 0
         self.connections = 0
         self.heads: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -164,6 +169,10 @@ class RawServer:
                     os.write(conn.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
                     return
                 conn.sendall(self.respond(head))
+                if self.unasked:  # later, as a server's idle timeout would
+                    time.sleep(0.1)
+                    conn.sendall(self.unasked)
+                    self.unasked_sent += 1
                 if self.close_after:
                     return
         except (OSError, ssl.SSLError):
@@ -199,6 +208,29 @@ def test_a_server_that_closes_every_connection_is_reconnected_to() -> None:
         answers = post_to(server.url, 5)
     assert [a.status_code for a in answers] == [201] * 5
     assert server.connections == 5
+
+
+def test_bytes_sent_unasked_on_an_idle_connection_are_never_taken_for_an_answer() -> None:
+    """asyncio reads an idle connection's socket, so such bytes sit in the reader's buffer; the
+    connection must not be reused, or every later answer would belong to the request before."""
+    numbers = itertools.count(1)
+
+    def numbered(_: bytes) -> bytes:
+        return b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nr%d" % next(numbers)
+
+    stale = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 5\r\n\r\nstale"
+    with RawServer(numbered, unasked=stale) as server:
+        c = EcdpClient(server.url)
+        try:
+            first = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+            wait_until(lambda: server.unasked_sent == 1, "the unasked bytes to be sent")
+            time.sleep(0.2)  # setup, not a measurement: let the client's loop read them
+            second = c.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+        finally:
+            c.close()
+    assert (first.status_code, first.body) == (201, b"r1")
+    assert (second.status_code, second.body) == (201, b"r2")
+    assert server.connections == 2
 
 
 def test_a_redirect_is_an_answer_not_followed() -> None:
