@@ -301,7 +301,7 @@ def _no_proxy(host: str, port: int, no_proxy: str) -> bool:
             if address is not None and address in network:
                 return True
             continue
-        entry = entry.lstrip(".")
+        entry = entry.removeprefix("*").lstrip(".")  # "*.x.com", ".x.com" and "x.com" alike
         if address is None and (host == entry or host.endswith("." + entry)):
             return True
     return False

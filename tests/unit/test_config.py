@@ -27,6 +27,7 @@ def reveal(base_url: str, env: dict[str, str]) -> str | None:
         ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "NO_PROXY": "*"}, None),
         ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "no_proxy": "ecdp.app"}, None),
         ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "NO_PROXY": ".ecdp.app"}, None),
+        ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "NO_PROXY": "*.ecdp.app"}, None),
         ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "NO_PROXY": "x, api.ecdp.app"}, None),
         ("https://api.ecdp.app", {"HTTPS_PROXY": "http://p", "NO_PROXY": "p.app"}, "http://p"),
         (
