@@ -661,7 +661,7 @@ def enqueue_round(
         ("enqueue_many_raw", batch, raw_many),
     ]
     for _, evs, fn in steps:  # warm-up, not counted
-        fn(evs[:100] if fn in (ours_single, raw_single) else evs[:1000])
+        fn(evs[:100])
     if raw_first:
         steps = [steps[1], steps[0], steps[3], steps[2]]
     for name, evs, fn in steps:

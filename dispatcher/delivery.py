@@ -150,7 +150,8 @@ class Deliverer:
         stop = False  # a 401/403 or 429 answered: send nothing more
         exhausted = False  # nothing more was due at the last claim
         while True:
-            while not stop and in_flight < self._window():
+            window = self._window()  # changes only as answers come in
+            while not stop and in_flight < window:
                 if not inbox and not exhausted and time.monotonic() < deadline:
                     self._flush(done, summary)  # recorded jobs leave the in-flight ceiling
                     claimed, throttled_for = self._claim(queue)
@@ -173,9 +174,7 @@ class Deliverer:
                 return stop, exhausted
             # Wait for one answer, then take whatever else is in. No answer within a lease means
             # the client is broken; the jobs in flight come back when their leases expire.
-            finished = [answered.get(timeout=self.settings.lease_seconds)]
-            while not answered.empty():
-                finished.append(answered.get_nowait())
+            finished = [answered.get(timeout=self.settings.lease_seconds), *_ready(answered)]
             in_flight -= len(finished)
             for result in self._judge_all(finished):
                 done.append(result)
@@ -198,12 +197,7 @@ class Deliverer:
         """
         return min(self.settings.max_in_flight, max(2, 2 * min(self._latencies_ms, default=5)))
 
-    def _send(
-        self,
-        job: Claimed,
-        api_key: Secret,
-        answered: Answered,
-    ) -> None:
+    def _send(self, job: Claimed, api_key: Secret, answered: Answered) -> None:
         future = self.client.submit(job.endpoint, job.payload, api_key)
         future.add_done_callback(lambda f: answered.put((job, f)))
 
@@ -268,8 +262,7 @@ class Deliverer:
         in one try: the error that stopped it is what the caller hears about. Requests still in
         flight have no answer yet; their jobs come back when their leases expire."""
         try:
-            while not answered.empty():
-                done.extend(self._judge_all([answered.get_nowait()]))
+            done.extend(self._judge_all(_ready(answered)))
             self._record(done, list(inbox), summary, retry_seconds=0.0)
         except Exception:
             log.exception("could not record %d answers after a failed drain", len(done))
@@ -318,6 +311,14 @@ class Deliverer:
             response_body=body,
             decision=decision,
         )
+
+
+def _ready(answered: Answered) -> list[tuple[Claimed, Future[Answer]]]:
+    """The answers already in, without waiting for more."""
+    found = []
+    while not answered.empty():
+        found.append(answered.get_nowait())
+    return found
 
 
 def _answer_of(future: Future[Answer]) -> Answer:

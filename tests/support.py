@@ -9,9 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,19 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             proc.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # pool children of a killed main process
+
+
+def side_by_side(run: Callable[[Deliverer], object], workers: Iterable[Deliverer]) -> None:
+    """``run`` each worker on a thread of its own, as separate worker processes would; then close
+    them all."""
+    workers = list(workers)
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w in workers:
+        w.close()
 
 
 def wait_until(predicate: Callable[[], object], what: str, limit: float = 120.0) -> None:

@@ -48,12 +48,21 @@ def drain_and_account(rig: Rig, limit: float = 180.0):
     return result
 
 
-def test_sigkill_worker_mid_drain(rig: Rig) -> None:
-    rig.sandbox.default_delay = 0.005  # slow enough that the kill lands mid-drain
+def start_mid_drain(
+    rig: Rig, name: str = "worker", *, delay: float = 0.005, under_way: int = 300
+) -> subprocess.Popen[bytes]:
+    """A full outbox, the sweeper and a worker running, and ``under_way`` jobs delivered; the
+    sandbox's ``delay`` keeps the drain slow enough for a fault to land in the middle of it."""
+    rig.sandbox.default_delay = delay
     fill()
     rig.start_sweeper()
-    first = rig.start_worker("first")
-    wait_until(lambda: delivered(rig) >= 300, "the drain to get going")
+    worker = rig.start_worker(name)
+    wait_until(lambda: delivered(rig) >= under_way, "the drain to get going")
+    return worker
+
+
+def test_sigkill_worker_mid_drain(rig: Rig) -> None:
+    first = start_mid_drain(rig, "first")
     stop(first, signal.SIGKILL)
     in_flight = statuses(rig.db_url).get("in_flight", 0)
     assert delivered(rig) < JOBS, "the kill came too late to test anything"
@@ -64,11 +73,7 @@ def test_sigkill_worker_mid_drain(rig: Rig) -> None:
 
 
 def test_redis_flushall_mid_drain(rig: Rig) -> None:
-    rig.sandbox.default_delay = 0.005
-    fill()
-    rig.start_sweeper()
-    rig.start_worker()
-    wait_until(lambda: delivered(rig) >= 300, "the drain to get going")
+    start_mid_drain(rig)
     rig.redis.client().flushall()
     result = drain_and_account(rig)
     assert result.delivered == JOBS
@@ -76,11 +81,7 @@ def test_redis_flushall_mid_drain(rig: Rig) -> None:
 
 
 def test_redis_down_for_ten_seconds(rig: Rig) -> None:
-    rig.sandbox.default_delay = 0.01
-    fill()
-    rig.start_sweeper()
-    worker = rig.start_worker()
-    wait_until(lambda: delivered(rig) >= 200, "the drain to get going")
+    worker = start_mid_drain(rig, delay=0.01, under_way=200)
     rig.redis.stop()
     time.sleep(10)  # the fault's duration, not an assertion
     rig.redis.start()
@@ -91,11 +92,7 @@ def test_redis_down_for_ten_seconds(rig: Rig) -> None:
 
 
 def test_postgres_restart_mid_drain(rig: Rig) -> None:
-    rig.sandbox.default_delay = 0.005
-    fill()
-    rig.start_sweeper()
-    worker = rig.start_worker()
-    wait_until(lambda: delivered(rig) >= 300, "the drain to get going")
+    worker = start_mid_drain(rig)
     version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True).stdout
     subprocess.run(
         [
@@ -152,11 +149,7 @@ def test_hanging_endpoint_times_out_and_retries(rig: Rig) -> None:
 
 
 def test_api_key_revoked_mid_drain(rig: Rig) -> None:
-    rig.sandbox.default_delay = 0.005
-    fill()
-    rig.start_sweeper()
-    rig.start_worker()
-    wait_until(lambda: delivered(rig) >= 300, "the drain to get going")
+    start_mid_drain(rig)
     key = rig.sandbox.api_key
     rig.sandbox.api_key = "revoked"
     engine = get_engine(rig.db_url)

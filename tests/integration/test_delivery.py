@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import timedelta
@@ -27,6 +26,7 @@ from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, jobs
 from dispatcher.sweeper import sweep_once
 from tests.support import settle as drain_until_settled
+from tests.support import side_by_side
 
 
 @pytest.fixture
@@ -289,13 +289,7 @@ def test_two_workers_drain_2000_jobs_exactly_once(
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for w in workers:
-        w.close()
+    side_by_side(run, workers)
     assert not errors
     with engine.connect() as conn:
         assert set(conn.execute(sa.select(jobs.c.status)).scalars()) == {"delivered"}

@@ -4,7 +4,6 @@ that slows the whole queue down."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 from datetime import timedelta
 
 import pytest
@@ -18,6 +17,7 @@ from dispatcher.outbox import admit, claim
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import jobs, queues
+from tests.support import side_by_side
 
 pytestmark = pytest.mark.usefixtures("env")
 
@@ -36,13 +36,7 @@ def run_workers(settings: Settings, n: int, engine: sa.Engine) -> None:
             if not left:
                 return
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for w in workers:
-        w.close()
+    side_by_side(run, workers)
 
 
 def most_in_any_window(times: list[float], width: float) -> int:
