@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from dispatcher.breaker import BreakerPolicy
 from dispatcher.policy import RetryPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
@@ -92,7 +93,10 @@ class Settings:
     http_timeout_seconds: float = 10.0
     http_connect_timeout_seconds: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     lease_seconds: float = 120.0
+    # On SIGTERM a worker waits this long for the answers in flight, then gives the rest back.
+    shutdown_grace_seconds: float = 8.0
     batch_size: int = 100
     max_in_flight: int = 128  # requests in flight per worker process, at most
     # https_proxy, http_proxy, all_proxy and no_proxy as found (either case); see proxy_url().
@@ -150,6 +154,16 @@ class Settings:
                 raise ConfigError(f"{name}: must be at least {minimum} (got {raw!r})")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if not raw:
+                return default
+            if raw in ("1", "true", "yes", "on"):
+                return True
+            if raw in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: expected true or false (got {raw!r})")
+
         def secret(name: str, *, min_length: int = 1) -> Secret | None:
             value = (env.get(name) or "").strip()
             if value and len(value) < min_length:
@@ -185,6 +199,17 @@ class Settings:
             max_attempts=int(num("DISPATCHER_MAX_ATTEMPTS", 12, minimum=1)),
             retry_after_cap_seconds=num("DISPATCHER_RETRY_AFTER_MAX_SECONDS", 3600.0),
         )
+        try:
+            breaker = BreakerPolicy(
+                enabled=flag("DISPATCHER_BREAKER_ENABLED", True),
+                min_requests=int(num("DISPATCHER_BREAKER_MIN_REQUESTS", 20, minimum=1)),
+                failure_ratio=num("DISPATCHER_BREAKER_FAILURE_RATIO", 0.8, minimum=0.01),
+                window_seconds=num("DISPATCHER_BREAKER_WINDOW_SECONDS", 60.0, minimum=0.1),
+                probe_min_seconds=num("DISPATCHER_BREAKER_PROBE_MIN_SECONDS", 1.0, minimum=0.01),
+                probe_max_seconds=num("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", 15.0, minimum=0.01),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"DISPATCHER_BREAKER_*: {exc}") from None
         return cls(
             database_url=normalize_database_url(
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -197,6 +222,8 @@ class Settings:
                 "DISPATCHER_HTTP_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.001
             ),
             retry=retry,
+            breaker=breaker,
+            shutdown_grace_seconds=num("DISPATCHER_SHUTDOWN_GRACE_SECONDS", 8.0),
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
             batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
             max_in_flight=int(num("DISPATCHER_MAX_IN_FLIGHT", 128, minimum=1)),

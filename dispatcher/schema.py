@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from dispatcher.db import UTCDateTime
 
 STATUSES = ("pending", "in_flight", "retrying", "delivered", "dead")
+CIRCUIT_STATES = ("closed", "open", "half_open")  # see dispatcher.breaker
 DUE_STATUSES = ("pending", "retrying")
 FINISHED_STATUSES = ("delivered", "dead")
 
@@ -111,4 +112,12 @@ queues = sa.Table(
     sa.Column("tokens_at", UTCDateTime),
     # ... and a pause of the whole queue after a 429 (its Retry-After or the backoff).
     sa.Column("cooldown_until", UTCDateTime),
+    # The circuit breaker (dispatcher.breaker): while not closed, workers send nothing for the
+    # queue but one probe at circuit_retry_at; circuit_probes failed probes grow that interval.
+    sa.Column("circuit", sa.String(16), nullable=False, server_default="closed"),
+    sa.Column("circuit_since", UTCDateTime),
+    sa.Column("circuit_reason", sa.Text),
+    sa.Column("circuit_retry_at", UTCDateTime),
+    sa.Column("circuit_probes", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
 )
