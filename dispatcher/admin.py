@@ -15,6 +15,7 @@ reached their final state).
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dispatcher import outbox
+from dispatcher.db import utcnow
 from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, STATUSES, attempts, jobs, queues
 
 __all__ = [
@@ -202,6 +205,19 @@ class QueueStats:
     # How long the most overdue job (pending/retrying, next_attempt_at <= now) has been waiting
     # for a worker: the delivery lag. None when nothing is due.
     oldest_due_age_seconds: float | None
+    # The circuit breaker (dispatcher.breaker): closed, open or half_open; since when (None: it
+    # never opened) and why it opened. While open, workers send nothing for the queue but one
+    # probe at circuit_next_probe_at (None unless open), after circuit_failed_probes failed ones.
+    circuit: str = "closed"
+    circuit_since: datetime | None = None
+    circuit_reason: str | None = None
+    circuit_next_probe_at: datetime | None = None
+    circuit_failed_probes: int = 0
+
+    @property
+    def circuit_open(self) -> bool:
+        """Open or half_open: nothing but probes is sent for the queue."""
+        return self.circuit != "closed"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +226,11 @@ class QueueStats:
             "paused_at": _iso(self.paused_at),
             "counts": dict(self.counts),
             "oldest_due_age_seconds": self.oldest_due_age_seconds,
+            "circuit": self.circuit,
+            "circuit_since": _iso(self.circuit_since),
+            "circuit_reason": self.circuit_reason,
+            "circuit_next_probe_at": _iso(self.circuit_next_probe_at),
+            "circuit_failed_probes": self.circuit_failed_probes,
         }
 
 
@@ -299,6 +320,16 @@ def _job_filters(
     if since is not None and until is not None and since >= until:
         raise AdminError("since", "must be before until")
     return where
+
+
+def pause_queue(engine: sa.Engine, queue: str, reason: str) -> bool:
+    """Pause ``queue`` and return once no worker will start another request for it (requests
+    already in flight may still be answered; jobs claimed but not sent go back to pending).
+    True if it was not paused before."""
+    with engine.begin() as conn:
+        changed = outbox.pause(conn, queue, reason, utcnow())
+    time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
+    return changed
 
 
 @contextmanager
@@ -415,8 +446,9 @@ def show(bind: Bind, job_id: int | str) -> JobDetail | None:
 
 
 def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
-    """Per queue (those with jobs or a pause row), sorted by name: counts by status, delivery lag
-    and the pause switch. The counts and the lag come from one grouped scan of the jobs table."""
+    """Per queue (those with jobs or a queue row), sorted by name: counts by status, delivery lag,
+    the pause switch and the circuit breaker's state. The counts and the lag come from one grouped
+    scan of the jobs table; the rest from the queues table."""
     now = _check_time("now", now)
     due_since = sa.case(
         (
@@ -440,6 +472,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
     for name in sorted(counts.keys() | switches.keys()):
         switch = switches.get(name)
         due = oldest.get(name)
+        circuit = (switch.circuit if switch is not None else None) or "closed"
         result[name] = QueueStats(
             name=name,
             paused=bool(switch is not None and switch.paused),
@@ -449,6 +482,13 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
             oldest_due_age_seconds=(
                 None if due is None else round(max(0.0, (now - due).total_seconds()), 3)
             ),
+            circuit=circuit,
+            circuit_since=switch.circuit_since if switch is not None else None,
+            circuit_reason=switch.circuit_reason if switch is not None else None,
+            circuit_next_probe_at=(
+                switch.circuit_retry_at if switch is not None and circuit == "open" else None
+            ),
+            circuit_failed_probes=int(switch.circuit_probes or 0) if switch is not None else 0,
         )
     return result
 

@@ -26,8 +26,18 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Generic, TypeVar
 
-__all__ = ["BreakerPolicy", "Circuit", "Window", "is_outage", "probe_interval"]
+from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
+
+__all__ = [
+    "BreakerPolicy",
+    "Circuit",
+    "Window",
+    "is_outage",
+    "probe_interval",
+    "uncounted",
+]
 
 
 class Circuit(StrEnum):
@@ -74,19 +84,32 @@ def probe_interval(failed_probes: int, policy: BreakerPolicy) -> float:
     return min(raw, policy.probe_max_seconds)
 
 
-class Window:
-    """One process's recent answers for one queue: ``add`` says when the circuit should open."""
+def uncounted(decision: Decision) -> Decision:
+    """An outage answer while the circuit is not closed (or one that tripped it): the job waits
+    for the circuit to close, due at once then, and the attempt does not count."""
+    reason = decision.reason or "no response"
+    reason = reason.removeprefix(MAX_ATTEMPTS_REASON + ": ")
+    return Decision(Outcome.RETRY, counts=False, delay_seconds=0.0, reason=reason)
+
+
+K = TypeVar("K")
+
+
+class Window(Generic[K]):
+    """One process's recent answers for one queue: ``add`` says when the circuit should open,
+    and :meth:`outages` which answers tripped it (their keys, to stop counting them)."""
 
     __slots__ = ("_answers", "_failures", "policy")
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
-        self._answers: deque[tuple[float, bool]] = deque()  # (monotonic time, outage?)
+        # (monotonic time, outage?, the caller's key for the answer)
+        self._answers: deque[tuple[float, bool, K | None]] = deque()
         self._failures = 0
 
-    def add(self, outage: bool, now: float) -> bool:
+    def add(self, outage: bool, now: float, key: K | None = None) -> bool:
         """Count one answer at ``now`` (monotonic seconds); True if the circuit should open."""
-        self._answers.append((now, outage))
+        self._answers.append((now, outage, key))
         self._failures += outage
         horizon = now - self.policy.window_seconds
         while self._answers and (
@@ -99,6 +122,10 @@ class Window:
             and len(self._answers) >= self.policy.min_requests
             and self._failures >= self.policy.failure_ratio * len(self._answers)
         )
+
+    def outages(self) -> list[K]:
+        """The keys of the outage answers in the window, oldest first."""
+        return [key for _, outage, key in self._answers if outage and key is not None]
 
     def reset(self) -> None:
         self._answers.clear()

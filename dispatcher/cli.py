@@ -251,9 +251,12 @@ def sandbox(host: str, port: int, api_key: str, unknown: tuple[int, ...]) -> Non
 @click.argument("queue", default=DEFAULT_QUEUE)
 @click.option("--reason", default="paused by an operator", show_default=True)
 def pause(queue: str, reason: str) -> None:
-    """Stop all deliveries for QUEUE; jobs wait (and new ones queue up) until `resume`."""
-    with _engine().begin() as conn:
-        changed = outbox.pause(conn, queue, reason, utcnow())
+    """Stop all deliveries for QUEUE; jobs wait (and new ones queue up) until `resume`.
+
+    Returns once no worker will start another request for QUEUE."""
+    from dispatcher.admin import pause_queue
+
+    changed = pause_queue(_engine(), queue, reason)
     click.echo(f"queue {queue} paused" if changed else f"queue {queue} was already paused")
 
 
@@ -521,7 +524,8 @@ def show(job_id: str, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
 def stats(as_json: bool) -> None:
-    """Per queue: jobs by status, how long the most overdue due job has waited, pause state."""
+    """Per queue: jobs by status, how long the most overdue due job has waited, circuit breaker
+    and pause state (an open circuit's reason and next probe are listed below the table)."""
     from dispatcher import admin
     from dispatcher.schema import STATUSES
 
@@ -534,19 +538,37 @@ def stats(as_json: bool) -> None:
         click.echo("no queues yet")
         return
     _print_table(
-        ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "PAUSED"),
+        ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "CIRCUIT", "PAUSED"),
         [
             (
                 q.name,
                 *(q.counts[s] for s in STATUSES),
                 _age_text(q.oldest_due_age_seconds),
+                q.circuit,
                 f"yes, since {_when(q.paused_at)}: {q.pause_reason}" if q.paused else "no",
             )
             for q in per_queue.values()
         ],
         right=set(range(1, len(STATUSES) + 2)),
-        squeeze=len(STATUSES) + 2,
+        squeeze=len(STATUSES) + 3,
     )
+    tripped = [q for q in per_queue.values() if q.circuit_open]
+    if tripped:
+        click.echo("")
+    for q in tripped:
+        probe = (
+            f", next probe {_when(q.circuit_next_probe_at)}"
+            if q.circuit_next_probe_at is not None
+            else " (a probe is in flight)"
+            if q.circuit == "half_open"
+            else ""
+        )
+        n = q.circuit_failed_probes
+        failed = f" after {n} failed probe{'s' if n != 1 else ''}" if n else ""
+        click.echo(
+            f"circuit {q.circuit} for {q.name} since {_when(q.circuit_since)}{probe}{failed}: "
+            f"{_cell(q.circuit_reason)}"
+        )
 
 
 @main.command()

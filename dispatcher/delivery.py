@@ -4,9 +4,17 @@ Kept free of Celery so that tests (and the demo) can run several deliverers side
 Celery task in :mod:`dispatcher.tasks` is a thin wrapper around :meth:`Deliverer.drain`.
 
 Requests go out through the process's one :class:`~dispatcher.ecdp.EcdpClient`, many in flight at
-once, so a slow API costs latency, not throughput. A 401/403 stops the drain: requests not yet sent
-are given back unsent, so each worker sends at most its in-flight requests after the key stops
-working.
+once, so a slow API costs latency, not throughput. What a worker promises while it holds jobs:
+
+- **Its leases stay alive.** Every third of ``DISPATCHER_LEASE_SECONDS`` it renews the leases of
+  the jobs it holds (claimed, in flight, answered but not yet recorded), so a slow batch is never
+  handed to a second worker, and every answer is recorded by the worker that sent the request.
+- **A hold takes effect at once.** Before each request it knows the queue's row (paused, cooling
+  down after a 429, circuit open) as of at most ``outbox.STATE_CHECK_SECONDS`` ago; a held queue
+  gets no new request, and the jobs claimed but not sent go back to ``pending`` unsent.
+- **Outages trip the circuit breaker** (:mod:`dispatcher.breaker`) instead of burning attempts.
+- **Shutdown is bounded**: asked to stop, it sends nothing more, waits at most the grace for the
+  answers in flight, records them, and gives back every job it holds that was not answered.
 """
 
 from __future__ import annotations
@@ -18,14 +26,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
-from dispatcher.alerts import notify_pause
-from dispatcher.config import Secret, Settings, queue_env_suffix
+from dispatcher.alerts import notify_circuit_open, notify_pause
+from dispatcher.breaker import Circuit, Window, is_outage, uncounted
+from dispatcher.config import ConfigError, Secret, Settings, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient
 from dispatcher.outbox import AttemptResult, Claimed
@@ -37,6 +47,7 @@ T = TypeVar("T")
 Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answer) as they come
 LATENCY_SAMPLES = 100  # answers that _window() looks back over
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
+POLL_SECONDS = 0.1  # how often a worker waiting for answers looks at its leases and the stop flag
 
 
 def with_db_retry(fn: Callable[[], T], what: str, budget: float = DB_RETRY_SECONDS) -> T:
@@ -68,6 +79,8 @@ class DrainSummary:
     released: int = 0
     paused: bool = False
     cooling: bool = False  # a 429 put the queue in a cool-down: the sweeper wakes it after
+    circuit_open: bool = False  # the queue's circuit is open: the sweeper wakes it for a probe
+    shutdown: bool = False  # stopped because the worker is shutting down
     more: bool = False  # stopped for the time budget with work left: re-signal
     pause: AttemptResult | None = field(default=None, repr=False)  # the answer that paused
 
@@ -79,8 +92,42 @@ class DrainSummary:
             "released": self.released,
             "paused": self.paused,
             "cooling": self.cooling,
+            "circuit_open": self.circuit_open,
+            "shutdown": self.shutdown,
             "more": self.more,
         }
+
+
+@dataclass
+class _Drain:
+    """One drain's state, shared by the steps of :meth:`Deliverer.drain`."""
+
+    queue: str
+    api_key: Secret
+    deadline: float  # monotonic: claim nothing new after it
+    stopping: Callable[[], bool]  # the worker is shutting down
+    summary: DrainSummary
+    inbox: deque[Claimed] = field(default_factory=deque)  # leased, not yet sent
+    answered: Answered = field(default_factory=queues.SimpleQueue)  # answers not yet judged
+    done: list[AttemptResult] = field(default_factory=list)  # judged, not yet recorded
+    sent: dict[int, Claimed] = field(default_factory=dict)  # in flight, by job id
+    leases: Counter[str] = field(default_factory=Counter)  # jobs held per lease token
+    renewed_at: float = 0.0
+    checked_at: float = float("-inf")  # when the last queue_state() read began
+    stop: bool = False  # send nothing more: held, tripped, or shutting down
+    exhausted: bool = False  # nothing more was due at the last claim
+    outage: bool = False  # the circuit is not closed: outage answers do not count
+    trip: str | None = None  # this worker saw the circuit trip, and why: to record
+    grace_until: float | None = None  # shutting down: wait for answers until then
+    last_answer_at: float = 0.0
+
+    def hold(self, claimed: list[Claimed]) -> None:
+        self.leases.update(c.lease_token for c in claimed)
+
+    def let_go(self, claimed: list[Claimed]) -> None:
+        self.leases.subtract(c.lease_token for c in claimed)
+        for token in [t for t, n in self.leases.items() if n <= 0]:
+            del self.leases[token]
 
 
 class Deliverer:
@@ -91,6 +138,7 @@ class Deliverer:
         engine: Engine | None = None,
         client: EcdpClient | None = None,
     ) -> None:
+        check_lease(settings)
         self.settings = settings
         self.webhook = settings.alert_webhook_url
         self.engine = engine or get_engine(settings.database_url)
@@ -103,12 +151,22 @@ class Deliverer:
             proxy_url=proxy.reveal() if (proxy := settings.proxy_url()) else None,
         )
         self._latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)  # see _window()
+        self._breakers: dict[
+            str, Window[tuple[int, datetime]]
+        ] = {}  # this process's recent answers, per queue
 
     def close(self) -> None:
         self.client.close()
 
-    def drain(self, queue: str, *, max_seconds: float = 10.0) -> DrainSummary:
-        """Deliver due jobs of ``queue`` until none is due, the queue pauses, or time is up.
+    def drain(
+        self,
+        queue: str,
+        *,
+        max_seconds: float = 10.0,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> DrainSummary:
+        """Deliver due jobs of ``queue`` until none is due, the queue is held, time is up, or
+        ``stopping()`` says the worker is shutting down.
 
         A pipeline, not lock-step batches: requests stay in flight while the next batch is
         claimed and finished ones are recorded, so a slow API costs latency, not throughput.
@@ -118,72 +176,126 @@ class Deliverer:
         if api_key is None:
             self._pause_without_key(queue, summary)
             return summary
-        deadline = time.monotonic() + max_seconds
-        inbox: deque[Claimed] = deque()  # leased, not yet sent
-        answered: Answered = queues.SimpleQueue()  # answers not yet judged
-        done: list[AttemptResult] = []  # judged, not yet recorded
+        now = time.monotonic()
+        d = _Drain(queue, api_key, now + max_seconds, stopping, summary)
+        d.renewed_at = d.last_answer_at = now
         try:
-            stop, exhausted = self._pump(queue, api_key, deadline, inbox, answered, done, summary)
+            self._pump(d)
         except BaseException:
-            self._give_back(answered, done, inbox, summary)
+            self._give_back(d)
             raise
-        self._record(done, list(inbox), summary)  # inbox: left unsent by a stop or the deadline
-        summary.more = not exhausted and not stop
-        if stop:
-            self._report_stop(queue, summary)
+        # Unsent (a hold, the deadline, a shutdown) and unanswered (a shutdown's grace ran out)
+        # jobs go back to pending, uncounted, in the same transaction as the answers.
+        self._record(d, [*d.inbox, *d.sent.values()])
+        summary.more = not d.exhausted and (not d.stop or summary.shutdown)
         return summary
 
-    def _pump(
-        self,
-        queue: str,
-        api_key: Secret,
-        deadline: float,
-        inbox: deque[Claimed],
-        answered: Answered,
-        done: list[AttemptResult],
-        summary: DrainSummary,
-    ) -> tuple[bool, bool]:
-        """Claim, send and collect until nothing is due, a 401/403/429 stops it, or the deadline
-        passes; ``(stopped, exhausted)``. Leaves in ``inbox`` and ``done`` what the caller must
-        give back and record."""
-        in_flight = 0
-        stop = False  # a 401/403 or 429 answered: send nothing more
-        exhausted = False  # nothing more was due at the last claim
+    def _pump(self, d: _Drain) -> None:
+        """Claim, send and collect until nothing is due, something stops the drain, or the
+        deadline passes. Leaves in ``d`` what the caller must record and give back."""
         while True:
+            self._upkeep(d)
             window = self._window()  # changes only as answers come in
-            while not stop and in_flight < window:
-                if not inbox and not exhausted and time.monotonic() < deadline:
-                    self._flush(done, summary)  # recorded jobs leave the in-flight ceiling
-                    claimed, throttled_for = self._claim(queue)
+            while not d.stop and len(d.sent) < window:
+                if not d.inbox and not d.exhausted and time.monotonic() < d.deadline:
+                    self._flush(d)  # recorded jobs leave the in-flight ceiling
+                    claimed, throttled_for = self._claim(d.queue)
                     if claimed:
-                        summary.batches += 1
-                        inbox.extend(claimed)
+                        d.summary.batches += 1
+                        d.hold(claimed)
+                        d.inbox.extend(claimed)
                     elif not throttled_for:
-                        exhausted = True
-                    elif not in_flight:  # throttled with nothing else to do
-                        time.sleep(min(throttled_for, max(0.0, deadline - time.monotonic())))
+                        d.exhausted = True
+                    elif not d.sent:  # throttled with nothing else to do
+                        time.sleep(min(throttled_for, max(0.0, d.deadline - time.monotonic())))
                         continue
                     else:
                         break  # throttled: collect what is in flight first
-                if not inbox:
+                if not d.inbox or not self._may_send(d):
                     break
-                self._send(inbox[0], api_key, answered)
-                inbox.popleft()  # only once sent: a job that failed to go out is given back
-                in_flight += 1
-            if not in_flight:
-                return stop, exhausted
-            # Wait for one answer, then take whatever else is in. No answer within a lease means
-            # the client is broken; the jobs in flight come back when their leases expire.
-            finished = [answered.get(timeout=self.settings.lease_seconds), *_ready(answered)]
-            in_flight -= len(finished)
-            for result in self._judge_all(finished):
-                done.append(result)
-                if result.status_code is not None:  # a refused connection says nothing of L
-                    self._latencies_ms.append(result.duration_ms)
-                stop = stop or result.decision.outcome is Outcome.PAUSE
-                stop = stop or result.status_code == 429
-            if len(done) >= self.settings.batch_size:
-                self._flush(done, summary)
+                job = d.inbox[0]
+                self._send(job, d)
+                d.inbox.popleft()  # only once sent: a job that failed to go out is given back
+                d.sent[job.id] = job
+            if not d.sent:
+                return
+            finished = self._collect(d)
+            if finished is None:  # shutting down and the grace is over
+                return
+            self._judge_all(d, finished)
+            if len(d.done) >= self.settings.batch_size:
+                self._flush(d)
+
+    def _upkeep(self, d: _Drain) -> None:
+        """Renew the leases this worker holds when a third of their length has passed, and
+        notice a shutdown."""
+        now = time.monotonic()
+        if d.grace_until is None and d.stopping():
+            d.stop = True
+            d.summary.shutdown = True
+            d.grace_until = now + self.settings.shutdown_grace_seconds
+        if d.leases and now - d.renewed_at >= self.settings.lease_seconds / 3:
+            d.renewed_at = now
+            tokens = list(d.leases)
+
+            def renew() -> int:
+                with self.engine.begin() as conn:
+                    return outbox.renew(conn, tokens, utcnow(), self.settings.lease_seconds)
+
+            with_db_retry(renew, "renewing leases", budget=self.settings.lease_seconds / 3)
+
+    def _collect(self, d: _Drain) -> list[tuple[Claimed, Future[Answer]]] | None:
+        """Wait for at least one answer (looking after the leases meanwhile), then take whatever
+        else is in. None: shutting down and the grace ran out first."""
+        # Every request ends within its deadline: an answer later than that (and a margin)
+        # means the client is broken, and the drain gives its jobs back.
+        hang = self.settings.http_timeout_seconds + self.settings.http_connect_timeout_seconds + 30
+        while True:
+            try:
+                first = d.answered.get(timeout=POLL_SECONDS)
+                break
+            except queues.Empty:
+                self._upkeep(d)
+                now = time.monotonic()
+                if d.grace_until is not None and now >= d.grace_until:
+                    log.warning(
+                        "shutting down: %d requests of queue %s unanswered after the %.0fs "
+                        "grace; their jobs go back to pending",
+                        len(d.sent),
+                        d.queue,
+                        self.settings.shutdown_grace_seconds,
+                    )
+                    return None
+                if now - d.last_answer_at > hang:
+                    raise RuntimeError(f"no answer from the HTTP client in {hang:.0f}s") from None
+        d.last_answer_at = time.monotonic()
+        finished = [first, *_ready(d.answered)]
+        for job, _ in finished:
+            d.sent.pop(job.id, None)
+        return finished
+
+    def _may_send(self, d: _Drain) -> bool:
+        """Whether the queue may get another request now, from a reading of its row at most
+        ``outbox.STATE_CHECK_SECONDS`` old. A held queue stops the drain."""
+        now = time.monotonic()
+        if now - d.checked_at <= outbox.STATE_CHECK_SECONDS:
+            return True
+        d.checked_at = now
+
+        def read() -> outbox.QueueState:
+            with self.engine.connect() as conn:
+                return outbox.queue_state(conn, d.queue, utcnow())
+
+        state = with_db_retry(read, "reading the queue's state")
+        d.outage = d.outage or state.circuit is not Circuit.CLOSED
+        probing = d.inbox[0].probe
+        if state.paused or state.cooling or (state.circuit is Circuit.OPEN and not probing):
+            d.stop = True
+            d.summary.paused = d.summary.paused or state.paused
+            d.summary.cooling = d.summary.cooling or state.cooling
+            d.summary.circuit_open = d.summary.circuit_open or state.circuit is Circuit.OPEN
+            return False
+        return True
 
     def _window(self) -> int:
         """How many requests to keep in flight. Little's law: R requests/s at latency L need
@@ -197,14 +309,17 @@ class Deliverer:
         """
         return min(self.settings.max_in_flight, max(2, 2 * min(self._latencies_ms, default=5)))
 
-    def _send(self, job: Claimed, api_key: Secret, answered: Answered) -> None:
-        future = self.client.submit(job.endpoint, job.payload, api_key)
+    def _send(self, job: Claimed, d: _Drain) -> None:
+        answered = d.answered
+        future = self.client.submit(job.endpoint, job.payload, d.api_key)
         future.add_done_callback(lambda f: answered.put((job, f)))
 
     def _claim(self, queue: str) -> tuple[list[Claimed], float]:
         """Lease a batch within the queue's shared ceilings. ``([], seconds)``: throttled, jobs
-        are due, ask again after that long; ``([], 0)``: nothing to do."""
+        are due, ask again after that long; ``([], 0)``: nothing to do. While the queue's circuit
+        is open, the batch is the one probe, when it is due."""
         limits = self.settings.limits(queue)
+        lease = self.settings.lease_seconds
 
         def claim() -> tuple[list[Claimed], float]:
             with self.engine.begin() as conn:
@@ -212,66 +327,116 @@ class Deliverer:
                 allowed, wait = outbox.admit(conn, queue, self.settings.batch_size, now, limits)
                 if not allowed:
                     return [], (wait if outbox.has_due(conn, queue, now) else 0.0)
-                jobs = outbox.claim(conn, queue, allowed, now, self.settings.lease_seconds)
+                jobs = outbox.claim(conn, queue, allowed, now, lease)
                 outbox.refund(conn, queue, allowed - len(jobs), limits)
+                if not jobs and self.settings.breaker.enabled:
+                    probe_for = self.settings.http_timeout_seconds + 5.0
+                    jobs = outbox.claim_probe(conn, queue, now, lease, probe_for)
                 return jobs, 0.0
 
         return with_db_retry(claim, "claim")
 
     def _record(
         self,
-        results: list[AttemptResult],
+        d: _Drain,
         unsent: list[Claimed],
-        summary: DrainSummary,
         retry_seconds: float = DB_RETRY_SECONDS,
     ) -> None:
-        """One transaction: every attempt and each job's new state; unsent jobs go back."""
-        if not results and not unsent:
+        """One transaction: every attempt and each job's new state, unsent jobs given back, and
+        the circuit opened or a probe's verdict; then the announcements, once each."""
+        results, trip = d.done, d.trip
+        if not results and not unsent and trip is None:
             return
+        probes = [r for r in results if r.job.probe]
+        refund = self._breaker(d.queue).outages() if trip else []
+        breaker = self.settings.breaker
 
-        def write() -> tuple[dict[str, AttemptResult], int]:
+        def write() -> tuple[dict[str, AttemptResult], int, bool, bool | None]:
             with self.engine.begin() as conn:
                 now = utcnow()
                 paused = outbox.record(conn, results, now)
-                return paused, outbox.release(conn, unsent, now)
+                released = outbox.release(conn, unsent, now)
+                opened = trip is not None and outbox.open_circuit(
+                    conn, d.queue, trip, now, breaker, refund
+                )
+                closed = None
+                for r in probes:
+                    ok = not is_outage(r.status_code)
+                    closed = outbox.end_probe(conn, d.queue, ok, r.decision.reason, now, breaker)
+                return paused, released, opened, closed
 
-        paused, released = with_db_retry(write, "recording the batch", retry_seconds)
-        summary.released += released
+        paused, released, opened, closed = with_db_retry(
+            write, "recording the batch", retry_seconds
+        )
+        d.let_go([r.job for r in results])
+        d.let_go(unsent)
+        d.done, d.trip = [], None
+        d.summary.released += released
         for queue, r in paused.items():  # committed: announce each new pause once
             notify_pause(queue, r.status_code, r.decision.reason, webhook_url=self.webhook)
+        if trip is not None:
+            self._breaker(d.queue).reset()
+            if opened:
+                notify_circuit_open(d.queue, trip, webhook_url=self.webhook)
+        if closed is not None:
+            self._after_probe(d, closed)
         for r in results:
-            summary.outcomes[r.decision.outcome.value] += 1
-            if r.decision.outcome is Outcome.PAUSE and summary.pause is None:
-                summary.pause = r
+            d.summary.outcomes[r.decision.outcome.value] += 1
+            if r.decision.outcome is Outcome.PAUSE and d.summary.pause is None:
+                d.summary.pause = r
 
-    def _flush(self, done: list[AttemptResult], summary: DrainSummary) -> None:
-        self._record(done, [], summary)
-        done.clear()
-
-    def _judge_all(self, finished: list[tuple[Claimed, Future[Answer]]]) -> list[AttemptResult]:
-        return [self._judge(job, _answer_of(future)) for job, future in finished]
-
-    def _give_back(
-        self,
-        answered: Answered,
-        done: list[AttemptResult],
-        inbox: deque[Claimed],
-        summary: DrainSummary,
-    ) -> None:
-        """A drain that fails still records what was answered and gives back what was not sent,
-        in one try: the error that stopped it is what the caller hears about. Requests still in
-        flight have no answer yet; their jobs come back when their leases expire."""
-        try:
-            done.extend(self._judge_all(_ready(answered)))
-            self._record(done, list(inbox), summary, retry_seconds=0.0)
-        except Exception:
-            log.exception("could not record %d answers after a failed drain", len(done))
-
-    def _report_stop(self, queue: str, summary: DrainSummary) -> None:
-        if summary.pause is None:
-            summary.cooling = True  # a 429: the queue's cool-down is in its row
+    def _after_probe(self, d: _Drain, closed: bool) -> None:
+        if closed:
+            log.warning(
+                "circuit closed queue=%s: a probe got an answer; delivery resumes",
+                d.queue,
+                extra={"queue": d.queue, "circuit": "closed"},
+            )
+            self._breaker(d.queue).reset()
+            d.outage = False
+            d.exhausted = False  # the backlog is due again: go on draining
+            d.checked_at = float("-inf")
         else:
-            summary.paused = True  # announced by _record if this worker paused it
+            log.info("circuit still open queue=%s: the probe failed", d.queue)
+            d.summary.circuit_open = True
+
+    def _flush(self, d: _Drain) -> None:
+        self._record(d, [])
+
+    def _breaker(self, queue: str) -> Window[tuple[int, datetime]]:
+        window = self._breakers.get(queue)
+        if window is None:
+            window = self._breakers[queue] = Window[tuple[int, datetime]](self.settings.breaker)
+        return window
+
+    def _judge_all(self, d: _Drain, finished: list[tuple[Claimed, Future[Answer]]]) -> None:
+        window = self._breaker(d.queue)
+        for job, future in finished:
+            result = self._judge(job, _answer_of(future), d.outage)
+            d.done.append(result)
+            if result.status_code is not None:  # a refused connection says nothing of L
+                self._latencies_ms.append(result.duration_ms)
+            if result.decision.outcome is Outcome.PAUSE or result.status_code == 429:
+                d.stop = True  # a 401/403 pauses, a 429 cools down the whole queue
+                d.summary.paused |= result.decision.outcome is Outcome.PAUSE
+                d.summary.cooling |= result.status_code == 429
+            if job.probe or d.outage:
+                continue
+            outage = is_outage(result.status_code)
+            if window.add(outage, time.monotonic(), (job.id, result.started_at)):
+                d.trip = _trip_reason(result, window)
+                d.outage = d.stop = d.summary.circuit_open = True
+
+    def _give_back(self, d: _Drain) -> None:
+        """A drain that fails still records what was answered and gives back what was not sent
+        or not answered, in one try: the error that stopped it is what the caller hears about."""
+        try:
+            for job, future in _ready(d.answered):
+                d.sent.pop(job.id, None)
+                d.done.append(self._judge(job, _answer_of(future), d.outage))
+            self._record(d, [*d.inbox, *d.sent.values()], retry_seconds=0.0)
+        except Exception:
+            log.exception("could not record %d answers after a failed drain", len(d.done))
 
     def _pause_without_key(self, queue: str, summary: DrainSummary) -> None:
         """Nothing can be sent for a queue without a key: pause it (if it has work) and say why."""
@@ -287,7 +452,7 @@ class Deliverer:
             notify_pause(queue, None, reason, webhook_url=self.webhook)
         summary.paused = True
 
-    def _judge(self, job: Claimed, answer: Answer) -> AttemptResult:
+    def _judge(self, job: Claimed, answer: Answer, outage: bool = False) -> AttemptResult:
         decision = decide(
             answer.status_code,
             attempts_before=job.attempts,
@@ -297,6 +462,8 @@ class Deliverer:
             error=answer.error,
             now=answer.started_at,
         )
+        if (outage or job.probe) and is_outage(answer.status_code):
+            decision = uncounted(decision)
         body = None
         if answer.status_code is not None:
             body = truncate_body(answer.body, self.settings.response_body_limit)
@@ -311,6 +478,25 @@ class Deliverer:
             response_body=body,
             decision=decision,
         )
+
+
+def check_lease(settings: Settings) -> None:
+    """Refuse a lease that cannot cover the worst request: a worker renews its leases every third
+    of their length, and must still hold them after one whole request in which it could not (a
+    busy machine, a slow database write)."""
+    need = 2 * settings.http_timeout_seconds
+    if settings.lease_seconds < need:
+        raise ConfigError(
+            f"DISPATCHER_LEASE_SECONDS ({settings.lease_seconds:g}) must be at least twice "
+            f"DISPATCHER_HTTP_TIMEOUT_SECONDS ({settings.http_timeout_seconds:g}), the longest a "
+            f"request may take: raise the lease to {need:g} or lower the timeout"
+        )
+
+
+def _trip_reason(result: AttemptResult, window: Window[tuple[int, datetime]]) -> str:
+    outages = len(window.outages())
+    what = result.decision.reason or "no answer"
+    return f"{what} ({outages} of the last {len(window)} answers were outages)"
 
 
 def _ready(answered: Answered) -> list[tuple[Claimed, Future[Answer]]]:

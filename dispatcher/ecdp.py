@@ -108,6 +108,9 @@ class EcdpClient:
         host = b"[%s]" % self._host if b":" in self._host else self._host
         self._host_header = host if parts.port is None else b"%s:%d" % (host, parts.port)
         self._timeouts = {"connect": connect_timeout, "read": timeout, "write": timeout}
+        # The whole request, connection to last byte: a per-read timeout alone lets an API that
+        # trickles its answer a byte at a time hold a request (and its job's lease) forever.
+        self._deadline = timeout
         self._max_connections = max_connections
         # One context for every connection: building one reads the CA bundle (tens of ms).
         self._ssl_context = ssl_context or httpcore.default_ssl_context()
@@ -204,11 +207,12 @@ class EcdpClient:
                 content=body,
                 extensions={"timeout": self._timeouts},
             )
-            response = await slot.handle_async_request(request)
-            try:
-                kept, size = await self._read_capped(response)
-            finally:
-                await response.aclose()
+            async with asyncio.timeout(self._deadline):
+                response = await slot.handle_async_request(request)
+                try:
+                    kept, size = await self._read_capped(response)
+                finally:
+                    await response.aclose()
             return Answer(
                 started_at=started_at,
                 duration_ms=_ms_since(start),
@@ -220,6 +224,10 @@ class EcdpClient:
             )
         except httpcore.TimeoutException as exc:  # ReadTimeout etc., named as httpx names them
             return Answer.failed(started_at, start, f"timeout: {type(exc).__name__}")
+        except TimeoutError:  # before NETWORK_ERRORS: TimeoutError is an OSError
+            return Answer.failed(
+                started_at, start, f"timeout: no complete answer within {self._deadline:g}s"
+            )
         except NETWORK_ERRORS as exc:
             # h11 quotes a header it refuses: keep the key out of the attempt row regardless.
             error = f"{type(exc).__name__}: {exc}".replace(api_key.reveal(), "***")

@@ -18,11 +18,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
 from dispatcher.config import QueueLimits
-from dispatcher.policy import Decision, Outcome
-from dispatcher.schema import DUE_WHERE, LEASED_WHERE, attempts, jobs, queues
+from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
+from dispatcher.schema import DEDUPE_WHERE, DUE_WHERE, LEASED_WHERE, attempts, jobs, queues
 
 _DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
+
+# The contract between a pause and the workers: a sending worker re-reads its queue's row
+# (queue_state) whenever its last reading began more than STATE_CHECK_SECONDS ago, and an
+# operator's pause returns PAUSE_SETTLE_SECONDS after its commit, so once it has returned no
+# worker starts another request for the queue (unless one reading took longer than the settle).
+STATE_CHECK_SECONDS = 0.05
+PAUSE_SETTLE_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,20 @@ class Claimed:
     payload: str
     attempts: int
     lease_token: str
+    probe: bool = False  # the one request that tests an open circuit (see claim_probe)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """What a worker re-reads while it sends: may it go on sending for this queue?"""
+
+    paused: bool
+    cooling: bool  # a 429 cool-down is running
+    circuit: Circuit
+
+    @property
+    def held(self) -> bool:
+        return self.paused or self.cooling or self.circuit is not Circuit.CLOSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +91,8 @@ def _insert_for(dialect_name: str) -> Any:
 # --------------------------------------------------------------------------- producing
 
 
-def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> list[int]:
-    """Insert ``rows`` in one statement; return their ids in order.
-
-    A row whose ``(queue, dedupe_key)`` already exists is not written again: its existing id is
-    returned instead (also when the same key appears twice in ``rows``).
-    """
-    if not rows:
-        return []
-    values = [
+def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
+    return [
         {
             "queue": r.queue,
             "endpoint": r.endpoint,
@@ -93,9 +108,21 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
         }
         for r in rows
     ]
+
+
+def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> list[int]:
+    """Insert ``rows`` in one statement; return their ids in order.
+
+    A row whose ``(queue, dedupe_key)`` already exists is not written again: its existing id is
+    returned instead (also when the same key appears twice in ``rows``).
+    """
+    if not rows:
+        return []
+    if conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
+        # Straight to psycopg on the caller's connection, so in the caller's transaction.
+        return insert_jobs_psycopg(conn.connection.driver_connection, rows, now)
+    values = _values(rows, now)
     if all(r.dedupe_key is None for r in rows):
-        if conn.dialect.driver == "psycopg":
-            return _insert_many_psycopg(conn, values)
         if len(values) == 1:
             return [conn.execute(jobs.insert().returning(jobs.c.id), values[0]).scalar_one()]
         result = conn.execute(
@@ -134,12 +161,15 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
     return ids
 
 
+# The same inserts as plain SQL for PostgreSQL drivers used without SQLAlchemy's statement
+# machinery: psycopg 3 (sync and async, also under SQLAlchemy) and asyncpg (its hot path).
 _COLUMNS = (
     "queue",
     "endpoint",
     "custom_event_id",
     "customer_email",
     "payload",
+    "dedupe_key",
     "status",
     "attempts",
     "next_attempt_at",
@@ -150,21 +180,93 @@ _PG_INSERT = (
     f"INSERT INTO dispatcher_jobs ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
 )
+_PG_INSERT_KEYED = (
+    _PG_INSERT.removesuffix(" RETURNING id")
+    + f" ON CONFLICT (queue, dedupe_key) WHERE {DEDUPE_WHERE} DO NOTHING RETURNING id"
+)
+_PG_SELECT_KEYED = "SELECT id FROM dispatcher_jobs WHERE queue = %s AND dedupe_key = %s"
+ASYNCPG_INSERT = _PG_INSERT.replace("%s", "{}").format(*(f"${i}" for i in range(1, 12)))
 
 
-def _insert_many_psycopg(conn: sa.Connection, values: list[dict[str, Any]]) -> list[int]:
-    """Straight to psycopg on the caller's connection (so in the caller's transaction): one row
+def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
+    """``rows`` as parameter tuples for ``_PG_INSERT`` (in ``_COLUMNS`` order)."""
+    return [
+        (
+            r.queue,
+            r.endpoint,
+            r.custom_event_id,
+            r.customer_email,
+            r.payload,
+            r.dedupe_key,
+            "pending",
+            0,
+            now,
+            now,
+            now,
+        )
+        for r in rows
+    ]
+
+
+def insert_jobs_psycopg(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[int]:
+    """:func:`insert_jobs` on a psycopg 3 ``Connection``, in its current transaction: one row
     with a plain execute, many with the pipelined ``executemany``, about three times faster than
     one huge multi-VALUES statement, whose placeholders psycopg would parse in Python."""
-    driver_conn: Any = conn.connection.driver_connection
-    ids: list[int] = []
-    with driver_conn.cursor() as cur:
-        if len(values) == 1:  # the hot path of enqueue(): skip SQLAlchemy's statement machinery
-            cur.execute(_PG_INSERT, tuple(values[0][c] for c in _COLUMNS))
+    params = pg_params(rows, now)
+    with pg.cursor() as cur:
+        if any(r.dedupe_key is not None for r in rows):
+            seen: dict[tuple[object, object], int] = {}
+            ids: list[int] = []
+            for p in params:
+                key = (p[0], p[5])
+                if p[5] is None:
+                    ids.append(cur.execute(_PG_INSERT, p).fetchone()[0])
+                    continue
+                if key not in seen:
+                    got = cur.execute(_PG_INSERT_KEYED, p).fetchone()
+                    seen[key] = (got or cur.execute(_PG_SELECT_KEYED, key).fetchone())[0]
+                ids.append(seen[key])
+            return ids
+        if len(params) == 1:  # the hot path of enqueue(): one round trip
+            cur.execute(_PG_INSERT, params[0])
             return [cur.fetchone()[0]]
-        cur.executemany(_PG_INSERT, [tuple(v[c] for c in _COLUMNS) for v in values], returning=True)
+        cur.executemany(_PG_INSERT, params, returning=True)
+        ids = []
         while True:
             ids.append(cur.fetchone()[0])
+            if not cur.nextset():
+                return ids
+
+
+async def insert_jobs_psycopg_async(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[int]:
+    """:func:`insert_jobs_psycopg` on a psycopg 3 ``AsyncConnection``."""
+    params = pg_params(rows, now)
+    async with pg.cursor() as cur:
+        if any(r.dedupe_key is not None for r in rows):
+            seen: dict[tuple[object, object], int] = {}
+            ids: list[int] = []
+            for p in params:
+                key = (p[0], p[5])
+                if p[5] is None:
+                    await cur.execute(_PG_INSERT, p)
+                    ids.append((await cur.fetchone())[0])
+                    continue
+                if key not in seen:
+                    await cur.execute(_PG_INSERT_KEYED, p)
+                    got = await cur.fetchone()
+                    if got is None:
+                        await cur.execute(_PG_SELECT_KEYED, key)
+                        got = await cur.fetchone()
+                    seen[key] = got[0]
+                ids.append(seen[key])
+            return ids
+        if len(params) == 1:
+            await cur.execute(_PG_INSERT, params[0])
+            return [(await cur.fetchone())[0]]
+        await cur.executemany(_PG_INSERT, params, returning=True)
+        ids = []
+        while True:
+            ids.append((await cur.fetchone())[0])
             if not cur.nextset():
                 return ids
 
@@ -176,12 +278,30 @@ def _paused(queue: str) -> sa.Exists:
     return sa.exists().where(queues.c.name == queue, queues.c.paused.is_(True))
 
 
-def _held(queue: str, now: datetime) -> sa.Exists:
-    """Paused by an operator or a 401, or cooling down after a 429."""
-    return sa.exists().where(
-        queues.c.name == queue,
-        sa.or_(queues.c.paused.is_(True), queues.c.cooldown_until > now),
+def _holding(now: datetime) -> sa.ColumnElement[bool]:
+    """Paused by an operator or a 401, cooling down after a 429, or its circuit not closed."""
+    return sa.or_(
+        queues.c.paused.is_(True),
+        queues.c.cooldown_until > now,
+        queues.c.circuit != Circuit.CLOSED.value,
     )
+
+
+def _held(queue: str, now: datetime) -> sa.Exists:
+    return sa.exists().where(queues.c.name == queue, _holding(now))
+
+
+def queue_state(conn: sa.Connection, queue: str, now: datetime) -> QueueState:
+    """One primary-key read: what a sending worker checks every few tens of milliseconds."""
+    row = conn.execute(
+        sa.select(queues.c.paused, queues.c.cooldown_until, queues.c.circuit).where(
+            queues.c.name == queue
+        )
+    ).first()
+    if row is None:
+        return QueueState(paused=False, cooling=False, circuit=Circuit.CLOSED)
+    cooling = row.cooldown_until is not None and row.cooldown_until > now
+    return QueueState(bool(row.paused), cooling, Circuit(row.circuit))
 
 
 def admit(
@@ -291,6 +411,179 @@ def claim(
     claimed = [Claimed(r.id, queue, r.endpoint, r.payload, r.attempts, token) for r in rows]
     claimed.sort(key=lambda c: c.id)
     return claimed
+
+
+def renew(conn: sa.Connection, tokens: Iterable[str], now: datetime, lease_seconds: float) -> int:
+    """Extend the leases of the batches a worker still holds, so that no other worker is handed
+    a job while its request is still on its way (a slow API, a small window, a trickling
+    answer). Only jobs still leased under these tokens are touched."""
+    tokens = list(tokens)
+    if not tokens:
+        return 0
+    result = conn.execute(
+        sa.update(jobs)
+        .where(sa.text(LEASED_WHERE), jobs.c.lease_token.in_(tokens))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return int(result.rowcount)
+
+
+def claim_probe(
+    conn: sa.Connection,
+    queue: str,
+    now: datetime,
+    lease_seconds: float,
+    probe_seconds: float,
+) -> list[Claimed]:
+    """While ``queue``'s circuit is open, lease the one job that tests the API, when its time has
+    come: the circuit turns half-open, and no other probe starts for ``probe_seconds`` (so a
+    worker that dies mid-probe only delays the next one). ``[]`` if the circuit is closed, the
+    queue is paused, or the next probe is not due yet."""
+    won = conn.execute(
+        sa.update(queues)
+        .where(
+            queues.c.name == queue,
+            queues.c.circuit != Circuit.CLOSED.value,
+            queues.c.circuit_retry_at <= now,
+            queues.c.paused.is_(False),
+        )
+        .values(
+            circuit=Circuit.HALF_OPEN.value,
+            circuit_retry_at=now + timedelta(seconds=probe_seconds),
+            updated_at=now,
+        )
+    ).rowcount
+    if not won:
+        return []
+    token = uuid.uuid4().hex
+    due = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
+        .order_by(jobs.c.next_attempt_at, jobs.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    row = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == due)
+        .values(
+            status="in_flight",
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(jobs.c.id, jobs.c.endpoint, jobs.c.payload, jobs.c.attempts)
+    ).first()
+    if row is None:  # nothing to probe with: stay open, try again when work arrives
+        conn.execute(
+            sa.update(queues)
+            .where(queues.c.name == queue)
+            .values(circuit=Circuit.OPEN.value, circuit_retry_at=now)
+        )
+        return []
+    return [Claimed(row.id, queue, row.endpoint, row.payload, row.attempts, token, probe=True)]
+
+
+def open_circuit(
+    conn: sa.Connection,
+    queue: str,
+    reason: str,
+    now: datetime,
+    policy: BreakerPolicy,
+    refund: Sequence[tuple[int, datetime]] = (),
+) -> bool:
+    """Open ``queue``'s circuit (if it was closed): no worker sends for it but probes.
+
+    ``refund`` names the counted attempts (job id, started at) whose failures tripped it: they
+    stop counting toward the attempt limit, and a job that one of them dead-lettered for
+    "max attempts" is waiting again. True if this call opened it."""
+    _ensure_queue_row(conn, queue, now)
+    opened = conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == queue, queues.c.circuit == Circuit.CLOSED.value)
+        .values(
+            circuit=Circuit.OPEN.value,
+            circuit_since=now,
+            circuit_reason=reason,
+            circuit_retry_at=now + timedelta(seconds=probe_interval(0, policy)),
+            circuit_probes=0,
+            updated_at=now,
+        )
+    ).rowcount
+    if not opened:
+        return False
+    # Rare (once per opening) and small (a window's worth): one attempt at a time, so that only
+    # attempts that really counted are taken off their job's count.
+    for job_id, started_at in refund:
+        flipped = conn.execute(
+            sa.update(attempts)
+            .where(
+                attempts.c.job_id == job_id,
+                attempts.c.started_at == started_at,
+                attempts.c.counted.is_(True),
+            )
+            .values(counted=False)
+        ).rowcount
+        if not flipped:
+            continue
+        dead_of_max = sa.and_(
+            jobs.c.status == "dead", jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%")
+        )
+        conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.attempts > 0)
+            .values(
+                attempts=jobs.c.attempts - 1,
+                status=sa.case((dead_of_max, "retrying"), else_=jobs.c.status),
+                next_attempt_at=sa.case((dead_of_max, now), else_=jobs.c.next_attempt_at),
+                updated_at=now,
+            )
+        )
+    return True
+
+
+def end_probe(
+    conn: sa.Connection,
+    queue: str,
+    ok: bool,
+    reason: str | None,
+    now: datetime,
+    policy: BreakerPolicy,
+) -> bool:
+    """A probe's answer: any answer but an outage closes the circuit (True); an outage opens it
+    again, the next probe further off."""
+    if ok:
+        return bool(
+            conn.execute(
+                sa.update(queues)
+                .where(queues.c.name == queue, queues.c.circuit != Circuit.CLOSED.value)
+                .values(
+                    circuit=Circuit.CLOSED.value,
+                    circuit_since=now,
+                    circuit_reason=None,
+                    circuit_retry_at=None,
+                    circuit_probes=0,
+                    updated_at=now,
+                )
+            ).rowcount
+        )
+    probes = conn.execute(
+        sa.select(queues.c.circuit_probes).where(queues.c.name == queue).with_for_update()
+    ).scalar()
+    failed = (probes or 0) + 1
+    conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == queue, queues.c.circuit != Circuit.CLOSED.value)
+        .values(
+            circuit=Circuit.OPEN.value,
+            circuit_retry_at=now + timedelta(seconds=probe_interval(failed, policy)),
+            circuit_probes=failed,
+            circuit_reason=reason,
+            updated_at=now,
+        )
+    )
+    return False
 
 
 _RECORD_JOB = (
@@ -460,7 +753,8 @@ def release_expired(conn: sa.Connection, now: datetime) -> int:
 
 
 def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
-    """Queues that have a job due now and are not paused.
+    """Queues that have a job due now and are not held (paused, cooling down, or an open circuit
+    whose next probe is not due yet).
 
     Walks the distinct queue names with one index seek each (a "loose index scan"), so the cost
     grows with the number of queues, not with the number of waiting jobs.
@@ -468,7 +762,15 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
     paused = set(
         conn.execute(
             sa.select(queues.c.name).where(
-                sa.or_(queues.c.paused.is_(True), queues.c.cooldown_until > now)
+                _holding(now),
+                # an open circuit whose probe is due is signalled: a worker sends the probe
+                sa.not_(
+                    sa.and_(
+                        queues.c.paused.is_(False),
+                        sa.or_(queues.c.cooldown_until.is_(None), queues.c.cooldown_until <= now),
+                        queues.c.circuit_retry_at <= now,
+                    )
+                ),
             )
         ).scalars()
     )

@@ -18,12 +18,19 @@ Settings that matter, and why:
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.synchronize
 import os
 from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutting_down,
+)
 
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import dispose_engines
@@ -68,6 +75,29 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 _deliverer: tuple[int, Deliverer] | None = None
+# Set in the main process when the worker begins a warm shutdown (SIGTERM, as `docker stop`
+# sends it); read by the drains in the pool's processes, which inherit it at fork. Made at
+# worker start, so only worker processes create a semaphore.
+_stopping: multiprocessing.synchronize.Event | None = None
+
+
+def stopping() -> bool:
+    return _stopping is not None and _stopping.is_set()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _on_worker_init(**_: object) -> None:
+    global _stopping
+    _stopping = multiprocessing.get_context("fork").Event()
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _on_shutting_down(**_: object) -> None:
+    # Drains stop claiming at once, wait at most DISPATCHER_SHUTDOWN_GRACE_SECONDS for the
+    # answers in flight, record them and give back the rest; Celery's warm shutdown then waits
+    # for the tasks, which end within that grace.
+    if _stopping is not None:
+        _stopping.set()
 
 
 def get_deliverer() -> Deliverer:
@@ -94,7 +124,7 @@ def _on_shutdown(**_: object) -> None:
 
 @app.task(name=TASK_NAME, acks_late=True)  # type: ignore[untyped-decorator]
 def deliver(queue: str) -> dict[str, object]:
-    summary = get_deliverer().drain(queue, max_seconds=DRAIN_SECONDS)
+    summary = get_deliverer().drain(queue, max_seconds=DRAIN_SECONDS, stopping=stopping)
     if summary.more:
         notify_due([queue])
     return summary.as_dict()
