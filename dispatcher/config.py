@@ -210,7 +210,7 @@ class Settings:
             )
         except ValueError as exc:
             raise ConfigError(f"DISPATCHER_BREAKER_*: {exc}") from None
-        return cls(
+        settings = cls(
             database_url=normalize_database_url(
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
@@ -234,6 +234,21 @@ class Settings:
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
+        )
+        check_lease(settings)
+        return settings
+
+
+def check_lease(settings: Settings) -> None:
+    """Refuse a lease that cannot cover the worst request: a worker renews its leases every third
+    of their length, and must still hold them after a whole request during which it could not
+    (a busy machine, a slow database write)."""
+    need = 2 * settings.http_timeout_seconds
+    if settings.lease_seconds < need:
+        raise ConfigError(
+            f"DISPATCHER_LEASE_SECONDS ({settings.lease_seconds:g}) must be at least twice "
+            f"DISPATCHER_HTTP_TIMEOUT_SECONDS ({settings.http_timeout_seconds:g}), the longest a "
+            f"request may take: raise the lease to {need:g} or lower the timeout"
         )
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from dispatcher import outbox
 from dispatcher.alerts import notify_circuit_open, notify_pause
 from dispatcher.breaker import Circuit, Window, is_outage, uncounted
-from dispatcher.config import ConfigError, Secret, Settings, queue_env_suffix
+from dispatcher.config import Secret, Settings, check_lease, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient
 from dispatcher.outbox import AttemptResult, Claimed
@@ -477,19 +477,6 @@ class Deliverer:
             error=None if decision.outcome is Outcome.DELIVERED else decision.reason,
             response_body=body,
             decision=decision,
-        )
-
-
-def check_lease(settings: Settings) -> None:
-    """Refuse a lease that cannot cover the worst request: a worker renews its leases every third
-    of their length, and must still hold them after one whole request in which it could not (a
-    busy machine, a slow database write)."""
-    need = 2 * settings.http_timeout_seconds
-    if settings.lease_seconds < need:
-        raise ConfigError(
-            f"DISPATCHER_LEASE_SECONDS ({settings.lease_seconds:g}) must be at least twice "
-            f"DISPATCHER_HTTP_TIMEOUT_SECONDS ({settings.http_timeout_seconds:g}), the longest a "
-            f"request may take: raise the lease to {need:g} or lower the timeout"
         )
 
 

@@ -99,7 +99,7 @@ class Sandbox:
     """An ECDP look-alike on loopback; ``with Sandbox() as sb: ...`` or ``start()``/``stop()``.
 
     All public attributes may be changed while serving (``api_key`` to simulate a revoked key,
-    ``unknown_event_ids``, ``default_delay``, ``fail_ratio``, ``fail_status``).
+    ``unknown_event_ids``, ``default_delay``, ``fail_ratio``, ``fail_status``, ``trickle``).
     """
 
     def __init__(
@@ -118,6 +118,7 @@ class Sandbox:
         self.default_delay = 0.0
         self.fail_ratio = 0.0
         self.fail_status = 503
+        self.trickle = 0.0  # seconds between the bytes of every answer (a trickling API)
         self.requests: list[Received] = []
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most at any moment: for concurrency ceilings in tests
@@ -444,8 +445,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        data = head_bytes if head else head_bytes + answer.body
+        sandbox = self.server.sandbox
         try:
-            self.wfile.write(head_bytes if head else head_bytes + answer.body)
+            if sandbox.trickle <= 0:
+                self.wfile.write(data)
+                return
+            for i in range(len(data)):  # one byte at a time: every read gets something
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                if sandbox._stopping.wait(sandbox.trickle):
+                    self.close_connection = True
+                    return
         except OSError:
             self.close_connection = True
 
