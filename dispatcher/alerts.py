@@ -1,9 +1,13 @@
-"""Tell a person when a queue pauses: one ERROR log line and, if configured, a webhook notice.
+"""Tell a person when a queue pauses or its circuit opens: one ERROR log line and, if
+configured, a webhook notice.
 
 A pause is by design (a revoked key must not burn every job's attempts), so after it nothing
 happens until someone looks; this is what makes them look. The worker whose transaction flipped
 the pause switch calls :func:`notify_pause` once, after that transaction committed, so each
-pause is announced once however many workers saw the 401.
+pause is announced once however many workers saw the 401. Likewise the worker that opened a
+queue's circuit breaker (:mod:`dispatcher.breaker`) calls :func:`notify_circuit_open` once per
+opening: no operator is needed (the circuit closes by itself when a probe succeeds), but the API
+is down, or unreachable from here, and deliveries wait.
 
 Neither the log line nor the notice carries the API key: only the queue, the status code and
 the API's problem ``detail``. The webhook URL is a secret too (Slack puts its token in the
@@ -64,19 +68,68 @@ def notify_pause(
         json.dumps(detail, ensure_ascii=False),
         extra={"queue": queue, "status_code": status_code, "detail": detail},
     )
+    _post("pause", queue, pause_notice(queue, status_code, detail), webhook_url, post)
+
+
+def circuit_notice(queue: str, reason: str | None) -> dict[str, Any]:
+    """The JSON posted to the webhook when a queue's circuit opens: Slack's ``text`` plus the same
+    facts as fields."""
+    reason = _clip(reason)
+    text = (
+        f":warning: ecdp-dispatcher: circuit of queue `{queue}` opened"
+        + (f": {reason}" if reason else "")
+        + ". The ECDP API looks down (or unreachable from here): nothing is sent for this queue"
+        " but one probe at a growing interval, and delivery resumes by itself when a probe"
+        " succeeds. Its jobs wait; the outage dead-letters none of them."
+    )
+    return {
+        "text": text,
+        "event": "circuit_open",
+        "queue": queue,
+        "circuit": "open",
+        "detail": reason,
+    }
+
+
+def notify_circuit_open(
+    queue: str,
+    reason: str | None,
+    *,
+    webhook_url: Secret | str | None,
+    post: Callable[..., Any] = httpx.post,
+) -> None:
+    """Log the opening at ERROR (logfmt-style, with the same fields as ``extra``) and POST the
+    notice to ``webhook_url`` if set. Call it once per opening (not per failed probe). Never
+    raises: an alert must not break delivery."""
+    reason = _clip(reason)
+    log.error(
+        "circuit open queue=%s detail=%s",
+        queue,
+        json.dumps(reason, ensure_ascii=False),
+        extra={"queue": queue, "circuit": "open", "detail": reason},
+    )
+    _post("circuit", queue, circuit_notice(queue, reason), webhook_url, post)
+
+
+def _post(
+    kind: str,
+    queue: str,
+    notice: dict[str, Any],
+    webhook_url: Secret | str | None,
+    post: Callable[..., Any],
+) -> None:
     url = webhook_url.reveal() if isinstance(webhook_url, Secret) else webhook_url
     if not url:
         return
     try:
-        response = post(
-            url, json=pause_notice(queue, status_code, detail), timeout=WEBHOOK_TIMEOUT_SECONDS
-        )
+        response = post(url, json=notice, timeout=WEBHOOK_TIMEOUT_SECONDS)
         response.raise_for_status()
     except Exception as exc:
         # Only the exception's type and status: httpx messages contain the (secret) URL.
         status = getattr(getattr(exc, "response", None), "status_code", None)
         log.warning(
-            "pause alert webhook failed for queue %s: %s%s",
+            "%s alert webhook failed for queue %s: %s%s",
+            kind,
             queue,
             type(exc).__name__,
             f" (HTTP {status})" if status is not None else "",

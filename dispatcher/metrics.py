@@ -3,9 +3,10 @@
 Workers are separate processes, often on separate machines, so the numbers come from the
 database they all write, not from in-process counters:
 
-- Gauges (jobs by queue and status, the oldest due job's age, the pause switch and its reason)
-  come from :func:`dispatcher.admin.stats`, one grouped query, cached for ``ttl_seconds`` so a
-  scrape every 15 s (or several Prometheus servers) costs the database next to nothing.
+- Gauges (jobs by queue and status, the oldest due job's age, the pause switch and the circuit
+  breaker's state, with their reasons) come from :func:`dispatcher.admin.stats`, one grouped
+  query, cached for ``ttl_seconds`` so a scrape every 15 s (or several Prometheus servers)
+  costs the database next to nothing.
 - Counters (HTTP attempts by queue and status-code class, dead letters) and the latency
   histogram are accumulated by this process from the attempt rows written since it started.
   Each refresh reads only rows above an id floor (a range scan on the primary key, joined to
@@ -175,6 +176,17 @@ class _Collector(Collector):
         reason = InfoMetricFamily(
             "dispatcher_queue_pause", "Why a paused queue is paused.", labels=["queue"]
         )
+        circuit = GaugeMetricFamily(
+            "dispatcher_queue_circuit_open",
+            "1 while the queue's circuit breaker is open or half_open (nothing is sent for it but "
+            "probes), else 0.",
+            labels=["queue"],
+        )
+        circuit_reason = InfoMetricFamily(
+            "dispatcher_queue_circuit",
+            "Why a queue's circuit breaker is open, and its state (open or half_open).",
+            labels=["queue"],
+        )
         tries = CounterMetricFamily(
             "dispatcher_delivery_attempts",
             "HTTP requests made to the ECDP API, by queue and status-code class "
@@ -199,10 +211,14 @@ class _Collector(Collector):
             if q.paused:
                 text = " ".join((q.pause_reason or "").split())[:_REASON_LIMIT]
                 reason.add_metric([name], {"reason": text})
+            circuit.add_metric([name], 1.0 if q.circuit_open else 0.0)
+            if q.circuit_open:
+                text = " ".join((q.circuit_reason or "").split())[:_REASON_LIMIT]
+                circuit_reason.add_metric([name], {"state": q.circuit, "reason": text})
         for name in sorted(m._stats.keys() | m._latency.keys()):
             for cls in CODE_CLASSES:
                 tries.add_metric([name, cls], m._attempts[name, cls])
             dead.add_metric([name], m._dead[name])
             histogram = m._latency.get(name) or _Histogram()
             latency.add_metric([name], histogram.buckets(), histogram.total)
-        return [by_status, oldest, paused, reason, tries, dead, latency]
+        return [by_status, oldest, paused, reason, circuit, circuit_reason, tries, dead, latency]

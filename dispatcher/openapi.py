@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dispatcher.config import QUEUE_NAME
-from dispatcher.schema import STATUSES
+from dispatcher.schema import CIRCUIT_STATES, STATUSES
 
 PER_PAGE = 50
 MAX_PER_PAGE = 100
@@ -89,7 +89,7 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/api/queues": {
             "get": {
-                "summary": "Per queue: jobs by status, oldest due age, pause state",
+                "summary": "Per queue: jobs by status, oldest due age, pause and circuit state",
                 "operationId": "queues",
                 "responses": {"200": _json(_ref("Queues"), "Queues by name."), **_ERRORS},
             }
@@ -204,6 +204,26 @@ OPENAPI: dict[str, Any] = {
                     "required": list(STATUSES),
                 },
                 oldest_due_age_seconds=_nullable("number"),
+                circuit={
+                    "type": "string",
+                    "enum": list(CIRCUIT_STATES),
+                    "description": "The circuit breaker: while open or half_open nothing is sent "
+                    "for the queue but one probe at a time; it closes by itself.",
+                },
+                circuit_since=_nullable(
+                    "string",
+                    format="date-time",
+                    description="When the circuit took its current state (null: never opened).",
+                ),
+                circuit_reason=_nullable("string", description="Why it opened."),
+                circuit_next_probe_at=_nullable(
+                    "string", format="date-time", description="While open: the next probe."
+                ),
+                circuit_failed_probes={
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Failed probes since it opened.",
+                },
             ),
             "Queues": _object(
                 queues={"type": "object", "additionalProperties": _ref("QueueStats")}

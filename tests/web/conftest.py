@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from dispatcher.config import Secret, Settings
 from dispatcher.delivery import Deliverer
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
+from dispatcher.schema import queues
 from dispatcher.web import create_app
 from tests.conftest import require
 from tests.support import settle
@@ -94,6 +96,33 @@ def outbox(engine: sa.Engine, sandbox: Sandbox, deliverer: Deliverer) -> Outbox:
     )
     deliverer.drain("eu-shop")  # 401: the queue pauses
     return Outbox(ids[0], ids[1], ids[2:5], ids[5], ids[6], ids[7], eu)
+
+
+OUTAGE = "503 Service Unavailable: upstream down (17 of 20 recent answers were outages)"
+
+
+def set_circuit(
+    engine: sa.Engine,
+    queue: str,
+    circuit: str,
+    *,
+    since: datetime,
+    reason: str | None = OUTAGE,
+    retry_at: datetime | None = None,
+    probes: int = 0,
+) -> None:
+    """Write a queue's circuit breaker columns as a worker would (the row is made if need be)."""
+    values = {
+        "circuit": circuit,
+        "circuit_since": since,
+        "circuit_reason": reason,
+        "circuit_retry_at": retry_at,
+        "circuit_probes": probes,
+        "updated_at": since,
+    }
+    with engine.begin() as conn:
+        if not conn.execute(queues.update().where(queues.c.name == queue).values(values)).rowcount:
+            conn.execute(queues.insert().values(name=queue, **values))
 
 
 @pytest.fixture

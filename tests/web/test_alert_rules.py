@@ -17,6 +17,8 @@ from dispatcher.db import utcnow
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import pause
 
+from .conftest import set_circuit
+
 RULES = Path(__file__).resolve().parents[2] / "prometheus" / "alerts.yml"
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
@@ -42,12 +44,17 @@ def test_the_rules_an_operator_needs() -> None:
     found = {r["alert"]: r for r in rules()}
     assert set(found) == {
         "DispatcherQueuePaused",
+        "DispatcherCircuitOpen",
         "DispatcherDeliveryLag",
         "DispatcherDeadLettersGrowing",
         "DispatcherNoDeliveries",
     }
     assert found["DispatcherQueuePaused"]["for"] == "5m"
     assert "dispatcher_queue_paused" in found["DispatcherQueuePaused"]["expr"]
+    assert found["DispatcherCircuitOpen"]["for"] == "5m"
+    assert "dispatcher_queue_circuit_open" in found["DispatcherCircuitOpen"]["expr"]
+    # One alert per cause: an open circuit is not also reported as "no deliveries".
+    assert "dispatcher_queue_circuit_open" in found["DispatcherNoDeliveries"]["expr"]
     assert "> 900" in found["DispatcherDeliveryLag"]["expr"]  # 15 minutes
     for rule in found.values():
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
@@ -62,6 +69,7 @@ def test_the_rules_an_operator_needs() -> None:
 def test_every_metric_the_rules_use_is_exported(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         pause(conn, "eu-shop", "401 Unauthorized", utcnow())
+    set_circuit(engine, "default", "open", since=utcnow())  # so its info metric is there too
     text = Metrics(engine).render().decode()
     exported = set(re.findall(r"^(dispatcher_[a-z_]+)", text, re.MULTILINE))
     used = {m for r in rules() for m in re.findall(r"\b(dispatcher_[a-z_]+)", r["expr"])}

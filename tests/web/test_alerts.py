@@ -1,4 +1,5 @@
-"""The pause alert: one structured ERROR line and one webhook notice, never the key or the URL."""
+"""The pause and circuit-open alerts: one structured ERROR line and one webhook notice, never the
+key or the URL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.alerts import notify_pause, pause_notice
+from dispatcher.alerts import circuit_notice, notify_circuit_open, notify_pause, pause_notice
 from dispatcher.config import Secret, Settings
 
 HOOK = "https://hooks.slack.example/services/T000/B000/very-secret-part"
@@ -80,6 +81,69 @@ def test_a_failing_webhook_never_raises_nor_leaks_its_url(
     [error, warning] = caplog.records
     assert error.levelno == logging.ERROR and warning.levelno == logging.WARNING
     assert warning.getMessage().startswith("pause alert webhook failed for queue eu-shop: ")
+    assert HOOK not in caplog.text and "very-secret" not in caplog.text
+
+
+OUTAGE = "503 Service Unavailable: upstream down (17 of 20 recent answers were outages)"
+
+
+def test_circuit_open_logs_one_structured_error_line(caplog: pytest.LogCaptureFixture) -> None:
+    post = Poster()
+    with caplog.at_level(logging.INFO, logger="dispatcher.alerts"):
+        notify_circuit_open("eu-shop", OUTAGE, webhook_url=None, post=post)
+    assert post.calls == []
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == (
+        'circuit open queue=eu-shop detail="503 Service Unavailable: upstream down (17 of 20 '
+        'recent answers were outages)"'
+    )
+    fields = (record.queue, record.circuit, record.detail)  # type: ignore[attr-defined]
+    assert fields == ("eu-shop", "open", OUTAGE)
+
+
+def test_circuit_open_posts_a_slack_compatible_notice(caplog: pytest.LogCaptureFixture) -> None:
+    post = Poster()
+    notify_circuit_open("eu-shop", OUTAGE, webhook_url=Secret(HOOK), post=post)
+    [(url, body, timeout)] = post.calls
+    assert url == HOOK and timeout == 5.0
+    assert body == circuit_notice("eu-shop", OUTAGE)
+    assert body["text"].startswith(
+        f":warning: ecdp-dispatcher: circuit of queue `eu-shop` opened: {OUTAGE}. "
+    )
+    assert "delivery resumes by itself" in body["text"]
+    assert {k: body[k] for k in ("event", "queue", "circuit", "detail")} == {
+        "event": "circuit_open",
+        "queue": "eu-shop",
+        "circuit": "open",
+        "detail": OUTAGE,
+    }
+    assert HOOK not in caplog.text
+
+
+def test_circuit_notice_without_or_with_a_long_reason() -> None:
+    notice = circuit_notice("default", None)
+    assert notice["text"].startswith(
+        ":warning: ecdp-dispatcher: circuit of queue `default` opened. "
+    )
+    assert notice["detail"] is None
+    assert len(circuit_notice("q", "x" * 5000)["detail"]) == 1000
+    assert circuit_notice("q", "Timeout:\n  no answer ")["detail"] == "Timeout: no answer"
+
+
+@pytest.mark.parametrize(
+    "post",
+    [Poster(answer=404), Poster(error=httpx.ConnectTimeout(f"timed out posting to {HOOK}"))],
+    ids=["http-404", "timeout"],
+)
+def test_a_failing_circuit_webhook_never_raises_nor_leaks_its_url(
+    post: Poster, caplog: pytest.LogCaptureFixture
+) -> None:
+    notify_circuit_open("eu-shop", OUTAGE, webhook_url=Secret(HOOK), post=post)
+    assert len(post.calls) == 1
+    [error, warning] = caplog.records
+    assert error.levelno == logging.ERROR and warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("circuit alert webhook failed for queue eu-shop: ")
     assert HOOK not in caplog.text and "very-secret" not in caplog.text
 
 

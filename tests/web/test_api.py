@@ -4,6 +4,7 @@ OpenAPI description (no 5xx, every answer as described)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,11 +15,11 @@ from starlette.applications import Starlette
 
 from dispatcher import admin
 from dispatcher.config import Secret, Settings
-from dispatcher.db import create_engine
+from dispatcher.db import create_engine, utcnow
 from dispatcher.openapi import OPENAPI
 from dispatcher.web import create_app
 
-from .conftest import AUTH, TOKEN, Outbox
+from .conftest import AUTH, OUTAGE, TOKEN, Outbox, set_circuit
 
 HOP_BY_HOP = {
     "connection", "content-length", "expect", "host", "keep-alive", "proxy-connection", "te",
@@ -36,6 +37,58 @@ def test_queues(client: httpx.Client, outbox: Outbox) -> None:
     assert eu["paused"] is True and eu["counts"]["pending"] == 3
     assert eu["pause_reason"] == "401 Unauthorized: The API key is missing or invalid."
     assert eu["oldest_due_age_seconds"] > 0
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def test_queues_show_the_circuit_breaker(
+    client: httpx.Client, outbox: Outbox, engine: sa.Engine
+) -> None:
+    queues = client.get("/api/queues", headers=AUTH).json()["queues"]
+    closed = {
+        "circuit": "closed",
+        "circuit_since": None,
+        "circuit_reason": None,
+        "circuit_next_probe_at": None,
+        "circuit_failed_probes": 0,
+    }
+    for name in ("default", "eu-shop"):
+        assert {k: v for k, v in queues[name].items() if k.startswith("circuit")} == closed
+
+    now = utcnow()
+    since, probe = now - timedelta(minutes=2), now + timedelta(seconds=8)
+    set_circuit(engine, "default", "open", since=since, retry_at=probe, probes=2)
+    set_circuit(engine, "idle", "half_open", since=now, retry_at=now, probes=4)
+    response = client.get("/api/queues", headers=AUTH)
+    queues = response.json()["queues"]
+    assert {k: v for k, v in queues["default"].items() if k.startswith("circuit")} == {
+        "circuit": "open",
+        "circuit_since": _iso(since),
+        "circuit_reason": OUTAGE,
+        "circuit_next_probe_at": _iso(probe),
+        "circuit_failed_probes": 2,
+    }
+    assert queues["default"]["paused"] is False and queues["default"]["counts"]["dead"] == 5
+    idle = queues["idle"]  # a queue with a row and no jobs
+    assert idle["circuit"] == "half_open" and idle["circuit_next_probe_at"] is None
+    assert idle["circuit_failed_probes"] == 4 and idle["counts"] == dict.fromkeys(idle["counts"], 0)
+    assert queues["eu-shop"]["circuit"] == "closed" and queues["eu-shop"]["paused"] is True
+
+    # The answer is one the OpenAPI description allows.
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    schema = schemathesis.openapi.from_dict(client.get("/api/openapi.json", headers=AUTH).json())
+    case = schema["/api/queues"]["GET"].Case()
+    case.call_and_validate(
+        base_url=str(client.base_url), headers=AUTH, checks=[response_schema_conformance]
+    )
+    # And the description says what the circuit states are.
+    described = OPENAPI["components"]["schemas"]["QueueStats"]
+    assert described["properties"]["circuit"]["enum"] == ["closed", "open", "half_open"]
+    assert set(described["required"]) == set(queues["default"])
 
 
 def test_history_filters_and_pages(client: httpx.Client, outbox: Outbox) -> None:

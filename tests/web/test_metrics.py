@@ -21,7 +21,7 @@ from dispatcher.schema import attempts
 from dispatcher.web import create_app
 from tests.support import settle
 
-from .conftest import AUTH, Outbox
+from .conftest import AUTH, OUTAGE, Outbox, set_circuit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -88,6 +88,41 @@ def test_a_pause_shows_in_the_next_scrape(outbox: Outbox, engine: sa.Engine) -> 
     assert value(s, "dispatcher_queue_paused", queue="default") == 1
     reason = "401 Unauthorized: key revoked"
     assert value(s, "dispatcher_queue_pause_info", queue="default", reason=reason) == 1
+
+
+def test_the_circuit_breaker_state(outbox: Outbox, engine: sa.Engine) -> None:
+    """dispatcher_queue_circuit_open is 1 while open or half_open; the info metric says why."""
+    clock = Clock()
+    metrics = Metrics(engine, clock=clock)
+    s = scrape(metrics)
+    assert value(s, "dispatcher_queue_circuit_open", queue="default") == 0
+    assert value(s, "dispatcher_queue_circuit_open", queue="eu-shop") == 0
+    assert not [k for k in s if k[0] == "dispatcher_queue_circuit_info"]
+
+    now = utcnow()
+    set_circuit(engine, "default", "open", since=now, retry_at=now + timedelta(seconds=4))
+    long = "Timeout: no answer within 10 s\n" + "x" * 500
+    set_circuit(engine, "idle", "half_open", since=now, reason=long, probes=3)  # no jobs at all
+    clock.now += 5
+    s = scrape(metrics)
+    assert value(s, "dispatcher_queue_circuit_open", queue="default") == 1
+    assert value(s, "dispatcher_queue_circuit_open", queue="idle") == 1
+    assert value(s, "dispatcher_queue_circuit_open", queue="eu-shop") == 0, "paused, not open"
+    assert value(s, "dispatcher_queue_paused", queue="default") == 0, "open is not paused"
+    info = {
+        dict(k[1])["queue"]: (dict(k[1])["state"], dict(k[1])["reason"], v)
+        for k, v in s.items()
+        if k[0] == "dispatcher_queue_circuit_info"
+    }
+    clipped = ("Timeout: no answer within 10 s " + "x" * 500)[:200]
+    assert info == {"default": ("open", OUTAGE, 1.0), "idle": ("half_open", clipped, 1.0)}
+
+    # A good probe closes it: the next scrape past the cache shows 0 and no reason.
+    set_circuit(engine, "default", "closed", since=utcnow(), reason=None)
+    clock.now += 5
+    s = scrape(metrics)
+    assert value(s, "dispatcher_queue_circuit_open", queue="default") == 0
+    assert {dict(k[1])["queue"] for k in s if k[0] == "dispatcher_queue_circuit_info"} == {"idle"}
 
 
 def test_counters_and_latency_count_every_workers_attempts(
