@@ -1,26 +1,52 @@
-"""The producer API: ``enqueue`` and ``enqueue_many``.
+"""The producer API: ``enqueue``/``enqueue_many`` and ``enqueue_async``/``enqueue_many_async``.
 
-Given the caller's ``Session`` or ``Connection``, the job row is written inside the caller's
-transaction, so an event commits atomically with the business data or not at all. Workers are told
-that work is due only after that commit (a Session's ``after_commit`` hook), by a background
-thread (:mod:`dispatcher.signals`); if the broker is down at that moment, the sweeper's next pass
-finds the job anyway, so a lost signal delays, never loses.
+Given the caller's session or connection, the job row is written inside the caller's transaction
+(never outside it), so an event commits atomically with the business data or not at all:
+
+==========================================  ============================================
+``enqueue(..., session=)``                  ``await enqueue_async(..., session=)``
+==========================================  ============================================
+SQLAlchemy ``Session``, ``scoped_session``   ``AsyncSession``, ``async_scoped_session``
+(Flask-SQLAlchemy's ``db.session``),         (asyncpg, psycopg or aiosqlite underneath),
+``Connection``; a psycopg 3 ``Connection``   ``AsyncConnection``; a psycopg 3
+                                             ``AsyncConnection``
+==========================================  ============================================
+
+Django has its own entry point, :mod:`dispatcher.contrib.django`. Workers are told that work is
+due only after the commit (a Session's ``after_commit`` hook, a Connection's ``commit`` event, or
+for a plain psycopg connection once its transaction has ended), by a background thread that never
+holds up the caller (:mod:`dispatcher.signals`); if the broker is down at that moment, the
+sweeper's next pass finds the job anyway, so a lost signal delays, never loses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
+from dispatcher import outbox
 from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
 from dispatcher.outbox import NewJob, insert_jobs
 from dispatcher.signals import signaller
+
+if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+
+    SyncTarget: TypeAlias = Session | scoped_session[Any] | sa.Connection | psycopg.Connection[Any]
+    AsyncTarget: TypeAlias = (
+        AsyncSession | async_scoped_session[Any] | AsyncConnection | psycopg.AsyncConnection[Any]
+    )
 
 _PENDING_KEY = "dispatcher_pending_queues"
 
@@ -71,18 +97,28 @@ def _to_row(event: object, queue: str, dedupe_key: object, field: str) -> NewJob
     )
 
 
+SYNC_KINDS = (
+    "a SQLAlchemy Session, scoped_session (e.g. Flask-SQLAlchemy's db.session) or Connection, "
+    "or a psycopg 3 Connection"
+)
+ASYNC_KINDS = (
+    "a SQLAlchemy AsyncSession, async_scoped_session or AsyncConnection (asyncpg, psycopg or "
+    "aiosqlite), or a psycopg 3 AsyncConnection"
+)
+
+
 def enqueue(
     event: Event,
     *,
-    session: Session | sa.Connection | None = None,
+    session: SyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_key: str | None = None,
 ) -> str:
     """Write one event to the outbox and return its job id.
 
-    With ``session`` the row joins the caller's transaction; without it, a short transaction of
-    our own. ``dedupe_key``: the same key in the same queue returns the existing job's id and
-    writes nothing, which makes a producer's retry safe.
+    With ``session`` (any kind in :data:`SYNC_KINDS`) the row joins the caller's transaction;
+    without it, a short transaction of our own. ``dedupe_key``: the same key in the same queue
+    returns the existing job's id and writes nothing, which makes a producer's retry safe.
     """
     row = _to_row(event, queue, dedupe_key, "event")
     if isinstance(row, list):
@@ -93,7 +129,7 @@ def enqueue(
 def enqueue_many(
     events: Iterable[Event],
     *,
-    session: Session | sa.Connection | None = None,
+    session: SyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_keys: Sequence[str | None] | None = None,
 ) -> list[str]:
@@ -101,6 +137,38 @@ def enqueue_many(
 
     Every event is checked before anything is written; errors name the event's index.
     """
+    return [str(i) for i in _write(_to_rows(events, queue, dedupe_keys), session)]
+
+
+async def enqueue_async(
+    event: Event,
+    *,
+    session: AsyncTarget | None = None,
+    queue: str = DEFAULT_QUEUE,
+    dedupe_key: str | None = None,
+) -> str:
+    """:func:`enqueue` for asyncio code: ``session`` is any kind in :data:`ASYNC_KINDS`. Never
+    blocks the event loop (without ``session``, the transaction of our own runs in a thread)."""
+    row = _to_row(event, queue, dedupe_key, "event")
+    if isinstance(row, list):
+        raise ValidationError(row)
+    return str((await _write_async([row], session))[0])
+
+
+async def enqueue_many_async(
+    events: Iterable[Event],
+    *,
+    session: AsyncTarget | None = None,
+    queue: str = DEFAULT_QUEUE,
+    dedupe_keys: Sequence[str | None] | None = None,
+) -> list[str]:
+    """:func:`enqueue_many` for asyncio code (see :func:`enqueue_async`)."""
+    return [str(i) for i in await _write_async(_to_rows(events, queue, dedupe_keys), session)]
+
+
+def _to_rows(
+    events: Iterable[Event], queue: str, dedupe_keys: Sequence[str | None] | None
+) -> list[NewJob]:
     events = list(events)
     if dedupe_keys is not None and len(dedupe_keys) != len(events):
         raise ValidationError(
@@ -117,26 +185,132 @@ def enqueue_many(
             rows.append(row)
     if errors:
         raise ValidationError(errors)
-    return [str(i) for i in _write(rows, session)]
+    return rows
 
 
-def _write(rows: Sequence[NewJob], session: Session | sa.Connection | None) -> list[int]:
-    if not rows:
-        return []
+def _module_attr(module: str, name: str) -> Any:
+    """``module.name`` if that module has been imported, else None: an object of a class from a
+    module nobody imported cannot exist, so the check costs no import."""
+    mod = sys.modules.get(module)
+    return getattr(mod, name, None) if mod is not None else None
+
+
+def _is(obj: object, module: str, name: str) -> bool:
+    cls = _module_attr(module, name)
+    return cls is not None and isinstance(obj, cls)
+
+
+def _write(rows: Sequence[NewJob], session: object) -> list[int]:
     queues = {r.queue for r in rows}
-    now = utcnow()
     if session is None:
-        ids = _write_own_transaction(rows, now)
+        if not rows:
+            return []
+        ids = _write_own_transaction(rows, utcnow())
         signal_workers(queues)
         return ids
+    if isinstance(session, scoped_session):  # Flask-SQLAlchemy's db.session
+        session = session()
     if isinstance(session, Session):
-        ids = insert_jobs(session.connection(), rows, now)
-        _after_commit(session, queues)
+        if not rows:
+            return []
+        ids = insert_jobs(session.connection(), rows, utcnow())
+        _signal_after_session_commit(session, queues)
         return ids
     if isinstance(session, sa.Connection):
-        # A Connection has no after-commit hook; the sweeper's next pass signals these jobs.
-        return insert_jobs(session, rows, now)
-    raise TypeError(f"session: expected a SQLAlchemy Session or Connection, got {type(session)!r}")
+        if not rows:
+            return []
+        if not session.in_transaction():
+            session.begin()  # what the first execute() would do: the caller commits
+        ids = insert_jobs(session, rows, utcnow())
+        _signal_after_connection_commit(session, queues)
+        return ids
+    if _is(session, "psycopg", "Connection"):
+        if not rows:
+            return []
+        ids = outbox.insert_jobs_psycopg(session, rows, utcnow())
+        _signal_after_psycopg_transaction(session, queues)
+        return ids
+    raise _wrong_kind(session, sync=True)
+
+
+async def _write_async(rows: Sequence[NewJob], session: object) -> list[int]:
+    if not signaller.prepared:  # its first use imports Celery: not on the event loop
+        await asyncio.to_thread(signaller.prepare)
+    queues = {r.queue for r in rows}
+    if session is None:
+        if not rows:
+            return []
+        ids = await asyncio.to_thread(_write_own_transaction, rows, utcnow())
+        signal_workers(queues)
+        return ids
+    if _is(session, "sqlalchemy.ext.asyncio", "async_scoped_session"):
+        session = session()  # type: ignore[operator]
+    if _is(session, "sqlalchemy.ext.asyncio", "AsyncSession"):
+        if not rows:
+            return []
+        ids = await _insert_async_connection(await session.connection(), rows)  # type: ignore[attr-defined]
+        _signal_after_session_commit(session.sync_session, queues)  # type: ignore[attr-defined]
+        return ids
+    if _is(session, "sqlalchemy.ext.asyncio", "AsyncConnection"):
+        if not rows:
+            return []
+        if not session.in_transaction():  # type: ignore[attr-defined]
+            await session.begin()  # type: ignore[attr-defined]
+        ids = await _insert_async_connection(session, rows)
+        _signal_after_connection_commit(session.sync_connection, queues)  # type: ignore[attr-defined]
+        return ids
+    if _is(session, "psycopg", "AsyncConnection"):
+        if not rows:
+            return []
+        ids = await outbox.insert_jobs_psycopg_async(session, rows, utcnow())
+        _signal_after_psycopg_transaction(session, queues)
+        return ids
+    raise _wrong_kind(session, sync=False)
+
+
+async def _insert_async_connection(conn: Any, rows: Sequence[NewJob]) -> list[int]:
+    """Through the async driver itself where we can (no thread, no blocking call)."""
+    now = utcnow()
+    dialect = conn.dialect
+    if dialect.name == "postgresql" and dialect.driver.startswith("psycopg"):
+        raw = (await conn.get_raw_connection()).driver_connection
+        return await outbox.insert_jobs_psycopg_async(raw, rows, now)
+    if dialect.driver == "asyncpg" and len(rows) == 1 and rows[0].dedupe_key is None:
+        raw = (await conn.get_raw_connection()).driver_connection
+        if raw.is_in_transaction():  # else SQLAlchemy has yet to send BEGIN: let it
+            return [await raw.fetchval(outbox.ASYNCPG_INSERT, *outbox.pg_params(rows, now)[0])]
+    ids: list[int] = await conn.run_sync(insert_jobs, rows, now)
+    return ids
+
+
+def _wrong_kind(session: object, *, sync: bool) -> TypeError:
+    name = type(session).__name__
+    if sync and (
+        _is(session, "sqlalchemy.ext.asyncio", "AsyncSession")
+        or _is(session, "sqlalchemy.ext.asyncio", "async_scoped_session")
+        or _is(session, "sqlalchemy.ext.asyncio", "AsyncConnection")
+        or _is(session, "psycopg", "AsyncConnection")
+    ):
+        return TypeError(
+            f"session: got a {name}; use `await enqueue_async(...)` (or "
+            f"`enqueue_many_async`), which accepts {ASYNC_KINDS}"
+        )
+    if not sync and (
+        isinstance(session, Session | scoped_session | sa.Connection)
+        or _is(session, "psycopg", "Connection")
+    ):
+        return TypeError(
+            f"session: got a {name}; use `enqueue(...)` (or `enqueue_many`), which accepts "
+            f"{SYNC_KINDS}"
+        )
+    hint = (
+        " (Django: use dispatcher.contrib.django.enqueue)"
+        if "django" in repr(type(session))
+        else ""
+    )
+    return TypeError(
+        f"session: expected {SYNC_KINDS if sync else ASYNC_KINDS}, got {type(session)!r}{hint}"
+    )
 
 
 def _write_own_transaction(rows: Sequence[NewJob], now: datetime) -> list[int]:
@@ -163,7 +337,10 @@ def _write_own_transaction(rows: Sequence[NewJob], now: datetime) -> list[int]:
     raise AssertionError("unreachable")
 
 
-def _after_commit(session: Session, queues: set[str]) -> None:
+# --------------------------------------------------------------------------- after commit
+
+
+def _signal_after_session_commit(session: Session, queues: set[str]) -> None:
     _listen_once()
     pending: set[str] | None = session.info.get(_PENDING_KEY)
     if pending is None:
@@ -171,30 +348,65 @@ def _after_commit(session: Session, queues: set[str]) -> None:
     pending.update(queues)
 
 
+def _signal_after_connection_commit(conn: sa.Connection, queues: set[str]) -> None:
+    """Signalled from the Connection's ``commit`` event, once that transaction is over; dropped on
+    its ``rollback``."""
+    _listen_once()
+    info = conn.info  # the pooled DBAPI connection's: dropped again on rollback
+    pending: set[str] | None = info.get(_PENDING_KEY)
+    if pending is None:
+        pending = info[_PENDING_KEY] = set()
+    pending.update(queues)
+
+
+def _signal_after_psycopg_transaction(pg: Any, queues: set[str]) -> None:
+    """psycopg has no commit hook: the signaller watches the connection until its transaction
+    has ended (committed or rolled back; a signal after a rollback finds nothing, harmlessly)."""
+    idle = _module_attr("psycopg.pq", "TransactionStatus").IDLE
+    if pg.info.transaction_status == idle:  # autocommit: already committed
+        signal_workers(queues)
+        return
+    ref = weakref.ref(pg)
+
+    def ended() -> bool:
+        conn = ref()
+        return conn is None or bool(conn.closed) or conn.info.transaction_status == idle
+
+    signaller.request_when(queues, ended)
+
+
 _listening = False
 
 
 def _listen_once() -> None:
-    """One listener on the Session class (subclasses included), not one per session: adding
-    listeners to each new session cost about a tenth of a one-event ``enqueue()``. For sessions
-    that enqueued nothing the listeners do one dict lookup."""
+    """One listener on the Session and Engine classes (subclasses included), not one per session:
+    adding listeners to each new session cost about a tenth of a one-event ``enqueue()``. For
+    sessions and connections that enqueued nothing the listeners do one dict lookup."""
     global _listening
     if not _listening:
         sa_event.listen(Session, "after_commit", _flush_signals)
         sa_event.listen(Session, "after_rollback", _drop_signals)
+        sa_event.listen(sa.Engine, "commit", _flush_signals)
+        sa_event.listen(sa.Engine, "rollback", _drop_signals)
         _listening = True
 
 
-def _flush_signals(session: Session) -> None:
-    pending: set[str] = session.info.get(_PENDING_KEY) or set()
+def _flush_signals(target: Session | sa.Connection) -> None:
+    pending: set[str] | None = target.info.get(_PENDING_KEY)
     if pending:
         queues = set(pending)
         pending.clear()
-        signal_workers(queues)
+        if isinstance(target, Session):  # after_commit: the COMMIT has happened
+            signal_workers(queues)
+            return
+        # A Connection's commit event fires before the COMMIT is sent: signal once the
+        # transaction is over (a signal that beat the COMMIT would find nothing to claim).
+        tx = target.get_transaction()
+        signaller.request_when(queues, lambda: tx is None or not tx.is_active)
 
 
-def _drop_signals(session: Session) -> None:
-    pending: set[str] | None = session.info.get(_PENDING_KEY)
+def _drop_signals(target: Session | sa.Connection) -> None:
+    pending: set[str] | None = target.info.get(_PENDING_KEY)
     if pending:
         pending.clear()
 
