@@ -1,0 +1,79 @@
+"""The README documents what an operator sets and scrapes: every variable config.py reads (the
+breaker's and the shutdown grace with their real defaults) and every metric /metrics exports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dispatcher.config import Settings
+from dispatcher.db import utcnow
+from dispatcher.metrics import Metrics
+from dispatcher.outbox import pause
+
+from .conftest import set_circuit
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+# Read by config.py but documented otherwise: an old setting refused by name, and one written
+# as `DISPATCHER_HTTP_TIMEOUT_SECONDS` / `…_CONNECT_TIMEOUT_SECONDS` in a shared row.
+NOT_IN_THE_TABLE = {"DISPATCHER_WORKER_THREADS", "DISPATCHER_HTTP_CONNECT_TIMEOUT_SECONDS"}
+
+
+def config_rows() -> dict[str, list[str]]:
+    """Each variable of the README's Configuration table -> its row's cells."""
+    rows: dict[str, list[str]] = {}
+    for line in README.splitlines():
+        if line.startswith("| `DISPATCHER_") or line.startswith("| `ECDP_"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for name in re.findall(r"`((?:DISPATCHER|ECDP)_[A-Z0-9_]+)`", cells[0]):
+                rows[name] = cells
+    return rows
+
+
+def test_every_variable_is_in_the_configuration_table() -> None:
+    read = set(
+        re.findall(r'"(DISPATCHER_[A-Z0-9_]+)"', (ROOT / "dispatcher/config.py").read_text())
+    )
+    assert "DISPATCHER_BREAKER_ENABLED" in read
+    missing = read - set(config_rows()) - NOT_IN_THE_TABLE
+    assert not missing, f"add these to the README's Configuration table: {sorted(missing)}"
+
+
+def test_the_breaker_and_shutdown_defaults_are_the_real_ones() -> None:
+    settings, rows = Settings(), config_rows()
+    breaker = settings.breaker
+
+    def default(name: str) -> str:
+        return rows[name][1]
+
+    assert default("DISPATCHER_BREAKER_ENABLED") == f"`{str(breaker.enabled).lower()}`"
+    assert default("DISPATCHER_BREAKER_MIN_REQUESTS") == f"{breaker.min_requests}"
+    assert default("DISPATCHER_BREAKER_FAILURE_RATIO") == f"{breaker.failure_ratio:g}"
+    assert default("DISPATCHER_BREAKER_WINDOW_SECONDS") == f"{breaker.window_seconds:g}"
+    probes = f"{breaker.probe_min_seconds:g} / {breaker.probe_max_seconds:g}"
+    assert default("DISPATCHER_BREAKER_PROBE_MIN_SECONDS") == probes
+    assert default("DISPATCHER_BREAKER_PROBE_MAX_SECONDS") == probes
+    assert default("DISPATCHER_SHUTDOWN_GRACE_SECONDS") == f"{settings.shutdown_grace_seconds:g}"
+    assert Settings.from_env({}) == settings, "the dataclass defaults are the environment's"
+    for name, cells in rows.items():
+        if name.startswith("DISPATCHER_BREAKER_") or name == "DISPATCHER_SHUTDOWN_GRACE_SECONDS":
+            assert len(cells[2]) > 30, f"{name}: say what it means"
+    assert "### Circuit breaker" in README
+
+
+def test_every_exported_metric_is_in_the_metrics_table(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        pause(conn, "eu-shop", "401 Unauthorized", utcnow())
+    set_circuit(engine, "default", "open", since=utcnow())  # so every family has a sample
+    text = Metrics(engine).render().decode()
+    exported = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for name in re.findall(r"^(dispatcher_[a-z_]+)", text, re.MULTILINE)
+    }
+    assert "dispatcher_queue_circuit_open" in exported
+    assert "dispatcher_queue_circuit_info" in exported
+    table = set(re.findall(r"^\| `(dispatcher_[a-z_]+)[{`]", README, re.MULTILINE))
+    assert exported <= table, f"add to the README's metrics table: {sorted(exported - table)}"
