@@ -199,17 +199,29 @@ class Settings:
             max_attempts=int(num("DISPATCHER_MAX_ATTEMPTS", 12, minimum=1)),
             retry_after_cap_seconds=num("DISPATCHER_RETRY_AFTER_MAX_SECONDS", 3600.0),
         )
+        min_requests = int(num("DISPATCHER_BREAKER_MIN_REQUESTS", 20, minimum=1))
         try:
             breaker = BreakerPolicy(
                 enabled=flag("DISPATCHER_BREAKER_ENABLED", True),
-                min_requests=int(num("DISPATCHER_BREAKER_MIN_REQUESTS", 20, minimum=1)),
+                min_requests=min_requests,
                 failure_ratio=num("DISPATCHER_BREAKER_FAILURE_RATIO", 0.8, minimum=0.01),
                 window_seconds=num("DISPATCHER_BREAKER_WINDOW_SECONDS", 60.0, minimum=0.1),
                 probe_min_seconds=num("DISPATCHER_BREAKER_PROBE_MIN_SECONDS", 1.0, minimum=0.01),
                 probe_max_seconds=num("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", 15.0, minimum=0.01),
+                # not a setting: the window must hold at least min_requests answers
+                window_size=max(BreakerPolicy().window_size, min_requests),
             )
         except ValueError as exc:
-            raise ConfigError(f"DISPATCHER_BREAKER_*: {exc}") from None
+            message = str(exc)  # names the policy's fields: name the variables instead
+            for name in (
+                "min_requests",
+                "failure_ratio",
+                "window_seconds",
+                "probe_min_seconds",
+                "probe_max_seconds",
+            ):
+                message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
+            raise ConfigError(message) from None
         settings = cls(
             database_url=normalize_database_url(
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from dispatcher.config import ConfigError, Secret, Settings, proxy_for
+from dispatcher.breaker import BreakerPolicy
+from dispatcher.config import ConfigError, Secret, Settings, check_lease, proxy_for
 
 
 def reveal(base_url: str, env: dict[str, str]) -> str | None:
@@ -127,3 +128,141 @@ def test_api_keys_lose_surrounding_whitespace_and_refuse_control_characters() ->
         with pytest.raises(ConfigError, match="ECDP_API_KEY_X") as caught:
             Settings.from_env({"ECDP_API_KEY_X": bad})
         assert bad not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the circuit breaker
+
+
+def test_the_breaker_defaults_without_any_variable() -> None:
+    assert Settings.from_env({}).breaker == BreakerPolicy()
+    assert Settings.from_env({}).breaker.enabled
+
+
+def test_every_breaker_variable_is_read() -> None:
+    breaker = Settings.from_env(
+        {
+            "DISPATCHER_BREAKER_ENABLED": "false",
+            "DISPATCHER_BREAKER_MIN_REQUESTS": "7",
+            "DISPATCHER_BREAKER_FAILURE_RATIO": "0.5",
+            "DISPATCHER_BREAKER_WINDOW_SECONDS": "30",
+            "DISPATCHER_BREAKER_PROBE_MIN_SECONDS": "0.25",
+            "DISPATCHER_BREAKER_PROBE_MAX_SECONDS": "20",
+        }
+    ).breaker
+    assert breaker.enabled is False
+    assert breaker.min_requests == 7
+    assert breaker.failure_ratio == 0.5
+    assert breaker.window_seconds == 30.0
+    assert breaker.probe_min_seconds == 0.25
+    assert breaker.probe_max_seconds == 20.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        *[("1", True), ("true", True), ("YES", True), (" on ", True), ("", True)],
+        *[("0", False), ("False", False), ("no", False), ("off", False)],
+    ],
+)
+def test_the_breaker_switch(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"DISPATCHER_BREAKER_ENABLED": raw}).breaker.enabled is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DISPATCHER_BREAKER_ENABLED", "maybe"),
+        ("DISPATCHER_BREAKER_ENABLED", "2"),
+        ("DISPATCHER_BREAKER_MIN_REQUESTS", "many"),
+        ("DISPATCHER_BREAKER_MIN_REQUESTS", "0"),
+        ("DISPATCHER_BREAKER_MIN_REQUESTS", "-3"),
+        ("DISPATCHER_BREAKER_FAILURE_RATIO", "80%"),
+        ("DISPATCHER_BREAKER_FAILURE_RATIO", "0"),
+        ("DISPATCHER_BREAKER_FAILURE_RATIO", "1.5"),
+        ("DISPATCHER_BREAKER_FAILURE_RATIO", "nan"),
+        ("DISPATCHER_BREAKER_WINDOW_SECONDS", "1m"),
+        ("DISPATCHER_BREAKER_WINDOW_SECONDS", "0"),
+        ("DISPATCHER_BREAKER_WINDOW_SECONDS", "inf"),
+        ("DISPATCHER_BREAKER_PROBE_MIN_SECONDS", "-1"),
+        ("DISPATCHER_BREAKER_PROBE_MIN_SECONDS", "x"),
+        ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "0"),
+        ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "inf"),
+        ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "0.5"),  # below the minimum's default (1 s)
+    ],
+)
+def test_a_bad_breaker_value_is_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_probe_bounds_out_of_order_are_refused_naming_both() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "DISPATCHER_BREAKER_PROBE_MIN_SECONDS": "10",
+                "DISPATCHER_BREAKER_PROBE_MAX_SECONDS": "5",
+            }
+        )
+    assert "DISPATCHER_BREAKER_PROBE_MAX_SECONDS" in str(caught.value)
+    assert "DISPATCHER_BREAKER_PROBE_MIN_SECONDS" in str(caught.value)
+
+
+def test_a_large_min_requests_is_accepted() -> None:
+    # The window of answers is not a setting: it has to hold at least min_requests of them.
+    breaker = Settings.from_env({"DISPATCHER_BREAKER_MIN_REQUESTS": "500"}).breaker
+    assert breaker.min_requests == 500
+    assert breaker.window_size >= 500
+
+
+def test_the_shutdown_grace() -> None:
+    assert Settings.from_env({}).shutdown_grace_seconds < 10  # below Docker's stop timeout
+    assert Settings.from_env({"DISPATCHER_SHUTDOWN_GRACE_SECONDS": "3"}).shutdown_grace_seconds == 3
+    with pytest.raises(ConfigError, match="DISPATCHER_SHUTDOWN_GRACE_SECONDS"):
+        Settings.from_env({"DISPATCHER_SHUTDOWN_GRACE_SECONDS": "soon"})
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def test_the_default_lease_covers_the_default_timeout() -> None:
+    settings = Settings.from_env({})
+    check_lease(settings)
+    assert settings.lease_seconds >= 2 * settings.http_timeout_seconds
+
+
+def test_a_lease_shorter_than_twice_the_timeout_is_refused_naming_both() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {"DISPATCHER_LEASE_SECONDS": "10", "DISPATCHER_HTTP_TIMEOUT_SECONDS": "6"}
+        )
+    message = str(caught.value)
+    assert "DISPATCHER_LEASE_SECONDS" in message
+    assert "DISPATCHER_HTTP_TIMEOUT_SECONDS" in message
+    assert "12" in message  # what the lease would have to be
+
+
+@pytest.mark.parametrize(("lease", "timeout"), [("20", "10"), ("21", "10"), ("2", "1")])
+def test_a_lease_of_twice_the_timeout_or_more_is_accepted(lease: str, timeout: str) -> None:
+    settings = Settings.from_env(
+        {"DISPATCHER_LEASE_SECONDS": lease, "DISPATCHER_HTTP_TIMEOUT_SECONDS": timeout}
+    )
+    assert settings.lease_seconds == float(lease)
+
+
+@pytest.mark.parametrize(("lease", "timeout"), [(19.99, 10.0), (1.0, 0.6), (120.0, 61.0)])
+def test_check_lease_refuses_settings_built_in_code(lease: float, timeout: float) -> None:
+    settings = dataclasses.replace(
+        Settings.from_env({}), lease_seconds=lease, http_timeout_seconds=timeout
+    )
+    with pytest.raises(ConfigError, match=r"DISPATCHER_LEASE_SECONDS.*DISPATCHER_HTTP_TIMEOUT"):
+        check_lease(settings)
+
+
+def test_a_deliverer_refuses_a_lease_that_cannot_cover_a_request() -> None:
+    from dispatcher.delivery import Deliverer
+
+    settings = dataclasses.replace(
+        Settings.from_env({}), lease_seconds=1.0, http_timeout_seconds=0.6
+    )
+    with pytest.raises(ConfigError, match="DISPATCHER_LEASE_SECONDS"):
+        Deliverer(settings, engine=object())  # type: ignore[arg-type]  # refused before use
