@@ -5,14 +5,16 @@ filtered set of dead jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from dispatcher import admin
+from dispatcher.db import utcnow
 
-from .conftest import TOKEN, Outbox, screenshot_dir
+from .conftest import OUTAGE, TOKEN, Outbox, screenshot_dir, set_circuit
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +108,19 @@ def test_resume_a_paused_queue(
     assert "Queue eu-shop resumed" in by_id(browser, "notice").text
     assert "running" in by_id(browser, "queue-eu-shop").text
     assert signalled == [("eu-shop",)]
+
+
+def test_an_open_circuit_shows_on_the_overview(
+    browser: Any, site: str, outbox: Outbox, engine: sa.Engine
+) -> None:
+    now = utcnow()
+    set_circuit(engine, "default", "open", since=now, retry_at=now + timedelta(seconds=15))
+    log_in(browser, site)
+    row = by_id(browser, "queue-default").text
+    assert "circuit open since" in row and "next probe" in row and OUTAGE in row
+    assert "running" not in row
+    assert "dead-letters none of them" in by_id(browser, "circuit-help").text
+    assert "circuit" not in by_id(browser, "queue-eu-shop").text  # paused, its circuit closed
 
 
 def test_replay_a_filtered_set_of_dead_jobs(
