@@ -537,6 +537,11 @@ def open_circuit(
                 attempts=jobs.c.attempts - 1,
                 status=sa.case((dead_of_max, "retrying"), else_=jobs.c.status),
                 next_attempt_at=sa.case((dead_of_max, now), else_=jobs.c.next_attempt_at),
+                # waiting again: its error is the answer's, no longer "max attempts exceeded: …"
+                last_error=sa.case(
+                    (dead_of_max, sa.func.substr(jobs.c.last_error, len(MAX_ATTEMPTS_REASON) + 3)),
+                    else_=jobs.c.last_error,
+                ),
                 updated_at=now,
             )
         )
