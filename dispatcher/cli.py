@@ -700,7 +700,10 @@ def web(host: str, port: int) -> None:
 
 
 def _serve_web(host: str, port: int, *, pages: bool) -> None:
-    from dispatcher.web import BindError, serve
+    try:
+        from dispatcher.web import BindError, serve
+    except ModuleNotFoundError as exc:  # the base install has no web stack
+        fail(f"{exc.name} is not installed: pip install 'ecdp-dispatcher[web]'")
 
     try:
         serve(host, port, get_settings(), pages=pages)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -236,6 +236,35 @@ def insert_jobs_psycopg(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[
             ids.append(cur.fetchone()[0])
             if not cur.nextset():
                 return ids
+
+
+def insert_jobs_dbapi(
+    cur: Any, rows: Sequence[NewJob], now: datetime, *, sqlite: bool
+) -> list[int]:
+    """:func:`insert_jobs` through any DB-API cursor that takes ``%s`` placeholders (Django's,
+    on PostgreSQL or SQLite 3.35+), in the cursor's current transaction; one statement per row.
+    On SQLite the times are written as SQLAlchemy writes them there (naive UTC text)."""
+    params = pg_params(rows, now)
+    if sqlite:
+        text = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        params = [(*p[:-3], text, text, text) for p in params]
+    seen: dict[tuple[object, object], int] = {}
+    ids: list[int] = []
+    for p in params:
+        key = (p[0], p[5])
+        if p[5] is None:
+            cur.execute(_PG_INSERT, p)
+            ids.append(cur.fetchone()[0])
+            continue
+        if key not in seen:
+            cur.execute(_PG_INSERT_KEYED, p)
+            got = cur.fetchone()
+            if got is None:
+                cur.execute(_PG_SELECT_KEYED, key)
+                got = cur.fetchone()
+            seen[key] = got[0]
+        ids.append(seen[key])
+    return ids
 
 
 async def insert_jobs_psycopg_async(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[int]:

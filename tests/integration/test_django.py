@@ -1,0 +1,218 @@
+"""``dispatcher.contrib.django`` in a real Django project (run in a child process: Django's
+settings are process-wide), on SQLite and PostgreSQL: ``manage.py dispatcher_migrate`` creates the
+tables; inside ``transaction.atomic()`` a rolled-back block leaves neither the order nor the job
+and signals nothing, a committed one signals once on commit; outside a block the job commits at
+once; ``dedupe_key`` works; invalid input writes nothing. The jobs that committed are delivered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dispatcher.config import Settings
+from dispatcher.db import get_engine
+from dispatcher.delivery import Deliverer
+from dispatcher.sandbox import Sandbox
+from dispatcher.schema import jobs
+from tests.support import settle
+
+pytest.importorskip("django")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SETTINGS = """
+SECRET_KEY = "test"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "dispatcher.contrib.django", "shop"]
+DATABASES = {{"default": {database}}}
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+"""
+
+MODELS = """
+from django.db import models
+
+
+class Order(models.Model):
+    email = models.CharField(max_length=320)
+"""
+
+# What a view would do, step by step; prints what it saw as JSON.
+SCENARIO = """
+import json
+
+import django
+
+django.setup()
+
+from django.core.management import call_command
+from django.db import transaction
+
+from dispatcher import CustomEvent, ValidationError
+from dispatcher.contrib.django import enqueue, enqueue_many
+from dispatcher.signals import signaller
+from shop.models import Order
+
+call_command("dispatcher_migrate", verbosity=0)  # the documented way to create the tables
+call_command("migrate", run_syncdb=True, verbosity=0)  # the project's own tables
+
+sent = []
+signaller._send = sent.append  # record signals instead of publishing them
+out = {}
+
+
+def event(n):
+    return CustomEvent(9, customer_id=n)
+
+
+class Rollback(Exception):
+    pass
+
+
+try:
+    with transaction.atomic():
+        Order.objects.create(email="a@example.com")
+        enqueue(event(1))
+        enqueue_many([event(10), event(11)])
+        raise Rollback
+except Rollback:
+    pass
+signaller.flush()
+out["after_rollback"] = {"orders": Order.objects.count(), "signals": list(sent)}
+
+with transaction.atomic():
+    order = Order.objects.create(email="b@example.com")
+    ids = [enqueue(event(2), dedupe_key=f"order-{order.pk}")]
+    ids += enqueue_many([event(3), event(4)])
+    signaller.flush()
+    out["signals_before_commit"] = list(sent)
+signaller.flush()
+out["signals_after_commit"] = list(sent)
+out["ids"] = ids
+
+with transaction.atomic():  # a savepoint that rolls back takes only its own job along
+    enqueue(event(7))
+    try:
+        with transaction.atomic():
+            enqueue(event(8))
+            raise Rollback
+    except Rollback:
+        pass
+
+out["again"] = enqueue(event(2), dedupe_key=f"order-{order.pk}")  # no block: autocommit
+out["autocommit"] = enqueue(event(5), queue="eu-shop")
+errors = []
+for bad in (
+    lambda: enqueue(event(6), queue="Not A Queue"),
+    lambda: enqueue_many([event(6), "no event"]),
+):
+    try:
+        with transaction.atomic():
+            bad()
+    except ValidationError as exc:
+        errors.append(str(exc))
+out["errors"] = errors
+signaller.flush()
+out["signals_end"] = sorted(set(sent))
+print(json.dumps(out))
+"""
+
+
+def run_project(tmp_path: Path, database: dict[str, object], env: dict[str, str]) -> dict:
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "models.py").write_text(MODELS)
+    (tmp_path / "project_settings.py").write_text(SETTINGS.format(database=repr(database)))
+    (tmp_path / "scenario.py").write_text(textwrap.dedent(SCENARIO))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    child_env.update(env)
+    child_env.update(
+        DJANGO_SETTINGS_MODULE="project_settings",
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
+        DISPATCHER_BROKER_URL="memory://",
+    )
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "scenario.py")],
+        cwd=tmp_path,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def django_database(db_url: str, tmp_path: Path) -> tuple[dict[str, object], str]:
+    """Django's DATABASES entry for a fresh outbox, and that outbox's SQLAlchemy URL."""
+    if db_url.startswith("sqlite"):
+        path = tmp_path / "django.db"  # a new file: dispatcher_migrate creates the tables
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}, f"sqlite:///{path}"
+    url = sa.make_url(db_url)
+    with get_engine(db_url).begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS shop_order")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": url.database,
+        "USER": url.username or "",
+        "PASSWORD": url.password or "",
+        "HOST": url.host or "",
+        "PORT": str(url.port or ""),
+    }, db_url
+
+
+def test_django_enqueue_inside_atomic(
+    db_url: str, tmp_path: Path, api_key: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    database, outbox_url = django_database(db_url, tmp_path)
+    out = run_project(tmp_path, database, {})
+
+    assert out["after_rollback"] == {"orders": 0, "signals": []}
+    assert out["signals_before_commit"] == []
+    assert out["signals_after_commit"] == ["default"]
+    assert out["again"] == out["ids"][0]
+    assert out["signals_end"] == ["default", "eu-shop"]
+    assert len(out["errors"]) == 2
+    assert "queue" in out["errors"][0] and "events[1]" in out["errors"][1]
+
+    engine = get_engine(outbox_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.queue, jobs.c.payload).order_by(jobs.c.id)).all()
+    got = [(r.queue, json.loads(r.payload)["customerId"]) for r in rows]
+    assert got == [("default", 2), ("default", 3), ("default", 4), ("default", 7), ("eu-shop", 5)]
+
+    deliverer = Deliverer(
+        dataclasses.replace(settings, database_url=outbox_url, base_url=sandbox.url)
+    )
+    try:
+        settle(deliverer, engine)
+    finally:
+        deliverer.close()
+    assert sorted(json.loads(b)["customerId"] for b in sandbox.bodies()) == [2, 3, 4, 7]
+
+
+def test_dispatcher_migrate_refuses_an_in_memory_database(tmp_path: Path) -> None:
+    (tmp_path / "mem_settings.py").write_text(
+        "SECRET_KEY = 'x'\nINSTALLED_APPS = ['dispatcher.contrib.django']\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+    )
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="mem_settings")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "dispatcher_migrate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "in-memory SQLite database has no outbox" in done.stderr
