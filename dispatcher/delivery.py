@@ -223,7 +223,9 @@ class Deliverer:
             if finished is None:  # shutting down and the grace is over
                 return
             self._judge_all(d, finished)
-            if len(d.done) >= self.settings.batch_size:
+            # A pause, cool-down or tripped circuit is written at once, so that the other
+            # workers see it at their next request.
+            if d.stop or len(d.done) >= self.settings.batch_size:
                 self._flush(d)
 
     def _upkeep(self, d: _Drain) -> None:
@@ -242,7 +244,13 @@ class Deliverer:
                 with self.engine.begin() as conn:
                     return outbox.renew(conn, tokens, utcnow(), self.settings.lease_seconds)
 
-            with_db_retry(renew, "renewing leases", budget=self.settings.lease_seconds / 3)
+            try:
+                with_db_retry(renew, "renewing leases", budget=self.settings.lease_seconds / 3)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                # The database is away (a restart): keep sending, try again in a second. If
+                # the leases run out meanwhile, the answers still get their attempt rows.
+                log.warning("could not renew the leases of queue %s; retrying", d.queue)
+                d.renewed_at = now - self.settings.lease_seconds / 3 + 1.0
 
     def _collect(self, d: _Drain) -> list[tuple[Claimed, Future[Answer]]] | None:
         """Wait for at least one answer (looking after the leases meanwhile), then take whatever
@@ -289,7 +297,7 @@ class Deliverer:
         state = with_db_retry(read, "reading the queue's state")
         d.outage = d.outage or state.circuit is not Circuit.CLOSED
         probing = d.inbox[0].probe
-        if state.paused or state.cooling or (state.circuit is Circuit.OPEN and not probing):
+        if state.paused or state.cooling or (state.circuit is not Circuit.CLOSED and not probing):
             d.stop = True
             d.summary.paused = d.summary.paused or state.paused
             d.summary.cooling = d.summary.cooling or state.cooling

@@ -526,7 +526,8 @@ def open_circuit(
 
     ``refund`` names the counted attempts (job id, started at) whose failures tripped it: they
     stop counting toward the attempt limit, and a job that one of them dead-lettered for
-    "max attempts" is waiting again. True if this call opened it."""
+    "max attempts" is waiting again (also when another worker opened it first). True if this
+    call opened it."""
     _ensure_queue_row(conn, queue, now)
     opened = conn.execute(
         sa.update(queues)
@@ -540,10 +541,9 @@ def open_circuit(
             updated_at=now,
         )
     ).rowcount
-    if not opened:
-        return False
-    # Rare (once per opening) and small (a window's worth): one attempt at a time, so that only
-    # attempts that really counted are taken off their job's count.
+    # Another worker may have opened it first: its failures are this outage's all the same.
+    # Rare (once per worker per opening) and small (a window's worth): one attempt at a time, so
+    # that only attempts that really counted are taken off their job's count.
     for job_id, started_at in refund:
         flipped = conn.execute(
             sa.update(attempts)
@@ -574,7 +574,7 @@ def open_circuit(
                 updated_at=now,
             )
         )
-    return True
+    return bool(opened)
 
 
 def end_probe(
