@@ -4,5 +4,5 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY dispatcher ./dispatcher
-RUN pip install '.[ops]' && useradd --system --uid 10001 dispatcher
+RUN pip install '.[all]' && useradd --system --uid 10001 dispatcher
 USER dispatcher

@@ -23,6 +23,7 @@ from dispatcher.db import get_engine
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
+from tests.readme_examples import example
 from tests.support import settle
 
 pytest.importorskip("django")
@@ -42,7 +43,7 @@ from django.db import models
 
 
 class Order(models.Model):
-    email = models.CharField(max_length=320)
+    email = models.TextField()
 """
 
 # What a view would do, step by step; prints what it saw as JSON.
@@ -126,12 +127,44 @@ print(json.dumps(out))
 """
 
 
-def run_project(tmp_path: Path, database: dict[str, object], env: dict[str, str]) -> dict:
+# The README's Django example, run as a view on a request, once with an event that is refused.
+README_SCENARIO = """
+import json
+import pathlib
+
+import django
+
+django.setup()
+
+from django.core.management import call_command
+from django.test import RequestFactory
+
+from dispatcher import ValidationError
+from shop.models import Order
+
+call_command("dispatcher_migrate", verbosity=0)
+call_command("migrate", run_syncdb=True, verbosity=0)
+view = {"Order": Order}
+exec(pathlib.Path("example.py").read_text(), view)
+placed = view["place_order"](RequestFactory().post("/orders", {"email": "dora@example.com"}))
+try:
+    view["place_order"](RequestFactory().post("/orders", {"email": "x" * 400 + "@example.com"}))
+except ValidationError:
+    refused = True
+print(json.dumps({"placed": json.loads(placed.content), "refused": refused,
+                  "orders": list(Order.objects.values_list("email", flat=True))}))
+"""
+
+
+def run_project(
+    tmp_path: Path, database: dict[str, object], env: dict[str, str], scenario: str = SCENARIO
+) -> dict:
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "__init__.py").write_text("")
     (tmp_path / "shop" / "models.py").write_text(MODELS)
     (tmp_path / "project_settings.py").write_text(SETTINGS.format(database=repr(database)))
-    (tmp_path / "scenario.py").write_text(textwrap.dedent(SCENARIO))
+    (tmp_path / "scenario.py").write_text(textwrap.dedent(scenario))
+    (tmp_path / "example.py").write_text(example("django"))
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     child_env.update(env)
     child_env.update(
@@ -169,6 +202,16 @@ def django_database(db_url: str, tmp_path: Path) -> tuple[dict[str, object], str
     }, db_url
 
 
+def deliver(settings: Settings, outbox_url: str, sandbox: Sandbox) -> None:
+    deliverer = Deliverer(
+        dataclasses.replace(settings, database_url=outbox_url, base_url=sandbox.url)
+    )
+    try:
+        settle(deliverer, get_engine(outbox_url))
+    finally:
+        deliverer.close()
+
+
 def test_django_enqueue_inside_atomic(
     db_url: str, tmp_path: Path, api_key: str, sandbox: Sandbox, settings: Settings
 ) -> None:
@@ -189,14 +232,22 @@ def test_django_enqueue_inside_atomic(
     got = [(r.queue, json.loads(r.payload)["customerId"]) for r in rows]
     assert got == [("default", 2), ("default", 3), ("default", 4), ("default", 7), ("eu-shop", 5)]
 
-    deliverer = Deliverer(
-        dataclasses.replace(settings, database_url=outbox_url, base_url=sandbox.url)
-    )
-    try:
-        settle(deliverer, engine)
-    finally:
-        deliverer.close()
+    deliver(settings, outbox_url, sandbox)
     assert sorted(json.loads(b)["customerId"] for b in sandbox.bodies()) == [2, 3, 4, 7]
+
+
+def test_readme_django_example(
+    db_url: str, tmp_path: Path, sandbox: Sandbox, settings: Settings
+) -> None:
+    database, outbox_url = django_database(db_url, tmp_path)
+    out = run_project(tmp_path, database, {}, README_SCENARIO)
+    assert out == {"placed": {"order": 1}, "refused": True, "orders": ["dora@example.com"]}
+    engine = get_engine(outbox_url)
+    with engine.connect() as conn:
+        payloads = conn.execute(sa.select(jobs.c.payload)).scalars().all()
+    assert [json.loads(p)["customerEmail"] for p in payloads] == ["dora@example.com"]
+    deliver(settings, outbox_url, sandbox)
+    assert [json.loads(b)["customerEmail"] for b in sandbox.bodies()] == ["dora@example.com"]
 
 
 def test_dispatcher_migrate_refuses_an_in_memory_database(tmp_path: Path) -> None:
