@@ -39,7 +39,7 @@ from dispatcher.config import Secret, Settings, check_lease, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient
 from dispatcher.outbox import AttemptResult, Claimed
-from dispatcher.policy import Outcome, decide, truncate_body
+from dispatcher.policy import Outcome, QueueEffect, decide, truncate_body
 
 log = logging.getLogger("dispatcher.delivery")
 
@@ -424,10 +424,11 @@ class Deliverer:
             d.done.append(result)
             if result.status_code is not None:  # a refused connection says nothing of L
                 self._latencies_ms.append(result.duration_ms)
-            if result.decision.outcome is Outcome.PAUSE or result.status_code == 429:
+            effect = result.decision.effect
+            if effect is not None:
                 d.stop = True  # a 401/403 pauses, a 429 cools down the whole queue
-                d.summary.paused |= result.decision.outcome is Outcome.PAUSE
-                d.summary.cooling |= result.status_code == 429
+                d.summary.paused |= effect is QueueEffect.PAUSE
+                d.summary.cooling |= effect is QueueEffect.COOL_DOWN
             if job.probe or d.outage:
                 continue
             outage = is_outage(result.status_code)

@@ -20,8 +20,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
 from dispatcher.config import QueueLimits
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
-from dispatcher.schema import DEDUPE_WHERE, DUE_WHERE, LEASED_WHERE, attempts, jobs, queues
+from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, QueueEffect
+from dispatcher.schema import (
+    DEDUPE_WHERE,
+    DUE_WHERE,
+    FINISHED_STATUSES,
+    LEASED_WHERE,
+    JobStatus,
+    attempts,
+    jobs,
+    queues,
+)
 
 _DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
 
@@ -100,7 +109,7 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
             "customer_email": r.customer_email,
             "payload": r.payload,
             "dedupe_key": r.dedupe_key,
-            "status": "pending",
+            "status": JobStatus.PENDING,
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
@@ -198,7 +207,7 @@ def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
             r.customer_email,
             r.payload,
             r.dedupe_key,
-            "pending",
+            JobStatus.PENDING.value,  # a plain str for the drivers' own adapters
             0,
             now,
             now,
@@ -429,7 +438,7 @@ def claim(
         sa.update(jobs)
         .where(jobs.c.id.in_(due), ~_held(queue, now))
         .values(
-            status="in_flight",
+            status=JobStatus.IN_FLIGHT,
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
@@ -497,7 +506,7 @@ def claim_probe(
         sa.update(jobs)
         .where(jobs.c.id == due)
         .values(
-            status="in_flight",
+            status=JobStatus.IN_FLIGHT,
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
@@ -557,14 +566,14 @@ def open_circuit(
         if not flipped:
             continue
         dead_of_max = sa.and_(
-            jobs.c.status == "dead", jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%")
+            jobs.c.status == JobStatus.DEAD, jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%")
         )
         conn.execute(
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.attempts > 0)
             .values(
                 attempts=jobs.c.attempts - 1,
-                status=sa.case((dead_of_max, "retrying"), else_=jobs.c.status),
+                status=sa.case((dead_of_max, JobStatus.RETRYING), else_=jobs.c.status),
                 next_attempt_at=sa.case((dead_of_max, now), else_=jobs.c.next_attempt_at),
                 # waiting again: its error is the answer's, no longer "max attempts exceeded: …"
                 last_error=sa.case(
@@ -625,7 +634,7 @@ _RECORD_JOB = (
     .where(
         jobs.c.id == sa.bindparam("b_id"),
         jobs.c.lease_token == sa.bindparam("b_token"),
-        jobs.c.status == "in_flight",
+        jobs.c.status == JobStatus.IN_FLIGHT,
     )
     .values(
         status=sa.bindparam("b_status"),
@@ -693,10 +702,10 @@ def _record_pg(
 
 
 _STATUS_AFTER = {
-    Outcome.DELIVERED: "delivered",
-    Outcome.RETRY: "retrying",
-    Outcome.DEAD: "dead",
-    Outcome.PAUSE: "pending",
+    Outcome.DELIVERED: JobStatus.DELIVERED,
+    Outcome.RETRY: JobStatus.RETRYING,
+    Outcome.DEAD: JobStatus.DEAD,
+    Outcome.PAUSE: JobStatus.PENDING,
 }
 
 
@@ -744,13 +753,15 @@ def record(
     else:
         conn.execute(attempts.insert(), attempt_rows)
         conn.execute(_RECORD_JOB.values(updated_at=now), job_rows)
-    for r in results:
-        if r.decision.outcome is Outcome.PAUSE and r.job.queue not in newly_paused:
+    for r in results:  # the answers' effects on their whole queue (policy.decide says which)
+        effect = r.decision.effect
+        if effect is QueueEffect.PAUSE and r.job.queue not in newly_paused:
             reason = r.decision.reason or "paused by the API's answer"
             if pause(conn, r.job.queue, reason, now):
                 newly_paused[r.job.queue] = r
-        elif r.status_code == 429 and r.decision.delay_seconds:
-            cool_down(conn, r.job.queue, now + timedelta(seconds=r.decision.delay_seconds), now)
+        elif effect is QueueEffect.COOL_DOWN and r.decision.effect_seconds:
+            until = now + timedelta(seconds=r.decision.effect_seconds)
+            cool_down(conn, r.job.queue, until, now)
     return newly_paused
 
 
@@ -765,9 +776,11 @@ def release(conn: sa.Connection, claimed: Iterable[Claimed], now: datetime) -> i
             .where(
                 jobs.c.id == sa.bindparam("b_id"),
                 jobs.c.lease_token == sa.bindparam("b_token"),
-                jobs.c.status == "in_flight",
+                jobs.c.status == JobStatus.IN_FLIGHT,
             )
-            .values(status="pending", lease_token=None, lease_expires_at=None, updated_at=now),
+            .values(
+                status=JobStatus.PENDING, lease_token=None, lease_expires_at=None, updated_at=now
+            ),
             params,
         ).rowcount
     )
@@ -781,7 +794,7 @@ def release_expired(conn: sa.Connection, now: datetime) -> int:
     result = conn.execute(
         sa.update(jobs)
         .where(sa.text(LEASED_WHERE), jobs.c.lease_expires_at < now)
-        .values(status="pending", lease_token=None, lease_expires_at=None, updated_at=now)
+        .values(status=JobStatus.PENDING, lease_token=None, lease_expires_at=None, updated_at=now)
     )
     return int(result.rowcount)
 
@@ -824,6 +837,39 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
         ).scalar()
         if first_due is not None and first_due <= now:
             found.append(last)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    jobs: int
+    attempts: int
+
+
+def purge_batch(
+    conn: sa.Connection,
+    cutoff: datetime,
+    limit: int,
+    statuses: Sequence[str] = FINISHED_STATUSES,
+) -> Purged:
+    """Delete up to ``limit`` finished jobs (``statuses``, never a live one) last changed before
+    ``cutoff``, with their attempts. Rows another transaction holds are skipped, not waited for.
+    """
+    ids = list(
+        conn.execute(
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_(statuses), jobs.c.updated_at < cutoff)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if not ids:
+        return Purged(0, 0)
+    removed_attempts = conn.execute(sa.delete(attempts).where(attempts.c.job_id.in_(ids))).rowcount
+    removed_jobs = conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids))).rowcount
+    return Purged(int(removed_jobs), int(removed_attempts))
 
 
 # --------------------------------------------------------------------------- pausing

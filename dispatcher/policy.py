@@ -1,7 +1,8 @@
 """Turn the answer to one delivery attempt into a decision (pure: no I/O, no clock, no RNG).
 
-Everything that decides *whether* and *when* a job is tried again lives here, so the worker only
-has to record what this module says. Randomness (jitter) and the current time (for an HTTP-date
+Everything that decides *whether* and *when* a job is tried again, and what an answer does to the
+whole queue (a pause, a cool-down), lives here, so the worker only has to record and apply what
+this module says. Randomness (jitter) and the current time (for an HTTP-date
 ``Retry-After``) are injected, which keeps every decision reproducible in tests.
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_ATTEMPTS_REASON",
     "Decision",
     "Outcome",
+    "QueueEffect",
     "RetryPolicy",
     "backoff_delay",
     "decide",
@@ -48,6 +50,13 @@ class Outcome(StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     PAUSE = "pause"
+
+
+class QueueEffect(StrEnum):
+    """What one answer does to its whole queue, besides its own job (the caller applies it)."""
+
+    PAUSE = "pause"  # 401/403: no worker sends for the queue until an operator resumes it
+    COOL_DOWN = "cool_down"  # 429: no worker claims from the queue for effect_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,8 @@ class Decision:
     counts: bool  # does this attempt count toward max_attempts (False only for PAUSE)
     delay_seconds: float | None  # only for RETRY
     reason: str | None  # last_error / pause_reason / dead reason; None for DELIVERED
+    effect: QueueEffect | None = None  # on the whole queue: PAUSE (401/403), COOL_DOWN (429)
+    effect_seconds: float | None = None  # only for COOL_DOWN: how long the queue waits
 
 
 def decide(
@@ -115,6 +126,7 @@ def decide(
                 counts=False,
                 delay_seconds=None,
                 reason=problem_summary(status_code, body),
+                effect=QueueEffect.PAUSE,
             )
         reason = problem_summary(status_code, body)
         if _is_final_rejection(status_code):
@@ -123,20 +135,32 @@ def decide(
     # Everything else is retried, including answers we do not understand (1xx, 3xx, >= 600):
     # only the attempt budget may turn them into a dead letter.
     attempt = attempts_before + 1
+    delay = backoff_delay(attempt, policy, rand)
+    if status_code is not None and retry_after is not None:
+        hinted = _resolve_retry_after(retry_after, now)
+        if hinted is not None:
+            delay = max(delay, min(hinted, policy.retry_after_cap_seconds))
+    # A 429 is about the API key's rate, not this job: every worker holds off the whole queue
+    # for the delay, also when this job has used its last attempt.
+    cool = status_code == HTTPStatus.TOO_MANY_REQUESTS
+    effect, effect_seconds = (QueueEffect.COOL_DOWN, delay) if cool else (None, None)
     if attempt >= policy.max_attempts:
         return Decision(
             Outcome.DEAD,
             counts=True,
             delay_seconds=None,
             reason=_one_line(f"{MAX_ATTEMPTS_REASON}: {reason}", 1000),
+            effect=effect,
+            effect_seconds=effect_seconds,
         )
-
-    delay = backoff_delay(attempt, policy, rand)
-    if status_code is not None and retry_after is not None:
-        hinted = _resolve_retry_after(retry_after, now)
-        if hinted is not None:
-            delay = max(delay, min(hinted, policy.retry_after_cap_seconds))
-    return Decision(Outcome.RETRY, counts=True, delay_seconds=delay, reason=reason)
+    return Decision(
+        Outcome.RETRY,
+        counts=True,
+        delay_seconds=delay,
+        reason=reason,
+        effect=effect,
+        effect_seconds=effect_seconds,
+    )
 
 
 def _is_final_rejection(status_code: int) -> bool:

@@ -8,16 +8,29 @@ keep "what is due?" as cheap with ten million delivered rows as with ten.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 
 from dispatcher.db import UTCDateTime
 
-STATUSES = ("pending", "in_flight", "retrying", "delivered", "dead")
+
+class JobStatus(StrEnum):
+    """A job's state (``dispatcher_jobs.status``). A str, so it binds, compares and prints as its
+    value; the CHECK constraint ``ck_dispatcher_jobs_status`` holds the table to these."""
+
+    PENDING = "pending"  # waiting for next_attempt_at (new, given back, or replayed)
+    IN_FLIGHT = "in_flight"  # leased by a worker until lease_expires_at
+    RETRYING = "retrying"  # failed, waiting for next_attempt_at
+    DELIVERED = "delivered"  # the API answered 2xx (final)
+    DEAD = "dead"  # rejected, or out of attempts (final; an operator may replay it)
+
+
+STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 CIRCUIT_STATES = ("closed", "open", "half_open")  # see dispatcher.breaker
-DUE_STATUSES = ("pending", "retrying")
-FINISHED_STATUSES = ("delivered", "dead")
+DUE_STATUSES = (JobStatus.PENDING, JobStatus.RETRYING)
+FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD)
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
 
@@ -53,7 +66,7 @@ jobs = sa.Table(
     # together with the job.
     sa.Column("customer_email", sa.String(320)),
     sa.Column("payload", sa.Text, nullable=False),  # the exact JSON body that is POSTed
-    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=JobStatus.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # counted attempts
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("lease_token", sa.String(32)),
@@ -66,9 +79,7 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
-    sa.CheckConstraint(
-        "status IN ('pending', 'in_flight', 'retrying', 'delivered', 'dead')", name="status"
-    ),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
     sa.Index("ix_dispatcher_jobs_due", "queue", "next_attempt_at", "id", **_partial(DUE_WHERE)),
     sa.Index("ix_dispatcher_jobs_leased", "lease_expires_at", **_partial(LEASED_WHERE)),
     sa.Index(

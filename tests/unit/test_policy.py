@@ -15,6 +15,7 @@ from dispatcher.policy import (
     MAX_ATTEMPTS_REASON,
     Decision,
     Outcome,
+    QueueEffect,
     RetryPolicy,
     backoff_delay,
     decide,
@@ -89,6 +90,15 @@ def expected_outcome(code: int) -> Outcome:
     return Outcome.RETRY  # 1xx, 3xx, 5xx, >= 600
 
 
+def expected_effect(code: int | None) -> QueueEffect | None:
+    """What an answer does to the whole queue, restated independently of the implementation."""
+    if code in (401, 403):
+        return QueueEffect.PAUSE
+    if code == 429:
+        return QueueEffect.COOL_DOWN
+    return None
+
+
 # --- the outcome table -------------------------------------------------------------------------
 
 
@@ -96,7 +106,12 @@ def expected_outcome(code: int) -> Outcome:
 def test_every_status_code_first_attempt(code: int) -> None:
     d = decide(code, attempts_before=0, policy=POLICY, rand=no_jitter)
     assert d.outcome is expected_outcome(code)
+    assert d.effect is expected_effect(code)
     assert d.counts is (d.outcome is not Outcome.PAUSE)
+    if d.effect is QueueEffect.COOL_DOWN:
+        assert d.effect_seconds == d.delay_seconds == POLICY.base_seconds
+    else:
+        assert d.effect_seconds is None
     if d.outcome is Outcome.RETRY:
         assert d.delay_seconds == POLICY.base_seconds
         assert d.reason is not None and d.reason.startswith(str(code))
@@ -113,6 +128,7 @@ def test_every_status_code_at_the_limit(code: int) -> None:
     """On the last allowed attempt, every would-be retry becomes dead; nothing else changes."""
     d = decide(code, attempts_before=POLICY.max_attempts - 1, policy=POLICY, rand=no_jitter)
     table = expected_outcome(code)
+    assert d.effect is expected_effect(code)  # the queue's effect stays on the last attempt
     if table is Outcome.RETRY:
         assert d.outcome is Outcome.DEAD
         assert d.reason is not None and d.reason.startswith(MAX_ATTEMPTS_REASON)
@@ -125,6 +141,7 @@ def test_out_of_range_codes_retry(code: int) -> None:
     d = decide(code, attempts_before=0, policy=POLICY, rand=no_jitter)
     assert d.outcome is Outcome.RETRY
     assert d.reason == str(code)
+    assert d.effect is None
 
 
 @pytest.mark.parametrize("code", [200, 201, 202, 204, 299])
@@ -376,6 +393,13 @@ def test_decide_invariants(
         rand=lambda: r,
     )
     assert d.counts is (d.outcome is not Outcome.PAUSE)
+    assert d.effect is expected_effect(code)
+    assert (d.effect is QueueEffect.PAUSE) is (d.outcome is Outcome.PAUSE)
+    assert (d.effect_seconds is not None) is (d.effect is QueueEffect.COOL_DOWN)
+    if d.effect_seconds is not None:
+        assert 0.0 <= d.effect_seconds <= max(POLICY.max_seconds, POLICY.retry_after_cap_seconds)
+        if d.outcome is Outcome.RETRY:
+            assert d.effect_seconds == d.delay_seconds
     assert (d.delay_seconds is not None) is (d.outcome is Outcome.RETRY)
     assert (d.reason is None) is (d.outcome is Outcome.DELIVERED)
     if d.delay_seconds is not None:
@@ -567,6 +591,42 @@ def test_retry_after_ignored_when_dead() -> None:
     d = decide(503, attempts_before=11, policy=POLICY, retry_after="60")
     assert d.outcome is Outcome.DEAD
     assert d.delay_seconds is None
+    assert d.effect is None and d.effect_seconds is None
+
+
+# --- queue-level effects -----------------------------------------------------------------------
+
+
+def test_429_cools_the_queue_down_for_the_retry_delay() -> None:
+    d = decide(429, attempts_before=0, policy=POLICY, retry_after="120", rand=no_jitter)
+    assert d == Decision(
+        Outcome.RETRY,
+        counts=True,
+        delay_seconds=120.0,
+        reason="429 Too Many Requests",
+        effect=QueueEffect.COOL_DOWN,
+        effect_seconds=120.0,
+    )
+
+
+def test_429_on_the_last_attempt_is_dead_but_still_cools_the_queue_down() -> None:
+    """The rate limit concerns every job of the queue, whatever happens to this one."""
+    d = decide(429, attempts_before=11, policy=POLICY, retry_after="60", now=NOW, rand=no_jitter)
+    assert d.outcome is Outcome.DEAD and d.delay_seconds is None
+    assert d.effect is QueueEffect.COOL_DOWN
+    assert d.effect_seconds == max(60.0, backoff_delay(12, POLICY, no_jitter))
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_401_403_pause_the_queue(code: int) -> None:
+    d = decide(code, attempts_before=3, policy=POLICY, retry_after="60", rand=no_jitter)
+    assert (d.outcome, d.effect, d.effect_seconds) == (Outcome.PAUSE, QueueEffect.PAUSE, None)
+
+
+@pytest.mark.parametrize("error", ["timeout: read", "connect error: refused", None])
+def test_no_answer_has_no_queue_effect(error: str | None) -> None:
+    d = decide(None, attempts_before=0, policy=POLICY, error=error, rand=no_jitter)
+    assert d.effect is None and d.effect_seconds is None
 
 
 # --- problem_summary ---------------------------------------------------------------------------
