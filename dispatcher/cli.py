@@ -223,10 +223,18 @@ def sweeper(interval: float | None) -> None:
     settings = get_settings()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"sweeper running every {interval or settings.sweep_interval_seconds}s")
+    from dispatcher.retention import Retention
+
+    retention = Retention(_engine(), settings.retention) if settings.retention else None
+    kept = f"finished jobs kept {settings.retention}" if settings.retention else "retention off"
+    click.echo(f"sweeper running every {interval or settings.sweep_interval_seconds}s; {kept}")
     with contextlib.suppress(KeyboardInterrupt):
         sweeper_mod.run(
-            _engine(), notify_due, interval or settings.sweep_interval_seconds, stop=stop
+            _engine(),
+            notify_due,
+            interval or settings.sweep_interval_seconds,
+            stop=stop,
+            retention=retention,
         )
 
 

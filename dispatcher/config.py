@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -105,6 +106,8 @@ class Settings:
     rate_limits: Mapping[str, float] = field(default_factory=dict)
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
     sweep_interval_seconds: float = 1.0
+    # The sweeper removes finished jobs older than this (None: never); see dispatcher.retention.
+    retention: timedelta | None = timedelta(days=30)
     response_body_limit: int = 8192
     # The admin page / API / metrics token; without it `dispatcher web` only binds to loopback.
     admin_token: Secret | None = None
@@ -223,6 +226,7 @@ class Settings:
                 message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
             raise ConfigError(message) from None
         settings = cls(
+            retention=retention_from(env.get("DISPATCHER_RETENTION")),
             database_url=normalize_database_url(
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL
             ),
@@ -249,6 +253,24 @@ class Settings:
         )
         check_lease(settings)
         return settings
+
+
+def retention_from(raw: str | None) -> timedelta | None:
+    """``DISPATCHER_RETENTION``: an age (``30d``, ``12h``, ``4w``), or ``off``; default 30 days."""
+    from dispatcher.admin import parse_age  # admin imports this module: import late
+
+    text = (raw or "").strip()
+    if not text:
+        return timedelta(days=30)
+    if text.lower() in ("off", "0", "none", "never"):
+        return None
+    try:
+        age = parse_age(text)
+    except ValueError as exc:
+        raise ConfigError(f"DISPATCHER_RETENTION: {exc}, or off") from None
+    if age < timedelta(hours=1):
+        raise ConfigError(f"DISPATCHER_RETENTION: at least 1h, or off (got {text!r})")
+    return age
 
 
 def check_lease(settings: Settings) -> None:

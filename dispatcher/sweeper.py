@@ -3,8 +3,9 @@
 Every ``DISPATCHER_SWEEP_INTERVAL_SECONDS`` it (1) returns ``in_flight`` jobs whose lease expired
 (their worker died between claim and record) to ``pending`` and (2) signals every unpaused queue
 that has a job due, which covers retries whose time has come, signals lost in a broker flush, and
-jobs enqueued through a bare ``Connection`` (no after-commit hook). Run exactly one or several: it
-only issues idempotent statements and hints.
+jobs enqueued through a bare ``Connection`` (no after-commit hook); (3) applies the retention
+(:mod:`dispatcher.retention`). Run exactly one or several: it only issues idempotent statements
+and hints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
 from dispatcher.db import utcnow
+from dispatcher.retention import Retention
 
 log = logging.getLogger("dispatcher.sweeper")
 
@@ -46,12 +48,16 @@ def run(
     notify: Callable[[Iterable[str]], None],
     interval: float,
     stop: threading.Event | None = None,
+    retention: Retention | None = None,
 ) -> None:
-    """Sweep until ``stop`` is set; errors (database or broker down) are logged and retried."""
+    """Sweep (and apply the retention, if any) until ``stop`` is set; errors (database or broker
+    down) are logged and retried."""
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
             sweep_once(engine, notify)
+            if retention is not None:
+                retention.run_once()
         except Exception:
             log.exception("sweep failed; retrying in %.1fs", interval)
         stop.wait(interval)
