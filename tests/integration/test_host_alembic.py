@@ -51,6 +51,8 @@ def host_db(db_url: str) -> Iterator[str]:
     meta.create_all(engine)
     yield db_url
     meta.drop_all(engine)
+    with engine.begin() as conn:  # the host's own version table, left by its Alembic
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
 
 
 def autogenerate(tmp_path: Path, url: str, hook: str) -> str:
