@@ -13,13 +13,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from dispatcher.config import Settings
-from dispatcher.db import get_engine
+from dispatcher.db import dispose_engines, get_engine
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
@@ -184,22 +185,35 @@ def run_project(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def django_database(db_url: str, tmp_path: Path) -> tuple[dict[str, object], str]:
-    """Django's DATABASES entry for a fresh outbox, and that outbox's SQLAlchemy URL."""
+@pytest.fixture
+def django_database(db_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, object], str]]:
+    """Django's DATABASES entry for a fresh, empty database (dispatcher_migrate creates the
+    outbox there), and that outbox's SQLAlchemy URL."""
     if db_url.startswith("sqlite"):
-        path = tmp_path / "django.db"  # a new file: dispatcher_migrate creates the tables
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}, f"sqlite:///{path}"
+        path = tmp_path / "django.db"
+        yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}, f"sqlite:///{path}"
+        return
     url = sa.make_url(db_url)
-    with get_engine(db_url).begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS shop_order")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": url.database,
-        "USER": url.username or "",
-        "PASSWORD": url.password or "",
-        "HOST": url.host or "",
-        "PORT": str(url.port or ""),
-    }, db_url
+    name = f"{url.database}_django"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield (
+        {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": url.username or "",
+            "PASSWORD": url.password or "",
+            "HOST": url.host or "",
+            "PORT": str(url.port or ""),
+        },
+        url.set(database=name).render_as_string(hide_password=False),
+    )
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
 
 
 def deliver(settings: Settings, outbox_url: str, sandbox: Sandbox) -> None:
@@ -213,9 +227,12 @@ def deliver(settings: Settings, outbox_url: str, sandbox: Sandbox) -> None:
 
 
 def test_django_enqueue_inside_atomic(
-    db_url: str, tmp_path: Path, api_key: str, sandbox: Sandbox, settings: Settings
+    django_database: tuple[dict[str, object], str],
+    tmp_path: Path,
+    sandbox: Sandbox,
+    settings: Settings,
 ) -> None:
-    database, outbox_url = django_database(db_url, tmp_path)
+    database, outbox_url = django_database
     out = run_project(tmp_path, database, {})
 
     assert out["after_rollback"] == {"orders": 0, "signals": []}
@@ -237,9 +254,12 @@ def test_django_enqueue_inside_atomic(
 
 
 def test_readme_django_example(
-    db_url: str, tmp_path: Path, sandbox: Sandbox, settings: Settings
+    django_database: tuple[dict[str, object], str],
+    tmp_path: Path,
+    sandbox: Sandbox,
+    settings: Settings,
 ) -> None:
-    database, outbox_url = django_database(db_url, tmp_path)
+    database, outbox_url = django_database
     out = run_project(tmp_path, database, {}, README_SCENARIO)
     assert out == {"placed": {"order": 1}, "refused": True, "orders": ["dora@example.com"]}
     engine = get_engine(outbox_url)
