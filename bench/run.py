@@ -673,6 +673,78 @@ def enqueue_round(
     return out
 
 
+ASYNCPG_INSERT = (
+    "INSERT INTO dispatcher_jobs (queue, endpoint, custom_event_id, customer_email, payload,"
+    " status, attempts, next_attempt_at, created_at, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8) RETURNING id"
+)
+
+
+def enqueue_async_round(url: str, n: int, tag: str, *, raw_first: bool = False) -> dict[str, float]:
+    """``await enqueue_async()``, one event per ``AsyncSession`` transaction (asyncpg), beside raw
+    asyncpg doing the same inserts one per transaction, and beside the same INSERT written by hand
+    through an ``AsyncSession`` (what any AsyncSession transaction costs: the floor for ours)."""
+    import asyncio
+
+    import asyncpg
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from dispatcher import enqueue_async
+    from dispatcher.db import utcnow
+
+    evs = events(n, f"{tag}-a")
+    by_hand = sa.text(
+        re.sub(r"\$(\d)", lambda m: f":p{m.group(1)}", ASYNCPG_INSERT)  # $1 -> :p1
+    )
+
+    def row(e: Any) -> tuple[Any, ...]:
+        now = utcnow()
+        return (QUEUE, e.endpoint, e.custom_event_id, e.customer_email, e.to_json(), now, now, now)
+
+    async def run() -> dict[str, float]:
+        eng = create_async_engine(sa.make_url(engine(url).url).set(drivername="postgresql+asyncpg"))
+        conn = await asyncpg.connect(pg_dsn(url))
+
+        async def ours(evs: list[Any]) -> None:
+            for e in evs:
+                async with AsyncSession(eng) as session, session.begin():
+                    await enqueue_async(e, session=session, queue=QUEUE)
+
+        async def raw(evs: list[Any]) -> None:
+            for e in evs:
+                async with conn.transaction():
+                    await conn.fetchval(ASYNCPG_INSERT, *row(e))
+
+        async def hand(evs: list[Any]) -> None:
+            for e in evs:
+                async with AsyncSession(eng) as session, session.begin():
+                    params = {f"p{i}": v for i, v in enumerate(row(e), 1)}
+                    await session.execute(by_hand, params)
+
+        steps = [
+            ("enqueue_async", ours),
+            ("enqueue_async_raw", raw),
+            ("enqueue_async_session", hand),
+        ]
+        for _, fn in steps:  # warm-up, not counted
+            await fn(evs[:100])
+        out: dict[str, float] = {}
+        for name, fn in steps[::-1] if raw_first else steps:
+            sql(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
+            start = time.perf_counter()
+            await fn(evs)
+            out[name] = len(evs) / (time.perf_counter() - start)
+        await conn.close()
+        await eng.dispose()
+        return out
+
+    try:
+        return asyncio.run(run())
+    finally:
+        sql(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
+
+
 def reset_outbox(url: str, keep_up_to: int = 0) -> None:
     """Empty the outbox but for the jobs with ids up to ``keep_up_to`` (the big table's) and their
     attempts, so that every round (and a redone one) starts from the same state."""
@@ -1155,6 +1227,9 @@ class Check:
 CHECKS = (
     Check("enqueue", "enqueue_raw", ">=", 0.7),
     Check("enqueue_many", "enqueue_many_raw", ">=", 0.5),
+    Check("enqueue_async", "enqueue_async_raw", ">=", 0.7),
+    # What an AsyncSession transaction costs by itself is the floor: ours adds next to nothing.
+    Check("enqueue_async", "enqueue_async_session", ">=", 0.9),
     Check("drain", "naive_celery", ">=", 3.0),
     Check("drain", "raw_http", ">=", 0.9),
     Check("latency_p50", None, "<=", 25.0, "ms"),
@@ -1170,6 +1245,9 @@ UNITS = {
     "enqueue_raw": "events/s",
     "enqueue_many": "events/s",
     "enqueue_many_raw": "events/s",
+    "enqueue_async": "events/s",
+    "enqueue_async_raw": "events/s",
+    "enqueue_async_session": "events/s",
     "drain": "events/s",
     "raw_http": "requests/s",
     "naive_celery": "events/s",
@@ -1189,6 +1267,8 @@ UNITS = {
 BASELINE_NAMES = {
     "enqueue_raw": "raw psycopg, 1 per tx",
     "enqueue_many_raw": "raw executemany",
+    "enqueue_async_raw": "raw asyncpg, 1 per tx",
+    "enqueue_async_session": "the INSERT by hand in an AsyncSession",
 }
 
 
@@ -1285,6 +1365,7 @@ def git_head() -> str | None:
 
 FIGURES = (
     "enqueue",
+    "enqueue_async",
     "drain",
     "raw_http",
     "naive_celery",
@@ -1486,6 +1567,19 @@ def run(
             f"enqueue_many {res['enqueue_many']:,.0f}/s (raw {res['enqueue_many_raw']:,.0f})"
         )
 
+    def step_enqueue_async(r: int) -> None:
+        res = keep(
+            "enqueue_async",
+            enqueue_async_round(small, args.single, f"enqa{r}", raw_first=r % 2 == 1),
+        )
+        for k, v in res.items():
+            per_round[k].append(v)
+        log(
+            f"enqueue_async {res['enqueue_async']:,.0f}/s (raw asyncpg "
+            f"{res['enqueue_async_raw']:,.0f}, by hand in an AsyncSession "
+            f"{res['enqueue_async_session']:,.0f})"
+        )
+
     def step_drain(r: int) -> None:
         res = keep("drain", drain_run(ctx, small, nginx.fast, args.jobs, f"d{r}"))
         per_round["drain"].append(res["rate"])
@@ -1555,6 +1649,7 @@ def run(
 
     steps: list[tuple[str, Callable[[int], None]]] = [
         ("enqueue", step_enqueue),
+        ("enqueue_async", step_enqueue_async),
         ("drain", step_drain),
         ("raw_http", step_raw),
         ("naive_celery", step_naive),

@@ -276,8 +276,16 @@ async def _insert_async_connection(conn: Any, rows: Sequence[NewJob]) -> list[in
         raw = (await conn.get_raw_connection()).driver_connection
         return await outbox.insert_jobs_psycopg_async(raw, rows, now)
     if dialect.driver == "asyncpg" and len(rows) == 1 and rows[0].dedupe_key is None:
-        raw = (await conn.get_raw_connection()).driver_connection
-        if raw.is_in_transaction():  # else SQLAlchemy has yet to send BEGIN: let it
+        # The hot path: one statement straight on asyncpg, in SQLAlchemy's transaction. Its
+        # adapter sends BEGIN lazily, before the first statement it runs itself; if none has
+        # run yet, have it begin now (skipped if a SQLAlchemy release changes that adapter).
+        pooled = await conn.get_raw_connection()
+        raw, adapted = pooled.driver_connection, pooled.dbapi_connection
+        if not raw.is_in_transaction() and getattr(adapted, "_transaction", 0) is None:
+            start = getattr(adapted, "_start_transaction", None)
+            if start is not None:
+                await start()
+        if raw.is_in_transaction() or getattr(adapted, "autocommit", False):
             return [await raw.fetchval(outbox.ASYNCPG_INSERT, *outbox.pg_params(rows, now)[0])]
     ids: list[int] = await conn.run_sync(insert_jobs, rows, now)
     return ids
