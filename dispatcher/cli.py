@@ -10,15 +10,15 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import sqlalchemy as sa
 
-from dispatcher import outbox
+from dispatcher import logs
 from dispatcher.config import DEFAULT_QUEUE, ConfigError, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import (
@@ -29,6 +29,7 @@ from dispatcher.events import (
     event_from_json,
 )
 
+FC = TypeVar("FC", bound=Callable[..., Any])
 FIELD_SPEC = re.compile(r"^(?P<name>[^=]+):(?P<type>[A-Za-z]+)=(?P<value>.*)$", re.DOTALL)
 
 
@@ -41,16 +42,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Deliver custom events from the SQL outbox to the ExpertSender CDP API."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        get_settings()
+        settings = get_settings()
     except ConfigError as exc:
+        logs.configure(verbose=verbose, fmt="text")
         fail(str(exc))
+    logs.configure(verbose=verbose, fmt=settings.log_format)
 
 
 def _engine() -> sa.Engine:
@@ -210,7 +207,8 @@ def worker(ctx: click.Context) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
     from dispatcher.tasks import app
 
-    app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
+    quiet = ["--quiet"] if get_settings().log_format == "json" else []  # the banner is not JSON
+    app.worker_main([*quiet, "worker", "--loglevel=INFO", *ctx.args])
 
 
 @main.command()
@@ -226,8 +224,12 @@ def sweeper(interval: float | None) -> None:
     from dispatcher.retention import Retention
 
     retention = Retention(_engine(), settings.retention) if settings.retention else None
-    kept = f"finished jobs kept {settings.retention}" if settings.retention else "retention off"
-    click.echo(f"sweeper running every {interval or settings.sweep_interval_seconds}s; {kept}")
+    kept = "retention off"
+    if settings.retention:
+        kept = f"finished jobs kept {settings.retention.total_seconds() / 3600:g}h"
+    logging.getLogger("dispatcher.sweeper").info(
+        "sweeper running every %gs; %s", interval or settings.sweep_interval_seconds, kept
+    )
     with contextlib.suppress(KeyboardInterrupt):
         sweeper_mod.run(
             _engine(),
@@ -262,9 +264,10 @@ def pause(queue: str, reason: str) -> None:
     """Stop all deliveries for QUEUE; jobs wait (and new ones queue up) until `resume`.
 
     Returns once no worker will start another request for QUEUE."""
-    from dispatcher.admin import pause_queue
+    from dispatcher import admin
 
-    changed = pause_queue(_engine(), queue, reason)
+    with _admin_errors(queue="QUEUE", reason="--reason"):
+        changed = admin.pause_queue(_engine(), queue, reason)
     click.echo(f"queue {queue} paused" if changed else f"queue {queue} was already paused")
 
 
@@ -272,15 +275,23 @@ def pause(queue: str, reason: str) -> None:
 @click.argument("queue", default=DEFAULT_QUEUE)
 def resume(queue: str) -> None:
     """Deliver QUEUE's backlog again."""
-    with _engine().begin() as conn:
-        changed = outbox.resume(conn, queue, utcnow())
-    if changed:
-        from dispatcher.producer import signal_workers
+    from dispatcher import admin
+
+    with _admin_errors(queue="QUEUE"), _flushing_signals():
+        changed = admin.resume_queue(_engine(), queue)
+    click.echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
+
+
+@contextlib.contextmanager
+def _flushing_signals() -> Iterator[None]:
+    """Publish the workers' signals before this short-lived process exits: at interpreter exit
+    the background thread can no longer import Celery, and a signal would wait for the sweeper."""
+    try:
+        yield
+    finally:
         from dispatcher.signals import signaller
 
-        signal_workers([queue])
-        signaller.flush()  # this process exits next
-    click.echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
+        signaller.flush()
 
 
 @main.command()
@@ -309,16 +320,6 @@ def _defaults(args: list[str]) -> dict[str, object]:
 # Thin wrappers over dispatcher.admin: parse options, call, print a table or JSON.
 
 
-def _parse_when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """ISO 8601 (naive = UTC) or an age (``30s``, ``15m``, ``2h``, ``7d``, ``4w``) meaning ago."""
-    from dispatcher.admin import parse_when
-
-    try:
-        return None if value is None else parse_when(value, utcnow())
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-
-
 def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
     from dispatcher.admin import parse_age
 
@@ -330,11 +331,42 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 _TIME_HELP = "ISO 8601 (naive = UTC) or an age like 2h, 7d meaning that long ago; on created_at"
 _STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead."
+# The filter's options (dispatcher.admin.Filter's fields, as text: the service parses them).
+_FILTER_OPTIONS = {
+    "status": ("--status", _STATUS_HELP),
+    "queue": ("--queue", "Queue name."),
+    "event_id": ("--event-id", "customEventId."),
+    "customer_email": ("--customer-email", "Case-insensitive, exact."),
+    "status_code": ("--status-code", "The last HTTP status the job got."),
+    "since": ("--since", f"Created at or after: {_TIME_HELP}."),
+    "until": ("--until", f"Created before: {_TIME_HELP}."),
+}
+
+
+def _filter_options(status_help: str = _STATUS_HELP) -> Callable[[FC], FC]:
+    """Add every filter option (as text) to a command."""
+
+    def decorate(command: FC) -> FC:
+        for name, (flag, help_text) in reversed(_FILTER_OPTIONS.items()):
+            text = status_help if name == "status" else help_text
+            command = click.option(flag, name, metavar="TEXT", help=text)(command)
+        return command
+
+    return decorate
+
+
+def _filter(options: dict[str, Any]) -> Any:
+    """The given filter options -> dispatcher.admin.Filter (the service's parser and rules)."""
+    from dispatcher.admin import parse_filter
+
+    texts = {k: options.pop(k) for k in _FILTER_OPTIONS if k in options}
+    return parse_filter({k: v for k, v in texts.items() if v is not None}, utcnow())
 
 
 @contextlib.contextmanager
-def _admin_errors() -> Iterator[None]:
-    """AdminError naming an argument -> a usage error naming the option; others -> exit 1."""
+def _admin_errors(**hints: str) -> Iterator[None]:
+    """AdminError naming an argument -> a usage error naming the option (or ``hints[field]``);
+    others -> exit 1."""
     from dispatcher.admin import AdminError
 
     try:
@@ -342,7 +374,9 @@ def _admin_errors() -> Iterator[None]:
     except AdminError as exc:
         if exc.field is None:
             fail(exc.message)
-        hint = "JOB_ID" if exc.field.startswith("job_id") else "--" + exc.field.replace("_", "-")
+        hint = hints.get(exc.field) or (
+            "JOB_ID" if exc.field.startswith("job_id") else "--" + exc.field.replace("_", "-")
+        )
         raise click.BadParameter(exc.message, param_hint=hint) from None
     except sa.exc.SQLAlchemyError as exc:
         fail(_db_error(exc))
@@ -412,38 +446,15 @@ def _print_table(
 
 
 @main.command()
-@click.option("--status", help=_STATUS_HELP)
-@click.option("--queue")
-@click.option("--event-id", type=int, help="customEventId")
-@click.option("--customer-email", help="Case-insensitive, exact.")
-@click.option("--since", callback=_parse_when, help=f"Created at or after: {_TIME_HELP}.")
-@click.option("--until", callback=_parse_when, help=f"Created before: {_TIME_HELP}.")
+@_filter_options()
 @click.option("--limit", default=50, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array for scripts.")
-def history(
-    status: str | None,
-    queue: str | None,
-    event_id: int | None,
-    customer_email: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
-    as_json: bool,
-) -> None:
+def history(limit: int, as_json: bool, **filters: str | None) -> None:
     """Jobs, newest first, with their state and last error (times UTC)."""
     from dispatcher import admin
 
     with _admin_errors():
-        found = admin.history(
-            _engine(),
-            status=status,
-            queue=queue,
-            event_id=event_id,
-            customer_email=customer_email,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        found = admin.history(_engine(), _filter(filters), limit=limit)
     if as_json:
         _json([j.as_dict() for j in found])
         return
@@ -489,6 +500,7 @@ def history(
 def show(job_id: str, as_json: bool) -> None:
     """One job in full: the exact request body and every attempt with its answer."""
     from dispatcher import admin
+    from dispatcher.schema import DUE_STATUSES
 
     with _admin_errors():
         job = admin.show(_engine(), job_id)
@@ -508,7 +520,7 @@ def show(job_id: str, as_json: bool) -> None:
         ("last error", job.last_error),
         ("created", job.created_at),
         ("delivered", job.delivered_at),
-        ("next attempt", job.next_attempt_at if job.status in ("pending", "retrying") else None),
+        ("next attempt", job.next_attempt_at if job.status in DUE_STATUSES else None),
         ("replays", job.replays),
         ("replayed", job.replayed_at),
     )
@@ -581,26 +593,18 @@ def stats(as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@click.option("--status", help="dead (or delivered, with --include-delivered).")
-@click.option("--queue")
-@click.option("--event-id", type=int, help="customEventId")
-@click.option("--status-code", type=int, help="The last HTTP status the job got.")
-@click.option("--since", callback=_parse_when, help=f"Created at or after: {_TIME_HELP}.")
-@click.option("--until", callback=_parse_when, help=f"Created before: {_TIME_HELP}.")
+@_filter_options("dead (or delivered, with --include-delivered).")
 @click.option("--include-delivered", is_flag=True, help="Also send delivered jobs again.")
+@click.option("--expected-count", type=int, help="Replay only if the filter matches this many.")
 @click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
 def replay(
     job_ids: tuple[str, ...],
-    status: str | None,
-    queue: str | None,
-    event_id: int | None,
-    status_code: int | None,
-    since: datetime | None,
-    until: datetime | None,
     include_delivered: bool,
+    expected_count: int | None,
     dry_run: bool,
     as_json: bool,
+    **filters: str | None,
 ) -> None:
     """Send dead jobs again (JOB_ID... or --status dead and filters) with a fresh attempt budget.
 
@@ -609,34 +613,20 @@ def replay(
     """
     from dispatcher import admin
 
-    if not job_ids and status is None:
+    if not job_ids and filters.get("status") is None:
         raise click.UsageError("give job ids or --status dead")
     engine = _engine()
-    with _admin_errors():
+    with _admin_errors(), _flushing_signals():
         result = admin.replay(
             engine,
+            _filter(filters),
             job_ids=job_ids or None,
-            status=status,
-            queue=queue,
-            event_id=event_id,
-            status_code=status_code,
-            since=since,
-            until=until,
             include_delivered=include_delivered,
             dry_run=dry_run,
+            expected=expected_count,
             now=utcnow(),
         )
-        with engine.connect() as conn:
-            paused = [q for q in result.queues if outbox.is_paused(conn, q)]
-            conn.rollback()
-    if result.count and not dry_run:
-        from dispatcher.producer import signal_workers
-        from dispatcher.signals import signaller
-
-        signal_workers(result.queues)
-        # Publish before this short-lived process exits: at interpreter exit the background
-        # thread can no longer import Celery, and the signal would wait for the sweeper.
-        signaller.flush()
+        paused = admin.paused_queues(engine, result.queues)
     if as_json:
         _json(result.as_dict())
     else:

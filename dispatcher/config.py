@@ -106,6 +106,7 @@ class Settings:
     rate_limits: Mapping[str, float] = field(default_factory=dict)
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
     sweep_interval_seconds: float = 1.0
+    log_format: str = "text"  # or "json": one object per line (dispatcher.logs)
     # The sweeper removes finished jobs older than this (None: never); see dispatcher.retention.
     retention: timedelta | None = timedelta(days=30)
     response_body_limit: int = 8192
@@ -225,7 +226,11 @@ class Settings:
             ):
                 message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
             raise ConfigError(message) from None
+        log_format = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"DISPATCHER_LOG_FORMAT: text or json (got {log_format!r})")
         settings = cls(
+            log_format=log_format,
             retention=retention_from(env.get("DISPATCHER_RETENTION")),
             database_url=normalize_database_url(
                 env.get("DISPATCHER_DATABASE_URL") or DEFAULT_DATABASE_URL

@@ -26,18 +26,18 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dispatcher import outbox
+from dispatcher import logs, outbox
 from dispatcher.alerts import notify_circuit_open, notify_pause
 from dispatcher.breaker import Circuit, Window, is_outage, uncounted
 from dispatcher.config import Secret, Settings, check_lease, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
-from dispatcher.ecdp import Answer, EcdpClient
+from dispatcher.ecdp import Answer, EcdpClient, Sender
 from dispatcher.outbox import AttemptResult, Claimed
 from dispatcher.policy import Outcome, QueueEffect, decide, truncate_body
 
@@ -136,13 +136,13 @@ class Deliverer:
         settings: Settings,
         *,
         engine: Engine | None = None,
-        client: EcdpClient | None = None,
+        client: Sender | None = None,
     ) -> None:
         check_lease(settings)
         self.settings = settings
         self.webhook = settings.alert_webhook_url
         self.engine = engine or get_engine(settings.database_url)
-        self.client = client or EcdpClient(
+        self.client: Sender = client or EcdpClient(
             settings.base_url,
             timeout=settings.http_timeout_seconds,
             connect_timeout=settings.http_connect_timeout_seconds,
@@ -392,6 +392,8 @@ class Deliverer:
             d.summary.outcomes[r.decision.outcome.value] += 1
             if r.decision.outcome is Outcome.PAUSE and d.summary.pause is None:
                 d.summary.pause = r
+            elif r.decision.outcome in (Outcome.DEAD, Outcome.RETRY):
+                _log_failure(r)
 
     def _after_probe(self, d: _Drain, closed: bool) -> None:
         if closed:
@@ -487,6 +489,36 @@ class Deliverer:
             response_body=body,
             decision=decision,
         )
+
+
+def _log_failure(r: AttemptResult) -> None:
+    """One line per dead letter (WARNING) and per retry (INFO): the job by id, the API's reason
+    with customer identifiers masked, never the payload."""
+    job, decision = r.job, r.decision
+    attempt = job.attempts + (1 if decision.counts else 0)
+    reason = logs.redact(decision.reason)
+    fields = {"queue": job.queue, "job_id": job.id, "status_code": r.status_code, "reason": reason}
+    if decision.outcome is Outcome.DEAD:
+        log.warning(
+            "dead letter job_id=%d queue=%s status_code=%s reason=%s",
+            job.id,
+            job.queue,
+            r.status_code,
+            reason,
+            extra={**fields, "attempt": attempt, "outcome": "dead"},
+        )
+        return
+    next_at = r.started_at + timedelta(seconds=decision.delay_seconds or 0.0)
+    log.info(
+        "retry job_id=%d queue=%s status_code=%s attempt=%d next_attempt_at=%s reason=%s",
+        job.id,
+        job.queue,
+        r.status_code,
+        attempt,
+        next_at.isoformat(timespec="seconds"),
+        reason,
+        extra={**fields, "attempt": attempt, "outcome": "retry", "next_attempt_at": next_at},
+    )
 
 
 def _trip_reason(result: AttemptResult, window: Window[tuple[int, datetime]]) -> str:

@@ -26,12 +26,14 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    setup_logging,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_shutting_down,
 )
 
+from dispatcher import logs
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import dispose_engines
 from dispatcher.delivery import Deliverer
@@ -106,6 +108,11 @@ def get_deliverer() -> Deliverer:
     if _deliverer is None or _deliverer[0] != os.getpid():
         _deliverer = (os.getpid(), Deliverer(get_settings()))
     return _deliverer[1]
+
+
+# Celery leaves logging alone when this signal has a receiver: its records (and ours) go through
+# dispatcher.logs, as text or JSON lines.
+setup_logging.connect(logs.configure, weak=False)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

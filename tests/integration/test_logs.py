@@ -1,0 +1,98 @@
+"""Logs for machines: DISPATCHER_LOG_FORMAT=json makes every line a JSON object with stable keys,
+Celery's own records included; dead letters and retries are logged without customer data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from dispatcher import CustomEvent, enqueue
+from dispatcher.logs import JsonFormatter, redact
+from dispatcher.sandbox import Reply, Sandbox
+from tests.integration.test_celery import system  # noqa: F401 - the fixture
+from tests.support import start, statuses, stop, wait_until
+
+EMAIL = "very.private@example.com"
+
+
+def test_json_formatter_has_stable_keys() -> None:
+    record = logging.LogRecord(
+        "dispatcher.x", logging.WARNING, __file__, 1, "hi %s", ("there",), None
+    )
+    record.queue, record.job_id, record.status_code = "eu-shop", 7, 400
+    line = json.loads(JsonFormatter().format(record))
+    assert line == {
+        "ts": line["ts"],
+        "level": "WARNING",
+        "logger": "dispatcher.x",
+        "message": "hi there",
+        "queue": "eu-shop",
+        "job_id": 7,
+        "status_code": 400,
+    }
+    assert line["ts"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("customerEmail 'anna@example.com' is invalid", "customerEmail '<email>' is invalid"),
+        ("Customer 1234567 not found", "Customer <number> not found"),
+        ("md5 " + "a" * 32, "md5 <hash>"),
+        ("nothing personal", "nothing personal"),
+    ],
+)
+def test_redact(raw: str, masked: str) -> None:
+    assert redact(raw) == masked
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_every_line_a_json_worker_writes_parses(
+    system: dict[str, str],  # noqa: F811 - the fixture
+    pg_test_url: str,
+    sandbox: Sandbox,
+    tmp_path: Path,
+) -> None:
+    env = system | {"DISPATCHER_LOG_FORMAT": "json", "DISPATCHER_RETRY_BASE_SECONDS": "0.2"}
+    sandbox.script(7, Reply(400, {"title": "Bad", "detail": f"customer {EMAIL} is invalid"}))
+    sandbox.script(8, Reply(503))
+    log_file = tmp_path / "worker.log"
+    worker = start(env, "worker", "--concurrency=1", log=log_file)
+    sweeper = start(env, "sweeper", log=tmp_path / "sweeper.log")
+    try:
+        wait_until(lambda: b"ready" in log_file.read_bytes(), "the worker to start")
+        for event_id in (7, 8, 9):
+            enqueue(CustomEvent(event_id, customer_email=EMAIL))
+        wait_until(
+            lambda: statuses(pg_test_url) == {"delivered": 2, "dead": 1}, "the three outcomes"
+        )
+    finally:
+        stop(worker)
+        stop(sweeper)
+    lines = [
+        json.loads(line)  # every line: a JSON object, or this raises
+        for path in (log_file, tmp_path / "sweeper.log")
+        for line in path.read_text().splitlines()
+        # Celery prints this one to stdout itself (with a blank line before it): not a record
+        if line and not line.startswith("worker: Warm shutdown")
+    ]
+    assert lines
+    for line in lines:
+        assert {"ts", "level", "logger", "message"} <= line.keys(), line
+    assert any(line["logger"].startswith("celery") for line in lines), "Celery's own records"
+    dead = [line for line in lines if line["message"].startswith("dead letter")]
+    assert len(dead) == 1
+    assert dead[0]["level"] == "WARNING"
+    assert dead[0]["status_code"] == 400 and dead[0]["queue"] == "default"
+    assert dead[0]["outcome"] == "dead" and isinstance(dead[0]["job_id"], int)
+    retries = [line for line in lines if line["message"].startswith("retry")]
+    assert retries and retries[0]["level"] == "INFO" and retries[0]["status_code"] == 503
+    assert retries[0]["attempt"] == 1 and "next_attempt_at" in retries[0]
+    text = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert EMAIL not in text
+    assert system["ECDP_API_KEY"] not in text
