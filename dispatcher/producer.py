@@ -227,7 +227,11 @@ def _write(rows: Sequence[NewJob], session: object) -> list[int]:
     if _is(session, "psycopg", "Connection"):
         if not rows:
             return []
-        ids = outbox.insert_jobs_psycopg(session, rows, utcnow())
+        if session.autocommit and len(rows) > 1:  # type: ignore[attr-defined]
+            with session.transaction():  # type: ignore[attr-defined]  # a batch: all or nothing
+                ids = outbox.insert_jobs_psycopg(session, rows, utcnow())
+        else:
+            ids = outbox.insert_jobs_psycopg(session, rows, utcnow())
         _signal_after_psycopg_transaction(session, queues)
         return ids
     raise _wrong_kind(session, sync=True)
@@ -262,7 +266,11 @@ async def _write_async(rows: Sequence[NewJob], session: object) -> list[int]:
     if _is(session, "psycopg", "AsyncConnection"):
         if not rows:
             return []
-        ids = await outbox.insert_jobs_psycopg_async(session, rows, utcnow())
+        if session.autocommit and len(rows) > 1:  # type: ignore[attr-defined]
+            async with session.transaction():  # type: ignore[attr-defined]  # all or nothing
+                ids = await outbox.insert_jobs_psycopg_async(session, rows, utcnow())
+        else:
+            ids = await outbox.insert_jobs_psycopg_async(session, rows, utcnow())
         _signal_after_psycopg_transaction(session, queues)
         return ids
     raise _wrong_kind(session, sync=False)

@@ -417,3 +417,29 @@ def test_async_never_blocks_the_event_loop(kind: str, db_url: str) -> None:
     assert waited >= hold * 0.9  # it really waited for the lock ...
     assert worst_gap < hold / 2  # ... and the loop went on meanwhile (generous for a busy box)
     assert count(url) == 2
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "psycopg_async"])
+def test_psycopg_autocommit_connection(kind: str, db_url: str, signals: list) -> None:
+    """No transaction of the caller's: a batch gets one of its own (all or nothing), and the
+    workers are signalled at once."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a psycopg connection is PostgreSQL only")
+    if kind == "psycopg":
+        with psycopg.connect(pg_dsn(db_url), autocommit=True) as pg:
+            enqueue_many([event(1), event(2)], session=pg)
+            enqueue(event(3), session=pg)
+    else:
+
+        async def run() -> None:
+            pg = await psycopg.AsyncConnection.connect(pg_dsn(db_url), autocommit=True)
+            try:
+                await enqueue_many_async([event(1), event(2)], session=pg)
+                await enqueue_async(event(3), session=pg)
+            finally:
+                await pg.close()
+
+        asyncio.run(run())
+    wait_for_signals(signals, 3)
+    assert count(db_url) == 3
+    assert signals[0][0] == "default"
