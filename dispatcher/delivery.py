@@ -32,7 +32,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dispatcher import logs, outbox
+from dispatcher import logs, outbox, tracing
 from dispatcher.alerts import notify_circuit_open, notify_pause
 from dispatcher.breaker import Circuit, Window, is_outage, uncounted
 from dispatcher.config import Secret, Settings, check_lease, queue_env_suffix
@@ -424,6 +424,8 @@ class Deliverer:
         for job, future in finished:
             result = self._judge(job, _answer_of(future), d.outage)
             d.done.append(result)
+            if job.trace_context is not None:
+                _span(result)
             if result.status_code is not None:  # a refused connection says nothing of L
                 self._latencies_ms.append(result.duration_ms)
             effect = result.decision.effect
@@ -489,6 +491,28 @@ class Deliverer:
             response_body=body,
             decision=decision,
         )
+
+
+def _span(r: AttemptResult) -> None:
+    """The attempt as a span in its producer's trace (see dispatcher.tracing)."""
+    job, decision = r.job, r.decision
+    tracing.record_attempt(
+        job.trace_context,
+        name=f"ecdp POST {job.endpoint}",
+        started_at=r.started_at,
+        duration_ms=r.duration_ms,
+        attributes={
+            "messaging.destination.name": job.queue,
+            "dispatcher.job_id": job.id,
+            "dispatcher.custom_event_id": job.custom_event_id,
+            "dispatcher.attempt": job.attempts + (1 if decision.counts else 0),
+            "dispatcher.outcome": decision.outcome.value,
+            "http.request.method": "POST",
+            "http.response.status_code": r.status_code,
+            "error.type": None if r.status_code is not None or r.error is None else "no_answer",
+        },
+        failed=decision.outcome is not Outcome.DELIVERED,
+    )
 
 
 def _log_failure(r: AttemptResult) -> None:

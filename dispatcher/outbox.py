@@ -52,6 +52,7 @@ class NewJob:
     customer_email: str | None
     payload: str
     dedupe_key: str | None = None
+    trace_context: str | None = None  # the producer's, under OpenTelemetry (see tracing.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class Claimed:
     attempts: int
     lease_token: str
     probe: bool = False  # the one request that tests an open circuit (see claim_probe)
+    custom_event_id: int | None = None
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,30 @@ class AttemptResult:
     decision: Decision
 
 
+_CLAIMED = (
+    jobs.c.id,
+    jobs.c.endpoint,
+    jobs.c.payload,
+    jobs.c.attempts,
+    jobs.c.custom_event_id,
+    jobs.c.trace_context,
+)
+
+
+def _claimed(row: Any, queue: str, token: str, *, probe: bool = False) -> Claimed:
+    return Claimed(
+        row.id,
+        queue,
+        row.endpoint,
+        row.payload,
+        row.attempts,
+        token,
+        probe=probe,
+        custom_event_id=row.custom_event_id,
+        trace_context=row.trace_context,
+    )
+
+
 def _insert_for(dialect_name: str) -> Any:
     return (postgresql if dialect_name == "postgresql" else sqlite).insert
 
@@ -109,6 +136,7 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
             "customer_email": r.customer_email,
             "payload": r.payload,
             "dedupe_key": r.dedupe_key,
+            "trace_context": r.trace_context,
             "status": JobStatus.PENDING,
             "attempts": 0,
             "next_attempt_at": now,
@@ -179,6 +207,7 @@ _COLUMNS = (
     "customer_email",
     "payload",
     "dedupe_key",
+    "trace_context",
     "status",
     "attempts",
     "next_attempt_at",
@@ -194,7 +223,9 @@ _PG_INSERT_KEYED = (
     + f" ON CONFLICT (queue, dedupe_key) WHERE {DEDUPE_WHERE} DO NOTHING RETURNING id"
 )
 _PG_SELECT_KEYED = "SELECT id FROM dispatcher_jobs WHERE queue = %s AND dedupe_key = %s"
-ASYNCPG_INSERT = _PG_INSERT.replace("%s", "{}").format(*(f"${i}" for i in range(1, 12)))
+ASYNCPG_INSERT = _PG_INSERT.replace("%s", "{}").format(
+    *(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+)
 
 
 def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
@@ -207,6 +238,7 @@ def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
             r.customer_email,
             r.payload,
             r.dedupe_key,
+            r.trace_context,
             JobStatus.PENDING.value,  # a plain str for the drivers' own adapters
             0,
             now,
@@ -443,10 +475,10 @@ def claim(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(jobs.c.id, jobs.c.endpoint, jobs.c.payload, jobs.c.attempts)
+        .returning(*_CLAIMED)
     )
     rows = conn.execute(stmt).all()
-    claimed = [Claimed(r.id, queue, r.endpoint, r.payload, r.attempts, token) for r in rows]
+    claimed = [_claimed(r, queue, token) for r in rows]
     claimed.sort(key=lambda c: c.id)
     return claimed
 
@@ -511,7 +543,7 @@ def claim_probe(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(jobs.c.id, jobs.c.endpoint, jobs.c.payload, jobs.c.attempts)
+        .returning(*_CLAIMED)
     ).first()
     if row is None:  # nothing to probe with: stay open, try again when work arrives
         conn.execute(
@@ -520,7 +552,7 @@ def claim_probe(
             .values(circuit=Circuit.OPEN.value, circuit_retry_at=now)
         )
         return []
-    return [Claimed(row.id, queue, row.endpoint, row.payload, row.attempts, token, probe=True)]
+    return [_claimed(row, queue, token, probe=True)]
 
 
 def open_circuit(

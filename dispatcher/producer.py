@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, scoped_session
 
-from dispatcher import outbox
+from dispatcher import outbox, tracing
 from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
@@ -94,6 +94,7 @@ def _to_row(event: object, queue: str, dedupe_key: object, field: str) -> NewJob
         customer_email=email.lower() if email else None,
         payload=event.to_json(),
         dedupe_key=dedupe_key if isinstance(dedupe_key, str) else None,
+        trace_context=tracing.current_context(),
     )
 
 

@@ -79,6 +79,8 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
+    # The producer's W3C trace context (JSON), when it runs under OpenTelemetry: see tracing.py.
+    sa.Column("trace_context", sa.Text),
     sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
     sa.Index("ix_dispatcher_jobs_due", "queue", "next_attempt_at", "id", **_partial(DUE_WHERE)),
     sa.Index("ix_dispatcher_jobs_leased", "lease_expires_at", **_partial(LEASED_WHERE)),

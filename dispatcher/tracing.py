@@ -1,0 +1,71 @@
+"""OpenTelemetry: a delivery attempt as a span in the trace of the request that enqueued it.
+
+With the ``[otel]`` extra (``opentelemetry-api``) installed and an SDK configured by the
+application, :func:`current_context` (called by ``enqueue``) stores the caller's W3C trace context
+with the job, and the worker turns each attempt into a ``CLIENT`` span of that trace: its queue,
+job id, custom event id, attempt number, HTTP status and outcome. Without the package nothing is
+imported (a spec look-up at import time says whether it is there) and nothing changes; without a
+configured SDK the API is a no-op and no context is stored.
+
+Sentry picks the spans up through its OpenTelemetry integration; Jaeger, Tempo and any OTLP
+backend through the SDK's OTLP exporter (see the README).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+AVAILABLE = importlib.util.find_spec("opentelemetry") is not None
+TRACER_NAME = "ecdp-dispatcher"
+
+
+@cache
+def _otel() -> Any:
+    from opentelemetry import propagate, trace
+
+    return propagate, trace
+
+
+def current_context() -> str | None:
+    """The caller's trace context as JSON (``traceparent``, ``tracestate``), or None."""
+    if not AVAILABLE:
+        return None
+    propagate, _ = _otel()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return json.dumps(carrier, separators=(",", ":")) if carrier else None
+
+
+def record_attempt(
+    trace_context: str | None,
+    *,
+    name: str,
+    started_at: datetime,
+    duration_ms: int,
+    attributes: dict[str, Any],
+    failed: bool,
+) -> None:
+    """One finished attempt as a span, child of the stored context (none stored: no span)."""
+    if not AVAILABLE or not trace_context:
+        return
+    propagate, trace = _otel()
+    try:
+        parent = propagate.extract(json.loads(trace_context))
+    except (ValueError, TypeError):
+        return  # a context we did not write: no span rather than a broken one
+    start_ns = int(started_at.timestamp() * 1e9)
+    tracer = trace.get_tracer(TRACER_NAME)
+    span = tracer.start_span(
+        name,
+        context=parent,
+        kind=trace.SpanKind.CLIENT,
+        start_time=start_ns,
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )
+    if failed:
+        span.set_status(trace.Status(trace.StatusCode.ERROR))
+    span.end(end_time=start_ns + duration_ms * 1_000_000)
