@@ -571,23 +571,16 @@ def sql(url: str, statement: str, *, autocommit: bool = False) -> list[tuple[Any
 
 
 def set_paused(url: str, paused: bool) -> None:
-    from dispatcher import outbox
-    from dispatcher.db import utcnow
-
-    with engine(url).begin() as conn:
-        if paused:
-            outbox.pause(conn, QUEUE, "bench: held until the worker is ready", utcnow())
-        else:
-            outbox.resume(conn, QUEUE, utcnow())
-
-
-def signal_queue() -> None:
-    """What ``dispatcher resume`` does after unpausing: tell the workers now."""
-    from dispatcher.producer import signal_workers
+    """``dispatcher pause`` / ``dispatcher resume``, through the operator service: a resume tells
+    the workers after its commit, and the signal is published at once (the clock is running)."""
+    from dispatcher import admin
     from dispatcher.signals import signaller
 
-    signal_workers([QUEUE])
-    signaller.flush()
+    if paused:
+        admin.pause_queue(engine(url), QUEUE, "bench: held until the worker is ready")
+    else:
+        admin.resume_queue(engine(url), QUEUE)
+        signaller.flush()
 
 
 def enqueue_all(url: str, evs: list[Any]) -> int:
@@ -909,7 +902,6 @@ def drain_run(
         sink.mark()
         start = time.perf_counter()
         set_paused(db_url, False)
-        signal_queue()
         mid = first = None
         deadline = start + 60 + n / 50
         while True:

@@ -19,12 +19,12 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
-from dispatcher import outbox
+from dispatcher import admin
 from dispatcher.config import get_settings
 from dispatcher.db import dispose_engines, get_engine, utcnow
 from dispatcher.events import CustomEvent, DataField, Event, SegmentEvent
 from dispatcher.sandbox import Reply, Sandbox
-from dispatcher.schema import jobs
+from dispatcher.schema import STATUSES, JobStatus
 
 DEMO_KEY = "demo-key-0000"  # the sandbox's key; a real key is never printed
 UNKNOWN_EVENT = 404
@@ -37,9 +37,9 @@ def _say(text: str) -> None:
 
 
 def _counts(engine: sa.Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
-        return {status: n for status, n in rows}
+    per_queue = admin.stats(engine, utcnow()).values()
+    counts = {s.value: sum(q.counts[s] for q in per_queue) for s in STATUSES}
+    return {s: n for s, n in counts.items() if n}
 
 
 def _wait(engine: sa.Engine, done: Callable[[dict[str, int]], bool], limit: float = 60.0) -> None:
@@ -63,7 +63,8 @@ def _wait(engine: sa.Engine, done: Callable[[dict[str, int]], bool], limit: floa
 
 
 def _settled(counts: dict[str, int]) -> bool:
-    return not any(counts.get(s) for s in ("pending", "in_flight", "retrying"))
+    live = (JobStatus.PENDING, JobStatus.IN_FLIGHT, JobStatus.RETRYING)
+    return not any(counts.get(s) for s in live)
 
 
 def run(workdir: Path | None, show: Callable[[list[str]], None]) -> None:
@@ -132,7 +133,7 @@ def run(workdir: Path | None, show: Callable[[list[str]], None]) -> None:
 
 
 def _scenario(engine: sa.Engine, sandbox: Sandbox) -> None:
-    from dispatcher.producer import enqueue, signal_workers
+    from dispatcher.producer import enqueue
 
     _say("3. enqueue events that meet every kind of answer")
     sandbox.script(
@@ -177,15 +178,12 @@ def _scenario(engine: sa.Engine, sandbox: Sandbox) -> None:
         enqueue(CustomEvent(105, customer_email=f"late{n}@example.com"))
 
     def paused(_: dict[str, int]) -> bool:
-        with engine.connect() as conn:
-            return outbox.is_paused(conn, "default")
+        return bool(admin.paused_queues(engine, ["default"]))
 
     _wait(engine, paused)
     click.echo(f"  requests refused with 401 so far: {sandbox.count(status=401)}")
 
     _say("5. the key is fixed and the operator resumes (dispatcher resume): the backlog goes out")
     sandbox.api_key = DEMO_KEY
-    with engine.begin() as conn:
-        outbox.resume(conn, "default", utcnow())
-    signal_workers(["default"])
+    admin.resume_queue(engine, "default")  # as `dispatcher resume` does: signals after commit
     _wait(engine, _settled)

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from dispatcher import admin
 from dispatcher.db import utcnow
+from dispatcher.policy import Outcome
 from dispatcher.schema import STATUSES, attempts, jobs
 
 __all__ = ["CODE_CLASSES", "CONTENT_TYPE", "Metrics", "code_class"]
@@ -128,7 +129,7 @@ class Metrics:
             self._counted.add(int(r.id))
             self._attempts[r.queue, code_class(r.status_code)] += 1
             self._latency.setdefault(r.queue, _Histogram()).observe(r.duration_ms / 1000)
-            if r.outcome == "dead":
+            if r.outcome == Outcome.DEAD:
                 self._dead[r.queue] += 1
         highest = max((int(r.id) for r in rows), default=self._floor)
         self._marks.append((moment, highest))

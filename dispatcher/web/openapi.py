@@ -1,22 +1,30 @@
-"""The admin API's OpenAPI description, served at ``/api/openapi.json`` by :mod:`dispatcher.web`.
+"""The admin API's OpenAPI description, served at ``/api/openapi.json``.
 
 Written by hand (the API is five routes); the property-based test in ``tests/web`` checks the
-server against it, so the two cannot drift apart unnoticed. The limits below are the API's
-contract, and the web module enforces them.
+server against it, so the two cannot drift apart unnoticed. The limits it states are the
+operator service's (:mod:`dispatcher.admin.filters`), which enforces them for every surface.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dispatcher.admin.filters import (
+    EMAIL_MAX,
+    INT32,
+    MAX_EXPECTED,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    PER_PAGE,
+    STATUS_CODES,
+)
 from dispatcher.config import QUEUE_NAME
+from dispatcher.policy import Outcome
 from dispatcher.schema import CIRCUIT_STATES, STATUSES
 
-PER_PAGE = 50
-MAX_PER_PAGE = 100
-MAX_PAGE = 999  # MAX_PAGE * MAX_PER_PAGE + 1 stays within admin.MAX_LIMIT
-INT32 = (-(2**31), 2**31 - 1)
-MAX_EXPECTED = 2**31
+_STATUS_NAMES = [s.value for s in STATUSES]
+
+__all__ = ["OPENAPI"]
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -61,6 +69,11 @@ _FILTERS = [
         {"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
         "customEventId.",
     ),
+    _query(
+        "status_code",
+        {"type": "integer", "minimum": STATUS_CODES[0], "maximum": STATUS_CODES[1]},
+        "The last HTTP status the job got.",
+    ),
     _query("since", {"type": "string"}, f"Created at or after: {_TIME}."),
     _query("until", {"type": "string"}, f"Created before: {_TIME}."),
 ]
@@ -69,7 +82,7 @@ _SUMMARY: dict[str, Any] = {
     "queue": {"type": "string"},
     "endpoint": {"type": "string"},
     "custom_event_id": {"type": "integer"},
-    "status": {"type": "string", "enum": list(STATUSES)},
+    "status": {"type": "string", "enum": _STATUS_NAMES},
     "attempts": {"type": "integer"},
     "last_status_code": _nullable("integer"),
     "last_error": _nullable("string", description="Customer emails masked."),
@@ -121,10 +134,12 @@ OPENAPI: dict[str, Any] = {
                 "summary": "History: jobs matching every filter, newest first, paginated",
                 "operationId": "jobs",
                 "parameters": [
-                    _query("status", {"type": "string", "enum": list(STATUSES)}, "Job status."),
+                    _query("status", {"type": "string", "enum": _STATUS_NAMES}, "Job status."),
                     *_FILTERS,
                     _query(
-                        "customer_email", {"type": "string", "maxLength": 320}, "Exact, any case."
+                        "customer_email",
+                        {"type": "string", "maxLength": EMAIL_MAX},
+                        "Exact, any case.",
                     ),
                     _query(
                         "page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "From 1."
@@ -132,7 +147,7 @@ OPENAPI: dict[str, Any] = {
                     _query(
                         "per_page",
                         {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
-                        "Default 50.",
+                        f"Default {PER_PAGE}.",
                     ),
                 ],
                 "responses": {
@@ -200,8 +215,8 @@ OPENAPI: dict[str, Any] = {
                 paused_at=_nullable("string", format="date-time"),
                 counts={
                     "type": "object",
-                    "properties": {s: {"type": "integer"} for s in STATUSES},
-                    "required": list(STATUSES),
+                    "properties": {s: {"type": "integer"} for s in _STATUS_NAMES},
+                    "required": _STATUS_NAMES,
                 },
                 oldest_due_age_seconds=_nullable("number"),
                 circuit={
@@ -236,7 +251,7 @@ OPENAPI: dict[str, Any] = {
                 duration_ms={"type": "integer"},
                 error=_nullable("string"),
                 response_body=_nullable("string"),
-                outcome={"type": "string", "enum": ["delivered", "retry", "dead", "pause"]},
+                outcome={"type": "string", "enum": [o.value for o in Outcome]},
             ),
             "JobDetail": _object(
                 **_SUMMARY,
@@ -251,6 +266,12 @@ OPENAPI: dict[str, Any] = {
                     required=False,
                     queue={"type": "string", "pattern": QUEUE_NAME.pattern},
                     event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+                    status_code={
+                        "type": "integer",
+                        "minimum": STATUS_CODES[0],
+                        "maximum": STATUS_CODES[1],
+                        "description": "The last HTTP status the job got.",
+                    },
                     since={"type": "string", "description": _TIME},
                     until={"type": "string", "description": _TIME},
                     dry_run={"type": "boolean", "description": "Only count."},

@@ -14,7 +14,8 @@ from starlette.applications import Starlette
 
 from dispatcher.cli import main
 from dispatcher.config import Secret, Settings
-from dispatcher.web import SESSION_COOKIE, BindError, Gate, check_bind, create_app, mask_emails
+from dispatcher.web import BindError, check_bind, create_app, mask_emails
+from dispatcher.web.access import SESSION_COOKIE, Gate
 
 from .conftest import AUTH, TOKEN, Outbox
 

@@ -16,8 +16,8 @@ from starlette.applications import Starlette
 from dispatcher import admin
 from dispatcher.config import Secret, Settings
 from dispatcher.db import create_engine, utcnow
-from dispatcher.openapi import OPENAPI
 from dispatcher.web import create_app
+from dispatcher.web.openapi import OPENAPI
 
 from .conftest import AUTH, OUTAGE, TOKEN, Outbox, set_circuit
 
@@ -160,14 +160,14 @@ def test_replay_acts_on_exactly_what_the_filter_matched(
     }  # fmt: skip
     conflict = replay(event_id=103, expected_count=2)
     assert conflict.status_code == 409 and "matches 3 jobs, not 2" in conflict.json()["error"]
-    assert signalled == [] and len(admin.history(engine, status="dead")) == 5
+    assert signalled == [] and len(admin.history(engine, admin.Filter(status="dead"))) == 5
     assert replay(event_id=103, expected_count=3).json() == {
         "count": 3, "queues": ["default"], "dry_run": False,
     }  # fmt: skip
     assert signalled == [("default",)]
-    assert {j.id for j in admin.history(engine, status="pending", queue="default")} == set(
-        outbox.outage
-    )
+    assert {
+        j.id for j in admin.history(engine, admin.Filter(status="pending", queue="default"))
+    } == set(outbox.outage)
     for body, field in (
         ({"queue": 7}, "queue"),
         ({"dry_run": "yes"}, "dry_run"),

@@ -142,11 +142,11 @@ def test_replay_a_filtered_set_of_dead_jobs(
         )
     click(browser, "confirm")
     assert "it now matches 4" in by_id(browser, "changed").text
-    assert signalled == [] and len(admin.history(engine, status="dead")) == 6
+    assert signalled == [] and len(admin.history(engine, admin.Filter(status="dead"))) == 6
     click(browser, "confirm")
     assert "Replayed 4 jobs" in by_id(browser, "notice").text
     assert signalled == [("default",)]
-    dead = {j.id for j in admin.history(engine, status="dead")}
+    dead = {j.id for j in admin.history(engine, admin.Filter(status="dead"))}
     assert dead == {outbox.ghost, outbox.other_dead}, "only what the filter showed was replayed"
 
 

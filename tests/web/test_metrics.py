@@ -14,11 +14,11 @@ from dispatcher import CustomEvent, admin, enqueue_many
 from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
-from dispatcher.metrics import GRACE_SECONDS, Metrics, code_class
 from dispatcher.outbox import pause
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts
 from dispatcher.web import create_app
+from dispatcher.web.metrics import GRACE_SECONDS, Metrics, code_class
 from tests.support import settle
 
 from .conftest import AUTH, OUTAGE, Outbox, set_circuit

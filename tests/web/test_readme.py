@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from dispatcher.config import Settings
 from dispatcher.db import utcnow
-from dispatcher.metrics import Metrics
 from dispatcher.outbox import pause
+from dispatcher.web.metrics import Metrics
 
 from .conftest import set_circuit
 

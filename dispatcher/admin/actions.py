@@ -1,0 +1,310 @@
+"""What an operator changes: pause and resume a queue, replay dead jobs, purge old ones.
+
+Each rule lives here once; the CLI, the admin page, its API, the demo and the benchmark call these.
+A call that owns its transaction (given an Engine) tells the workers after its own commit, and
+logs one line; given a Connection, it runs in the caller's transaction, and the caller commits and
+calls :func:`dispatcher.producer.signal_workers` (or lets the sweeper find the jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from dispatcher import outbox
+from dispatcher.admin.filters import (
+    MAX_BATCH_SIZE,
+    MAX_EXPECTED,
+    MAX_JOB_IDS,
+    AdminError,
+    Filter,
+    _check_int,
+    _check_status,
+    _check_time,
+    check_queue,
+)
+from dispatcher.admin.reads import Bind, connected, job_id, where
+from dispatcher.admin.results import PurgeResult, ReplayResult
+from dispatcher.db import utcnow
+from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs
+
+__all__ = [
+    "ExpectedCountMismatch",
+    "pause_queue",
+    "paused_queues",
+    "purge",
+    "replay",
+    "resume_queue",
+]
+
+log = logging.getLogger("dispatcher.admin")
+
+
+def _signal(queues: Iterable[str]) -> None:
+    from dispatcher.producer import signal_workers
+
+    signal_workers(queues)
+
+
+# --------------------------------------------------------------------------- pause / resume
+
+
+def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an operator") -> bool:
+    """Pause ``queue`` and return once no worker will start another request for it (requests
+    already in flight may still be answered; jobs claimed but not sent go back to pending).
+    True if it was not paused before."""
+    check_queue(queue)
+    if not isinstance(reason, str) or not reason.strip():
+        raise AdminError("reason", "say why (it is shown wherever the pause is)")
+    with engine.begin() as conn:
+        changed = outbox.pause(conn, queue, reason, utcnow())
+    time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
+    if changed:
+        log.info("admin: paused queue %s: %s", queue, reason, extra={"queue": queue})
+    return changed
+
+
+def resume_queue(engine: sa.Engine, queue: str) -> bool:
+    """Deliver ``queue``'s backlog again: unpause it and, after the commit, tell the workers.
+    True if it was paused."""
+    check_queue(queue)
+    with engine.begin() as conn:
+        changed = outbox.resume(conn, queue, utcnow())
+    if changed:
+        log.info("admin: resumed queue %s", queue, extra={"queue": queue})
+        _signal([queue])
+    return changed
+
+
+def paused_queues(bind: Bind, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that are paused (a replay into them waits for ``resume``)."""
+    with connected(bind) as conn:
+        found = [q for q in names if outbox.is_paused(conn, q)]
+        if isinstance(bind, sa.Engine):
+            conn.rollback()
+    return found
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class ExpectedCountMismatch(AdminError):
+    """The filter no longer matches the number of jobs the operator confirmed: nothing changed."""
+
+    def __init__(self, expected: int, result: ReplayResult) -> None:
+        super().__init__(
+            "expected_count",
+            f"the filter matches {result.count} jobs, not {expected}: nothing done",
+        )
+        self.expected = expected
+        self.result = result
+
+
+def replay(
+    bind: Bind,
+    f: Filter | None = None,
+    *,
+    job_ids: Iterable[int | str] | None = None,
+    include_delivered: bool = False,
+    dry_run: bool = False,
+    expected: int | None = None,
+    now: datetime,
+) -> ReplayResult:
+    """Send finished jobs again: back to ``pending`` with a fresh attempt budget, in one UPDATE.
+
+    Choose them by ``job_ids`` or by ``f.status`` (dead; delivered needs ``include_delivered``)
+    plus the rest of ``f``; the filter narrows ids when both are given, and a filter without ids
+    or status is refused so a typo cannot replay everything. Only dead jobs (and, with
+    ``include_delivered``, delivered ones) ever change; a named id that is unknown or not
+    replayable makes the whole call fail before anything changes. Attempt rows stay (they are
+    the history); ``replays``/``replayed_at`` record the replay, ``last_status_code`` and
+    ``last_error`` are kept until the next attempt.
+
+    ``expected``: replay only if the filter still matches exactly that many jobs (what the
+    operator confirmed); otherwise nothing changes and :class:`ExpectedCountMismatch` carries
+    the new count. It needs an Engine, since the call must own the transaction it may undo.
+    """
+    f = f or Filter()
+    now = _check_time("now", now)
+    if expected is not None:
+        _check_int("expected_count", expected, 0, MAX_EXPECTED)
+        if not isinstance(bind, sa.Engine):
+            raise TypeError("replay(expected=...) needs an Engine: it owns its transaction")
+    targets: tuple[JobStatus, ...] = (
+        (JobStatus.DEAD, JobStatus.DELIVERED) if include_delivered else (JobStatus.DEAD,)
+    )
+    if f.status is not None:
+        if f.status not in FINISHED_STATUSES:
+            raise AdminError(
+                "status", f"only dead or delivered jobs can be replayed ({f.status} jobs are live)"
+            )
+        if f.status is JobStatus.DELIVERED and not include_delivered:
+            raise AdminError(
+                "status",
+                "replaying delivered jobs sends them again: needs include_delivered "
+                "(--include-delivered)",
+            )
+        if not (include_delivered and f.status is JobStatus.DEAD):
+            targets = (f.status,)
+
+    ids: list[int] | None = None
+    missing: list[str] = []
+    if job_ids is not None:
+        given = list(job_ids)
+        if not given:  # an empty selection replays nothing, never "everything"
+            return ReplayResult(0, (), dry_run)
+        if len(given) > MAX_JOB_IDS:
+            raise AdminError(
+                "job_ids", f"at most {MAX_JOB_IDS} ids per call (use filters for more)"
+            )
+        parsed = [(g, job_id(g)) for g in given]
+        ids = [i for _, i in parsed if i is not None]
+        missing = [str(g).strip() for g, i in parsed if i is None]
+    elif f.status is None:
+        raise AdminError(None, "give job ids or status='dead' (--status dead)")
+
+    conditions = where(Filter(**{**f.given(), "status": None}))
+    conditions.append(jobs.c.status.in_(targets))
+    with connected(bind, write=not dry_run and expected is None) as conn:
+        if ids is not None:
+            _check_replayable(conn, ids, missing, targets)
+            conditions.append(jobs.c.id.in_(ids))
+        if dry_run:
+            per_queue: Counter[str] = Counter(
+                {
+                    r.queue: int(r.n)
+                    for r in conn.execute(
+                        sa.select(jobs.c.queue, sa.func.count().label("n"))
+                        .where(*conditions)
+                        .group_by(jobs.c.queue)
+                    )
+                }
+            )
+            if isinstance(bind, sa.Engine):
+                conn.rollback()
+        else:
+            per_queue = Counter(conn.execute(_replay_statement(conditions, now)).scalars())
+            found = sum(per_queue.values())
+            if expected is not None:  # this call's own connection: commit or undo here
+                if found != expected:
+                    conn.rollback()
+                    raise ExpectedCountMismatch(
+                        expected, ReplayResult(found, tuple(sorted(per_queue)))
+                    )
+                conn.commit()
+    result = ReplayResult(sum(per_queue.values()), tuple(sorted(per_queue)), dry_run)
+    if isinstance(bind, sa.Engine) and result.count and not dry_run:
+        log.info(
+            "admin: replayed %d jobs (%s)",
+            result.count,
+            " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
+        )
+        _signal(result.queues)
+    return result
+
+
+def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
+    return (
+        sa.update(jobs)
+        .where(*conditions)
+        .values(
+            status=JobStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            delivered_at=None,
+            replays=jobs.c.replays + 1,
+            replayed_at=now,
+            updated_at=now,
+        )
+        .returning(jobs.c.queue)
+    )
+
+
+def _check_replayable(
+    conn: sa.Connection, ids: list[int], missing: list[str], targets: tuple[JobStatus, ...]
+) -> None:
+    found = {
+        r.id: r.status
+        for r in conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids)))
+    }
+    problems = [f"no job {m}" for m in missing]
+    for i in dict.fromkeys(ids):
+        state = found.get(i)
+        if state is None:
+            problems.append(f"no job {i}")
+        elif state in targets:
+            continue
+        elif state == JobStatus.DELIVERED:
+            problems.append(
+                f"job {i} is delivered: replaying sends it again, which needs include_delivered "
+                "(--include-delivered)"
+            )
+        elif state == JobStatus.DEAD:
+            problems.append(f"job {i} is dead, not {' or '.join(targets)}")
+        else:
+            problems.append(f"job {i} is {state}: only dead or delivered jobs can be replayed")
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise AdminError(None, f"nothing replayed: {shown}{more}")
+
+
+# --------------------------------------------------------------------------- purge
+
+
+def purge(
+    engine: sa.Engine,
+    *,
+    older_than: timedelta,
+    status: str | None = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    now: datetime,
+) -> PurgeResult:
+    """Delete finished jobs (delivered and dead, or only ``status``) last changed more than
+    ``older_than`` before ``now``, with their attempts.
+
+    Batches of ``batch_size`` jobs, each its own short transaction (:func:`outbox.purge_batch`),
+    so a purge of millions neither holds locks for long nor needs one huge transaction. Pending,
+    in-flight and retrying jobs are never touched.
+    """
+    now = _check_time("now", now)
+    if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+        raise AdminError("older_than", f"expected a duration >= 0 (got {older_than!r:.80})")
+    targets = FINISHED_STATUSES if status is None else (_check_status(status, FINISHED_STATUSES),)
+    batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    try:
+        cutoff = now - older_than
+    except OverflowError:
+        return PurgeResult(0, 0, dry_run)  # before the year 1: nothing is that old
+
+    if dry_run:
+        conditions = (jobs.c.status.in_(targets), jobs.c.updated_at < cutoff)
+        with engine.connect() as conn:
+            n_jobs = conn.execute(
+                sa.select(sa.func.count()).select_from(jobs).where(*conditions)
+            ).scalar_one()
+            n_attempts = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(attempts.join(jobs, attempts.c.job_id == jobs.c.id))
+                .where(*conditions)
+            ).scalar_one()
+            conn.rollback()
+        return PurgeResult(int(n_jobs), int(n_attempts), dry_run=True)
+
+    total_jobs = total_attempts = 0
+    while True:
+        with engine.begin() as conn:
+            done = outbox.purge_batch(conn, cutoff, batch_size, targets)
+        total_jobs += done.jobs
+        total_attempts += done.attempts
+        if done.jobs < batch_size:
+            break
+    return PurgeResult(total_jobs, total_attempts)

@@ -1,0 +1,185 @@
+"""Who may come in, and the headers every answer carries.
+
+Every route needs the admin token (``DISPATCHER_ADMIN_TOKEN``): as an ``Authorization: Bearer``
+header, or typed once into the login form, which sets an HTTP-only, SameSite=Strict cookie signed
+with the token (so rotating the token logs everybody out). Requests that rely on the cookie must
+carry the page's CSRF token on every POST (a form field, or the ``X-CSRF-Token`` header); bearer
+requests need none, since a browser never adds that header by itself.
+
+Without a token the server refuses to bind to anything but loopback, treats every visitor as
+logged in, and only answers requests addressed to a loopback host name, so a web page cannot
+reach it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import ClassVar
+from urllib.parse import urlencode
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dispatcher.config import Secret
+
+__all__ = [
+    "SESSION_COOKIE",
+    "SESSION_SECONDS",
+    "BindError",
+    "Gate",
+    "SecurityHeaders",
+    "check_bind",
+    "error",
+    "guarded",
+    "is_api",
+    "is_loopback",
+    "safe_next",
+]
+
+SESSION_COOKIE = "dispatcher_session"
+SESSION_SECONDS = 12 * 3600
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BindError(RuntimeError):
+    """Serving on this address without an admin token would expose the outbox."""
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: Secret | None) -> None:
+    if token is None and not is_loopback(host):
+        raise BindError(
+            f"refusing to serve on {host!r} without DISPATCHER_ADMIN_TOKEN: set it (16+ "
+            "characters), or bind to 127.0.0.1"
+        )
+
+
+class Gate:
+    """Who may come in, and the CSRF token their forms must carry."""
+
+    def __init__(self, token: Secret | None, clock: Callable[[], float] = time.time) -> None:
+        self.token = token
+        self._clock = clock
+        # With a token, cookies are signed with it; without one, with a key of this process.
+        self._key = token.reveal().encode() if token else secrets.token_bytes(32)
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+    def token_ok(self, given: str) -> bool:
+        return self.token is not None and hmac.compare_digest(
+            given.encode(), self.token.reveal().encode()
+        )
+
+    def new_session(self) -> str:
+        """``expires.nonce.signature``: unique per login, so each has its own CSRF token."""
+        body = f"{int(self._clock()) + SESSION_SECONDS}.{secrets.token_hex(8)}"
+        return f"{body}.{self._sign(f'session.{body}')}"
+
+    def session_ok(self, cookie: str | None) -> bool:
+        body, _, signature = (cookie or "").rpartition(".")
+        expires = body.partition(".")[0]
+        return (
+            expires.isascii()
+            and expires.isdigit()
+            and int(expires) > self._clock()
+            and hmac.compare_digest(signature.encode(), self._sign(f"session.{body}").encode())
+        )
+
+    def who(self, request: Request) -> str | None:
+        """``bearer``, ``cookie`` or ``open`` (no token configured); None: not let in."""
+        if self.token is None:
+            return "open" if is_loopback(request.url.hostname or "") else None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return "bearer" if self.token_ok(given.strip()) else None
+        return "cookie" if self.session_ok(request.cookies.get(SESSION_COOKIE)) else None
+
+    def csrf(self, request: Request) -> str:
+        return self._sign(f"csrf.{request.cookies.get(SESSION_COOKIE, 'open')}")
+
+
+def error(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+    """The JSON API's error body: ``{"error": …, "field": …}``."""
+    return JSONResponse({"error": message, "field": field}, status, headers=headers or None)
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/metrics"
+
+
+def safe_next(target: str) -> str:
+    """Only a path on this site: never ``//evil.example`` or ``https://…``."""
+    ok = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if ok and target.isprintable() else "/"
+
+
+def guarded(handler: Handler) -> Handler:
+    """Let in holders of the token; check the CSRF token on POSTs that rely on a cookie."""
+
+    @wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        gate: Gate = request.app.state.site.gate
+        how = gate.who(request)
+        if how is None:
+            if is_api(request) or request.method != "GET":
+                return error(
+                    401, "a valid admin token is required", **{"WWW-Authenticate": "Bearer"}
+                )
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/login?" + urlencode({"next": target}), 303)
+        if request.method == "POST" and how != "bearer":
+            given = request.headers.get("x-csrf-token")
+            if given is None and request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded"
+            ):
+                given = str((await request.form()).get("csrf", ""))
+            if not hmac.compare_digest((given or "").encode(), gate.csrf(request).encode()):
+                return error(403, "missing or wrong CSRF token: reload the page and try again")
+        return await handler(request)
+
+    return endpoint
+
+
+class SecurityHeaders:
+    """No framing, no third-party anything, no caching of pages that show customer data."""
+
+    HEADERS: ClassVar[dict[str, str]] = {
+        "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "x-frame-options": "DENY",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-store",
+    }
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

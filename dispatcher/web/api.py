@@ -1,0 +1,148 @@
+"""The JSON API under ``/api``, described by :mod:`dispatcher.web.openapi`.
+
+The same calls of :mod:`dispatcher.admin` as the pages, with stricter input: an unknown parameter
+or an empty value is refused (a script's unset variable must not widen a filter). Errors are
+``{"error": …, "field": …}`` with 400 (``field`` names what was refused), 404 or 409.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dispatcher import admin
+from dispatcher.db import utcnow
+from dispatcher.schema import JobStatus
+from dispatcher.web.access import error, guarded
+from dispatcher.web.openapi import OPENAPI
+from dispatcher.web.pages import DEAD_FIELDS, HISTORY_FIELDS
+from dispatcher.web.site import mask_emails, site_of
+
+__all__ = ["JOBS_PARAMETERS", "REPLAY_FIELDS"]
+
+JOBS_PARAMETERS = (*HISTORY_FIELDS, "page", "per_page")
+# The replay request's JSON fields and their types (filters are sent as JSON values, read as text).
+REPLAY_FIELDS: dict[str, type] = {
+    "queue": str,
+    "event_id": int,
+    "status_code": int,
+    "since": str,
+    "until": str,
+    "dry_run": bool,
+    "expected_count": int,
+}
+
+
+def _bad(exc: admin.AdminError) -> JSONResponse:
+    return error(400, exc.message, exc.field)
+
+
+@guarded
+async def queues(request: Request) -> Response:
+    found = await run_in_threadpool(admin.stats, site_of(request).engine, utcnow())
+    return JSONResponse({"queues": {name: q.as_dict() for name, q in found.items()}})
+
+
+@guarded
+async def jobs(request: Request) -> Response:
+    params = request.query_params
+    try:
+        unknown = sorted(set(params) - set(JOBS_PARAMETERS))
+        if unknown:
+            raise admin.AdminError(unknown[0][:40], "unknown parameter")
+        f = admin.parse_filter(params, utcnow(), fields=HISTORY_FIELDS)
+        page = admin.parse_page(params)
+        found, more = await run_in_threadpool(admin.history_page, site_of(request).engine, f, page)
+    except admin.AdminError as exc:
+        return _bad(exc)
+    shown = [{**j.as_dict(), "last_error": mask_emails(j.last_error)} for j in found]
+    return JSONResponse(
+        {"jobs": shown, "page": page.number, "per_page": page.size, "has_more": more}
+    )
+
+
+def _masked(job: admin.JobDetail) -> dict[str, Any]:
+    shown = job.as_dict()
+    for key in ("payload", "last_error"):
+        shown[key] = mask_emails(shown[key])
+    for attempt in shown["attempt_log"]:
+        for key in ("error", "response_body"):
+            attempt[key] = mask_emails(attempt[key])
+    return shown
+
+
+@guarded
+async def job(request: Request) -> Response:
+    reveal = request.query_params.get("reveal", "false")
+    if reveal not in ("true", "false"):
+        return error(400, "expected true or false", "reveal")
+    if set(request.query_params) - {"reveal"}:
+        return error(400, "unknown parameter")
+    try:
+        found = await run_in_threadpool(
+            admin.show, site_of(request).engine, request.path_params["job_id"]
+        )
+    except admin.AdminError as exc:
+        return _bad(exc)
+    if found is None:
+        return error(404, "no such job")
+    return JSONResponse(found.as_dict() if reveal == "true" else _masked(found))
+
+
+@guarded
+async def resume(request: Request) -> Response:
+    site = site_of(request)
+    queue = request.path_params["queue"]
+    try:
+        admin.check_queue(queue)
+    except admin.AdminError as exc:
+        return _bad(exc)
+    resumed = await run_in_threadpool(site.resume, queue)
+    return JSONResponse({"queue": queue, "resumed": resumed})
+
+
+@guarded
+async def replay(request: Request) -> Response:
+    site = site_of(request)
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (ValueError, RecursionError):
+        return error(400, "expected a JSON object")
+    if not isinstance(body, dict):
+        return error(400, "expected a JSON object")
+    for key, value in body.items():
+        wanted = REPLAY_FIELDS.get(key)
+        if wanted is None:
+            return error(400, f"unknown field {key!r:.40}", key)
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            return error(400, f"expected {wanted.__name__}", key)
+    texts = {k: str(v) for k, v in body.items() if k in DEAD_FIELDS}
+    dry_run = bool(body.get("dry_run"))
+    try:
+        f = admin.parse_filter(texts, utcnow(), fields=DEAD_FIELDS)
+        f = admin.Filter(**{**f.given(), "status": JobStatus.DEAD})
+        result = await run_in_threadpool(
+            lambda: admin.replay(
+                site.engine,
+                f,
+                dry_run=dry_run,
+                expected=body.get("expected_count"),
+                now=utcnow(),
+            )
+        )
+    except admin.ExpectedCountMismatch as exc:
+        return error(409, exc.message)
+    except admin.AdminError as exc:
+        return _bad(exc)
+    if result.count and not dry_run:
+        site.metrics.invalidate()
+    return JSONResponse(result.as_dict())
+
+
+@guarded
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)

@@ -1,0 +1,246 @@
+"""The server-rendered pages (Starlette + Jinja2, no JavaScript, no build step).
+
+Each page turns what the operator typed into a call of :mod:`dispatcher.admin` and renders what
+it returns; the filters, their limits and every operator rule are the service's. A form sends
+every field, so here an empty field means "not given".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from dispatcher import admin
+from dispatcher.db import utcnow
+from dispatcher.schema import STATUSES, JobStatus
+from dispatcher.web.access import SESSION_COOKIE, SESSION_SECONDS, guarded, safe_next
+from dispatcher.web.site import site_of
+
+__all__ = ["DEAD_FIELDS", "HISTORY_FIELDS", "age", "link", "when"]
+
+HISTORY_FIELDS = admin.FILTER_FIELDS
+DEAD_FIELDS = ("queue", "event_id", "status_code", "since", "until")  # what replay takes too
+NONE = "\u2013"  # an en dash: "nothing here" in a table cell
+
+
+@dataclasses.dataclass(frozen=True)
+class Typed:
+    """What the operator typed (to refill the form and build links) and the page shown."""
+
+    form: dict[str, str]
+    page: int = 1
+
+
+def _typed(params: Mapping[str, str], fields: tuple[str, ...], page: int = 1) -> Typed:
+    return Typed({k: params[k].strip() for k in fields if params.get(k, "").strip()}, page)
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return NONE
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600}h"
+
+
+def when(value: datetime | None) -> str:
+    return NONE if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def link(path: str, params: Mapping[str, str], **changes: object) -> str:
+    merged = {**params, **{k: str(v) for k, v in changes.items() if v is not None}}
+    query = urlencode({k: v for k, v in merged.items() if v})
+    return f"{path}?{query}" if query else path
+
+
+async def login_page(request: Request) -> Response:
+    site = site_of(request)
+    nxt = request.query_params.get("next", "/")
+    if site.gate.token is None:
+        return RedirectResponse("/", 303)
+    return site.render(request, "login.html", next=safe_next(nxt), error=None)
+
+
+async def login(request: Request) -> Response:
+    site = site_of(request)
+    form = await request.form()
+    nxt = safe_next(str(form.get("next", "/")))
+    if site.gate.token is None:
+        return RedirectResponse(nxt, 303)
+    if not site.gate.token_ok(str(form.get("token", ""))):
+        return site.render(request, "login.html", 401, next=nxt, error="That is not the token.")
+    response = RedirectResponse(nxt, 303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        site.gate.new_session(),
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@guarded
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@guarded
+async def overview(request: Request) -> Response:
+    site = site_of(request)
+    queues = await run_in_threadpool(admin.stats, site.engine, utcnow())
+    return site.render(
+        request,
+        "overview.html",
+        queues=queues,
+        statuses=STATUSES,
+        resumed=request.query_params.get("resumed"),
+    )
+
+
+@guarded
+async def resume_page(request: Request) -> Response:
+    site = site_of(request)
+    queue = request.path_params["queue"]
+    try:
+        admin.check_queue(queue)
+    except admin.AdminError:
+        raise HTTPException(404) from None
+    await run_in_threadpool(site.resume, queue)
+    return RedirectResponse("/?" + urlencode({"resumed": queue}), 303)
+
+
+def _refused(request: Request, page: str, typed: Typed, exc: admin.AdminError) -> Response:
+    """A filter page again, with what was typed and why it was refused."""
+    return site_of(request).render(
+        request,
+        page,
+        400,
+        f=typed,
+        error=exc,
+        jobs=[],
+        more=False,
+        statuses=STATUSES,
+        count=0,
+        pinned={},
+        replayed=None,
+    )
+
+
+def _read(
+    params: Mapping[str, str], fields: tuple[str, ...], status: JobStatus | None = None
+) -> tuple[admin.Filter, admin.Page, Typed]:
+    f = admin.parse_filter(params, utcnow(), fields=fields, blank="ignore")
+    if status is not None:
+        f = dataclasses.replace(f, status=status)
+    page = admin.parse_page({"page": params.get("page", "")}, blank="ignore")
+    return f, page, _typed(params, fields, page.number)
+
+
+@guarded
+async def history_page(request: Request) -> Response:
+    site = site_of(request)
+    params = request.query_params
+    try:
+        f, page, typed = _read(params, HISTORY_FIELDS)
+        found, more = await run_in_threadpool(admin.history_page, site.engine, f, page)
+    except admin.AdminError as exc:
+        return _refused(request, "history.html", _typed(params, HISTORY_FIELDS), exc)
+    return site.render(
+        request, "history.html", f=typed, jobs=found, more=more, error=None, statuses=STATUSES
+    )
+
+
+@guarded
+async def job_page(request: Request) -> Response:
+    site = site_of(request)
+    try:
+        job = await run_in_threadpool(admin.show, site.engine, request.path_params["job_id"])
+    except admin.AdminError:
+        job = None
+    if job is None:
+        raise HTTPException(404, f"no job {request.path_params['job_id']:.40}")
+    reveal = request.query_params.get("reveal") == "1"
+    return site.render(request, "job.html", job=job, reveal=reveal)
+
+
+@guarded
+async def dead_page(request: Request) -> Response:
+    site = site_of(request)
+    params = request.query_params
+    try:
+        f, page, typed = _read(params, DEAD_FIELDS, JobStatus.DEAD)
+        found, more = await run_in_threadpool(admin.history_page, site.engine, f, page)
+        matching = await run_in_threadpool(
+            lambda: admin.replay(site.engine, f, dry_run=True, now=utcnow())
+        )
+    except admin.AdminError as exc:
+        return _refused(request, "dead.html", _typed(params, DEAD_FIELDS), exc)
+    return site.render(
+        request,
+        "dead.html",
+        f=typed,
+        jobs=found,
+        more=more,
+        count=matching.count,
+        pinned=f.as_text(DEAD_FIELDS),
+        error=None,
+        replayed=params.get("replayed"),
+    )
+
+
+@guarded
+async def replay_page(request: Request) -> Response:
+    """GET: confirm ("Replay N jobs?"); POST: replay, if the filter still matches N jobs."""
+    site = site_of(request)
+    params = await request.form() if request.method == "POST" else request.query_params
+    fields = {k: str(v) for k, v in params.items()}
+    confirm = request.method == "GET"
+    try:
+        f, _, _ = _read(fields, DEAD_FIELDS, JobStatus.DEAD)
+        expected = (
+            None
+            if confirm
+            else admin.parse_int("expected", fields.get("expected", ""), 0, admin.MAX_EXPECTED)
+        )
+        result = await run_in_threadpool(
+            lambda: admin.replay(site.engine, f, dry_run=confirm, expected=expected, now=utcnow())
+        )
+    except admin.ExpectedCountMismatch as exc:
+        return site.render(
+            request,
+            "confirm.html",
+            409,
+            count=exc.result.count,
+            queues=exc.result.queues,
+            pinned=f.as_text(DEAD_FIELDS),
+            was=exc.expected,
+        )
+    except admin.AdminError as exc:
+        return _refused(request, "dead.html", _typed(fields, DEAD_FIELDS), exc)
+    if not confirm:
+        site.metrics.invalidate()
+        return RedirectResponse(link("/dead", f.as_text(DEAD_FIELDS), replayed=result.count), 303)
+    return site.render(
+        request,
+        "confirm.html",
+        count=result.count,
+        queues=result.queues,
+        pinned=f.as_text(DEAD_FIELDS),
+        was=None,
+    )
