@@ -202,13 +202,26 @@ def _db_error(exc: sa.exc.SQLAlchemyError) -> str:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--queues",
+    default="",
+    help="Serve only these outbox queues (comma-separated; each listed in "
+    "DISPATCHER_DEDICATED_QUEUES). Default: all.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, queues: str) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
-    from dispatcher.tasks import app
+    from dispatcher.tasks import app, worker_queues
 
-    quiet = ["--quiet"] if get_settings().log_format == "json" else []  # the banner is not JSON
-    app.worker_main([*quiet, "worker", "--loglevel=INFO", *ctx.args])
+    settings = get_settings()
+    try:
+        consume = worker_queues([q.strip() for q in queues.split(",") if q.strip()], settings)
+    except ConfigError as exc:
+        fail(str(exc))
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # the banner is not JSON
+    app.worker_main(
+        [*quiet, "worker", "--loglevel=INFO", f"--queues={','.join(consume)}", *ctx.args]
+    )
 
 
 @main.command()

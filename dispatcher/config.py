@@ -107,6 +107,9 @@ class Settings:
     concurrency_limits: Mapping[str, int] = field(default_factory=dict)
     sweep_interval_seconds: float = 1.0
     log_format: str = "text"  # or "json": one object per line (dispatcher.logs)
+    # Outbox queues whose signals travel on a Celery queue of their own ("dispatcher.<queue>"),
+    # so that `dispatcher worker --queues …` can serve only them (see tasks.celery_queue).
+    dedicated_queues: frozenset[str] = frozenset()
     # The sweeper removes finished jobs older than this (None: never); see dispatcher.retention.
     retention: timedelta | None = timedelta(days=30)
     response_body_limit: int = 8192
@@ -229,7 +232,17 @@ class Settings:
         log_format = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
         if log_format not in ("text", "json"):
             raise ConfigError(f"DISPATCHER_LOG_FORMAT: text or json (got {log_format!r})")
+        dedicated = frozenset(
+            name.strip() for name in (env.get("DISPATCHER_DEDICATED_QUEUES") or "").split(",")
+        ) - {""}
+        for name in sorted(dedicated):
+            if not QUEUE_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"DISPATCHER_DEDICATED_QUEUES: {name!r} is not a queue name (lower-case "
+                    "letters, digits, '-' and '_', at most 64, starting with a letter or digit)"
+                )
         settings = cls(
+            dedicated_queues=dedicated,
             log_format=log_format,
             retention=retention_from(env.get("DISPATCHER_RETENTION")),
             database_url=normalize_database_url(

@@ -34,7 +34,7 @@ from celery.signals import (
 )
 
 from dispatcher import logs
-from dispatcher.config import Settings, get_settings
+from dispatcher.config import ConfigError, Settings, get_settings
 from dispatcher.db import dispose_engines
 from dispatcher.delivery import Deliverer
 
@@ -43,6 +43,28 @@ log = logging.getLogger("dispatcher.tasks")
 CELERY_QUEUE = "dispatcher"
 DRAIN_SECONDS = 10.0
 TASK_NAME = "dispatcher.deliver"
+
+
+def celery_queue(queue: str, settings: Settings) -> str:
+    """The Celery queue that carries ``queue``'s signals: one of its own for the queues listed in
+    ``DISPATCHER_DEDICATED_QUEUES`` (so a worker can serve only them), else the shared one."""
+    return f"{CELERY_QUEUE}.{queue}" if queue in settings.dedicated_queues else CELERY_QUEUE
+
+
+def worker_queues(selected: Iterable[str], settings: Settings) -> list[str]:
+    """What ``dispatcher worker [--queues a,b]`` consumes: the named outbox queues' own Celery
+    queues, or (none named) the shared one and every dedicated one: such a worker serves all."""
+    selected = list(selected)
+    if not selected:
+        return [CELERY_QUEUE, *(f"{CELERY_QUEUE}.{q}" for q in sorted(settings.dedicated_queues))]
+    unknown = [q for q in selected if q not in settings.dedicated_queues]
+    if unknown:
+        raise ConfigError(
+            f"--queues {','.join(unknown)}: list {'it' if len(unknown) == 1 else 'them'} in "
+            "DISPATCHER_DEDICATED_QUEUES, in the environment of every process (producers, "
+            "sweeper, workers), so that their signals go to a Celery queue of their own"
+        )
+    return [celery_queue(q, settings) for q in selected]
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -71,6 +93,13 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
     )
+
+    def route(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, str] | None:
+        if name == TASK_NAME and args:
+            return {"queue": celery_queue(str(args[0]), settings)}
+        return None
+
+    app.conf.task_routes = (route,)
     return app
 
 
