@@ -529,7 +529,7 @@ def _log_failure(r: AttemptResult) -> None:
             job.queue,
             r.status_code,
             reason,
-            extra={**fields, "attempt": attempt, "outcome": "dead"},
+            extra={**fields, "attempt": attempt, "outcome": Outcome.DEAD.value},
         )
         return
     next_at = r.started_at + timedelta(seconds=decision.delay_seconds or 0.0)
