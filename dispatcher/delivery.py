@@ -207,7 +207,9 @@ class Deliverer:
                     elif not throttled_for:
                         d.exhausted = True
                     elif not d.sent:  # throttled with nothing else to do
-                        time.sleep(min(throttled_for, max(0.0, d.deadline - time.monotonic())))
+                        left = max(0.0, d.deadline - time.monotonic())
+                        time.sleep(min(throttled_for, POLL_SECONDS, left))
+                        self._upkeep(d)  # a shutdown is heard while waiting, too
                         continue
                     else:
                         break  # throttled: collect what is in flight first

@@ -410,3 +410,28 @@ def test_a_trickling_api_gets_its_jobs_retried_not_stuck(
     finally:
         d.close()
     assert counts(engine) == {"delivered": 2}
+
+
+def test_a_shutdown_while_throttled_ends_within_the_grace(
+    slow: Settings, engine: sa.Engine, sandbox: Sandbox
+) -> None:
+    """A queue at its shared concurrency ceiling (another worker holds the only slot): the drain
+    waits for a free slot with nothing in flight, and must still hear the shutdown."""
+    settings = dataclasses.replace(slow, concurrency_limits={"": 1}, shutdown_grace_seconds=1.0)
+    add_jobs(5)
+    with engine.begin() as conn:  # another worker's request, out for a long time
+        assert outbox.claim(conn, "default", 1, utcnow(), 60.0)
+    stop = threading.Event()
+    d = Deliverer(settings)
+    try:
+        drain = Running(lambda: d.drain("default", max_seconds=30, stopping=stop.is_set))
+        time.sleep(0.3)
+        stop.set()
+        asked_at = time.monotonic()
+        summary = drain.join()
+    finally:
+        d.close()
+    assert drain.returned_at - asked_at < settings.shutdown_grace_seconds + MARGIN
+    assert summary.shutdown
+    assert sandbox.count() == 0
+    assert counts(engine) == {"pending": 4, "in_flight": 1}
