@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import sqlalchemy as sa
 
-from dispatcher import logs
+from dispatcher import __version__, logs
 from dispatcher.config import DEFAULT_QUEUE, ConfigError, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import (
@@ -39,6 +39,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="ecdp-dispatcher")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Deliver custom events from the SQL outbox to the ExpertSender CDP API."""
@@ -222,6 +223,16 @@ def worker(ctx: click.Context, queues: str) -> None:
     app.worker_main(
         [*quiet, "worker", "--loglevel=INFO", f"--queues={','.join(consume)}", *ctx.args]
     )
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Probe: readiness (database, schema, broker), or --worker / --sweeper liveness from their
+    heartbeat on this machine (no broker, well under half a second). Exit 0 healthy, 1 not."""
+    from dispatcher.health import check_command
+
+    sys.exit(check_command(list(ctx.args)))
 
 
 @main.command()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from dispatcher import outbox
+from dispatcher import health, outbox
 from dispatcher.db import utcnow
 from dispatcher.retention import Retention
 
@@ -60,4 +60,8 @@ def run(
                 retention.run_once()
         except Exception:
             log.exception("sweep failed; retrying in %.1fs", interval)
+        try:
+            health.beat("sweeper")  # alive, whether this pass worked or not (see health.py)
+        except OSError:
+            log.warning("could not write the sweeper's heartbeat to %s", health.heartbeat_dir())
         stop.wait(interval)

@@ -26,14 +26,16 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    heartbeat_sent,
     setup_logging,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutting_down,
 )
 
-from dispatcher import logs
+from dispatcher import health, logs
 from dispatcher.config import ConfigError, Settings, get_settings
 from dispatcher.db import dispose_engines
 from dispatcher.delivery import Deliverer
@@ -120,6 +122,17 @@ def stopping() -> bool:
 def _on_worker_init(**_: object) -> None:
     global _stopping
     _stopping = multiprocessing.get_context("fork").Event()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+@heartbeat_sent.connect  # type: ignore[untyped-decorator]
+def _beat(**_: object) -> None:
+    # From the consumer's own loop (every event heartbeat, 2 s): `dispatcher check --worker`
+    # then knows the worker is alive and not stuck, without asking the broker.
+    try:
+        health.beat("worker")
+    except OSError:
+        log.warning("could not write the worker's heartbeat to %s", health.heartbeat_dir())
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -7,9 +7,8 @@ from sqlalchemy import Connection
 
 from dispatcher.config import get_settings, normalize_database_url
 from dispatcher.db import create_engine
+from dispatcher.migrate import VERSION_TABLE
 from dispatcher.schema import metadata
-
-VERSION_TABLE = "dispatcher_alembic_version"  # our own, so we never clash with the app's Alembic
 
 config = context.config
 url = normalize_database_url(
