@@ -97,9 +97,9 @@ class ExpectedCountMismatch(AdminError):
     """The filter no longer matches the number of jobs the operator confirmed: nothing changed."""
 
     def __init__(self, expected: int, result: ReplayResult) -> None:
+        # Not a bad argument (field None): the outbox changed since the operator looked.
         super().__init__(
-            "expected_count",
-            f"the filter matches {result.count} jobs, not {expected}: nothing done",
+            None, f"the filter matches {result.count} jobs, not {expected}: nothing done"
         )
         self.expected = expected
         self.result = result

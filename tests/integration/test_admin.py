@@ -24,7 +24,7 @@ from dispatcher.cli import main
 from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
-from dispatcher.outbox import pause
+from dispatcher.outbox import is_paused, pause
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import STATUSES, attempts, jobs, queues
@@ -662,6 +662,59 @@ def test_replay_dry_run_changes_nothing(
     assert run("replay", outbox.ghost, "--dry-run").stdout.startswith("would replay 1 job")
     assert "is delivered" in run("replay", outbox.anna, "--dry-run", code=1).stderr
     assert snapshot(engine) == before and signalled == []
+
+
+def test_replay_with_an_expected_count(
+    outbox: Outbox,
+    run: Callable[..., Result],
+    engine: sa.Engine,
+    signalled: list[tuple[str, ...]],
+) -> None:
+    """Replay only if the filter still matches the number of jobs the operator confirmed."""
+    before = snapshot(engine)
+    refused = run("replay", "--status", "dead", "--expected-count", "3", code=1)
+    assert "the filter matches 2 jobs, not 3: nothing done" in refused.stderr
+    with pytest.raises(admin.ExpectedCountMismatch) as caught:
+        admin.replay(engine, admin.Filter(status="dead"), expected=1, now=utcnow())
+    assert (caught.value.expected, caught.value.result.count) == (1, 2)
+    assert snapshot(engine) == before and signalled == []
+    with engine.connect() as conn, pytest.raises(TypeError, match="needs an Engine"):
+        admin.replay(conn, admin.Filter(status="dead"), expected=2, now=utcnow())
+    out = run("replay", "--status", "dead", "--expected-count", "2").stdout
+    assert out == "replayed 2 jobs in default\n"
+    assert signalled == [("default",)]
+
+
+def test_resume_tells_the_workers_after_its_commit(
+    outbox: Outbox, run: Callable[..., Result], engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[tuple[str, ...], bool]] = []
+
+    def signal(queues: Iterable[str]) -> None:
+        names = tuple(queues)
+        with engine.connect() as other:  # what a worker woken now would read
+            seen.append((names, is_paused(other, names[0])))
+
+    monkeypatch.setattr("dispatcher.producer.signal_workers", signal)
+    assert run("resume", "eu-shop").stdout == "queue eu-shop resumed\n"
+    assert seen == [(("eu-shop",), False)]
+    assert run("resume", "eu-shop").stdout == "queue eu-shop was not paused\n"
+    assert admin.resume_queue(engine, "eu-shop") is False
+    assert len(seen) == 1, "nothing to resume, nobody signalled"
+
+
+def test_pause_and_resume_check_the_queue_name(
+    outbox: Outbox, run: Callable[..., Result], engine: sa.Engine
+) -> None:
+    before = snapshot(engine)
+    for command in ("pause", "resume"):
+        out = run(command, "EU shop", code=2).output
+        assert "QUEUE" in out and "must be 1-64 characters" in out
+    assert "--reason" in run("pause", "default", "--reason", " ", code=2).output
+    with pytest.raises(admin.AdminError) as caught:
+        admin.pause_queue(engine, "default\n", "why")
+    assert caught.value.field == "queue"
+    assert snapshot(engine) == before
 
 
 def test_replay_into_a_paused_queue_says_so(
