@@ -1118,8 +1118,8 @@ def raw_http_run(sink: Sink, n: int, threads: int, tag: str) -> dict[str, Any]:
 
 
 def client_run(sink: Sink, n: int, in_flight: int, tag: str) -> dict[str, Any]:
-    """One process, the dispatcher's own ``EcdpClient`` (asyncio + httpcore, a connection per
-    request in flight), the same bodies: what a worker's sending side does without the outbox."""
+    """One process, the dispatcher's own ``EcdpClient`` (aiohttp on the process's loop thread),
+    the same bodies: what a worker's sending side does without the outbox."""
     from dispatcher.config import Secret
     from dispatcher.ecdp import EcdpClient
 
@@ -1367,6 +1367,7 @@ FIGURES = (
     "raw_http_50ms",
     "latency",
     "memory",
+    "clients",  # bench/clients.py: HTTP clients side by side, CPU per request (issue 13)
 )
 
 
@@ -1410,7 +1411,7 @@ def parse_args() -> argparse.Namespace:
     args.batch = 5000 if q else 20000
     args.http_n = min(args.jobs, 10000)
     args.memory_jobs = args.memory_jobs or 60000
-    selected = set(FIGURES) - ({"drain_big_table", "memory"} if q else set())
+    selected = set(FIGURES) - ({"drain_big_table", "memory", "clients"} if q else set())
     if args.only:
         selected = {f.strip() for f in args.only.split(",") if f.strip()}
         unknown = selected - set(FIGURES)
@@ -1677,6 +1678,23 @@ def run(
             f"{res['rss_growth_bytes_per_event']:.1f} B/event"
         )
 
+    clients_result = None
+    if "clients" in sel:
+        import clients
+
+        log("HTTP clients side by side (bench/clients.py)")
+        clients_result = clients.side_by_side(
+            {"nginx": nginx.fast.url, "50ms": slow.url},
+            rounds=args.rounds,
+            quick=args.quick,
+            candidates=list(clients.CANDIDATES),
+            src=src,
+            log=log,
+        )
+        clients_result["table"] = (
+            f"{clients.table(clients_result)}\n\n{clients.verdict(clients_result)}"
+        )
+
     profile_summary = None
     if args.py_spy:
         out = Path(tempfile.gettempdir()) / "ecdp-bench-py-spy-drain.txt"  # MBs: not for git
@@ -1713,6 +1731,9 @@ def run(
                 for x in rss
             )
         )
+    if clients_result:
+        print(f"\nHTTP clients, CPU ms per request and requests/s by sink and requests in flight:\n"
+              f"{clients_result['table']}")  # fmt: skip
     if profile_summary:
         print("\n" + profile_summary)
     document = {
@@ -1732,6 +1753,7 @@ def run(
         "runs": raw,
         "table": table,
         "profile": profile_summary,
+        "clients": clients_result,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")

@@ -2,17 +2,18 @@
 
 This module is the cut-off point between the delivery logic and the network: it never raises for
 an HTTP or transport failure, it returns an :class:`Answer` that :mod:`dispatcher.policy` can
-judge.
+judge. :class:`Sender` is the seam :class:`~dispatcher.delivery.Deliverer` depends on;
+:class:`EcdpClient` is the one that goes to the network.
 
-Why it looks the way it does (measured with ``bench/run.py``'s sinks, 2 cores): against an API
-50 ms away, one process has to keep about a hundred requests in flight to send a thousand a
-second. Threads sharing one ``httpx.Client`` stop scaling at a few dozen (612 requests/s at 32
-threads, 172/s at 128: the connection pool's lock and bookkeeping grow with every connection),
-and ``httpx.AsyncClient`` over one shared pool fared worse (121/s with 64 tasks). What scales is
-one asyncio loop on its own thread, sending each request over a keep-alive connection of its own
-("a slot") with ``httpcore``, the HTTP/1.1 engine underneath httpx, on plain asyncio streams
-(:mod:`dispatcher.httpcore_asyncio`): about 2,000 requests/s with 128 in flight, at less CPU per
-request than a plain single-threaded ``httpx.Client`` loop.
+Why aiohttp, on uvloop where it is installed (``bench/clients.py``, README "HTTP client, chosen by
+measurement"): against an API 50 ms away one process has to keep about a hundred requests in
+flight to send a thousand a second. ``httpx.AsyncClient`` falls over there (86 requests/s and
+11 ms of CPU per request with 128 in flight: its pool's bookkeeping grows with every
+connection), and threads sharing an ``httpx.Client`` stop scaling at a few dozen. This module
+used to be a hand-made stack (httpcore on raw asyncio streams, a pool of single-connection
+"slots", private APIs of two libraries) for that reason; measured side by side, the way
+``Deliverer`` submits, one ``aiohttp.ClientSession`` on the process's loop thread takes about
+half its CPU per request, and a third on uvloop, at the same or better requests/s.
 """
 
 from __future__ import annotations
@@ -28,29 +29,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
-import httpcore
+import aiohttp
+import certifi
 
 from dispatcher.config import Secret, check_base_url
 from dispatcher.db import utcnow
-from dispatcher.httpcore_asyncio import AsyncioBackend
 
 log = logging.getLogger("dispatcher.ecdp")
 
 DRAIN_LIMIT = 8 * 1024 * 1024  # read (and drop) this much of an answer to keep its connection
 KEEPALIVE_SECONDS = 5.0  # an idle connection older than this is not reused (httpx's default)
 
-# Everything a broken network, TLS session or peer can raise from httpcore on asyncio: anyio
-# passes ssl.SSLError and OSError through where httpx's sync backend wrapped them.
-NETWORK_ERRORS = (
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.ProxyError,
-    httpcore.UnsupportedProtocol,
-    ssl.SSLError,
-    OSError,
-)
+# After the request has started; anything else (a bug) is logged and judged as a failure too.
+NETWORK_ERRORS = (aiohttp.ClientError, ssl.SSLError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +53,7 @@ class Answer:
     duration_ms: int
     status_code: int | None  # None: no HTTP answer (see ``error``)
     body: bytes  # at most ``body_limit`` bytes of it
-    body_size: int  # the whole body's size, to say how much was cut
+    body_size: int  # the whole body's size (as far as it was read), to say how much was cut
     retry_after: str | None
     error: str | None
 
@@ -68,22 +62,49 @@ class Answer:
         return cls(started_at, _ms_since(start), None, b"", 0, None, error[:1000])
 
 
+class Sender(Protocol):
+    """What :class:`~dispatcher.delivery.Deliverer` needs of an HTTP client (and a test double
+    provides: see :mod:`dispatcher.testing`)."""
+
+    def submit(self, endpoint: str, payload: str | bytes, api_key: Secret) -> Future[Answer]:
+        """Start one POST of ``payload`` to ``endpoint``; callable from any thread. The future's
+        result is the :class:`Answer`, never an exception for an HTTP or network failure."""
+        ...
+
+    def close(self) -> None:
+        """Give up what is in flight and release the connections."""
+        ...
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's where it is installed (not on Windows), else asyncio's, which does the same job
+    at about 1.5 times the CPU per request."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 @dataclass
 class _Loop:
-    """The event loop thread and what lives on it; made on first use in each process."""
+    """The event loop thread and the session on it; made on first use in each process."""
 
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
-    slots: asyncio.LifoQueue[httpcore.AsyncConnectionPool]
+    session: aiohttp.ClientSession
 
 
 class EcdpClient:
     """POSTs outbox payloads to the ECDP API. Thread-safe: call :meth:`submit` from any thread.
 
     Requests run on an event loop in a daemon thread that the client starts on first use (and
-    again in a forked child, which has no copy of the parent's threads). At most
-    ``max_connections`` are in flight; more wait for a free slot. Redirects are never followed: a
-    redirect is an answer to judge, not a reason to send the API key somewhere else.
+    again in a forked child, which has no copy of the parent's threads), through one
+    ``aiohttp.ClientSession`` with keep-alive connections. At most ``max_connections`` are open;
+    more requests wait for one. Redirects are never followed: a redirect is an answer to judge,
+    not a reason to send the API key somewhere else. Each request ends within ``timeout``,
+    connection to last byte (a server that trickles its answer included); connecting has
+    ``connect_timeout`` of that.
     """
 
     def __init__(
@@ -96,26 +117,34 @@ class EcdpClient:
         body_limit: int = 8192,
         proxy_url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     ) -> None:
         self.base_url = check_base_url(base_url)
         parts = urlsplit(self.base_url)
-        assert parts.hostname is not None  # check_base_url saw to it
+        path = quote(parts.path, safe="/%:@!$&'()*+,;=")
+        self._prefix = parts._replace(path=path).geturl()
         self.body_limit = body_limit
-        self._scheme = parts.scheme.lower().encode()
-        self._host = parts.hostname.encode("idna")
-        self._port = parts.port
-        self._path = quote(parts.path, safe="/%:@!$&'()*+,;=").encode()
-        host = b"[%s]" % self._host if b":" in self._host else self._host
-        self._host_header = host if parts.port is None else b"%s:%d" % (host, parts.port)
-        self._timeouts = {"connect": connect_timeout, "read": timeout, "write": timeout}
         # The whole request, connection to last byte: a per-read timeout alone lets an API that
         # trickles its answer a byte at a time hold a request (and its job's lease) forever.
         self._deadline = timeout
+        self._timeouts = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self._max_connections = max_connections
-        # One context for every connection: building one reads the CA bundle (tens of ms).
-        self._ssl_context = ssl_context or httpcore.default_ssl_context()
-        self._proxy = _proxy(proxy_url, self._ssl_context) if proxy_url else None
-        self._network = AsyncioBackend()
+        # One context for every connection: building one reads the CA bundle (tens of ms). The
+        # system's CAs and certifi's, as httpx (and this client before aiohttp) trusted.
+        if ssl_context is None:
+            ssl_context = ssl.create_default_context()
+            ssl_context.load_verify_locations(certifi.where())
+        self._ssl_context = ssl_context
+        self._headers = {"Content-Type": "application/json"}
+        self._proxy: str | None = None
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy_url:
+            self._proxy, credentials = _proxy(proxy_url)
+            if credentials and parts.scheme == "https":  # for the CONNECT, not the API
+                self._proxy_headers = {"Proxy-Authorization": credentials}
+            elif credentials:  # a plain-http request goes to the proxy as it is
+                self._headers["Proxy-Authorization"] = credentials
+        self._loop_factory = loop_factory
         self._lock = threading.Lock()
         self._running: _Loop | None = None
         self._closed = False
@@ -128,7 +157,7 @@ class EcdpClient:
         body = payload.encode() if isinstance(payload, str) else payload
         running = self._loop()
         return asyncio.run_coroutine_threadsafe(
-            self._post(running, endpoint, body, api_key), running.loop
+            self._post(running.session, endpoint, body, api_key), running.loop
         )
 
     def post(self, endpoint: str, payload: str | bytes, api_key: Secret) -> Answer:
@@ -161,93 +190,92 @@ class EcdpClient:
             return self._running
 
     def _start(self) -> _Loop:
-        loop = asyncio.new_event_loop()
-        slots: asyncio.LifoQueue[httpcore.AsyncConnectionPool] = asyncio.LifoQueue()
-        for _ in range(self._max_connections):
-            # A pool of one: it reconnects when the server closed the connection and expires
-            # idle ones; nothing is shared between slots, so no bookkeeping grows with them.
-            slots.put_nowait(
-                httpcore.AsyncConnectionPool(
-                    ssl_context=self._ssl_context,
-                    proxy=self._proxy,
-                    max_connections=1,
-                    keepalive_expiry=KEEPALIVE_SECONDS,
-                    network_backend=self._network,
-                )
-            )
+        loop = (self._loop_factory or new_event_loop)()
         thread = threading.Thread(target=loop.run_forever, name="ecdp-http", daemon=True)
         thread.start()
-        return _Loop(loop, thread, slots)
+        session = asyncio.run_coroutine_threadsafe(self._session(), loop).result(timeout=30)
+        return _Loop(loop, thread, session)
+
+    async def _session(self) -> aiohttp.ClientSession:
+        """Made on the loop (aiohttp asks for a running one)."""
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=self._max_connections,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            ssl=self._ssl_context,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeouts,
+            headers={"User-Agent": "ecdp-dispatcher", "Accept": "*/*"},
+            skip_auto_headers=("Accept-Encoding",),  # we never decompress
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # each request stands alone
+            trust_env=False,  # the proxy is config.proxy_for()'s, passed in
+            request_class=_Request,
+        )
 
     # -- the loop's side ------------------------------------------------------------------
 
-    async def _post(self, running: _Loop, endpoint: str, body: bytes, api_key: Secret) -> Answer:
-        if self._closed:  # submitted as close() began: its slots are gone
+    async def _post(
+        self, session: aiohttp.ClientSession, endpoint: str, body: bytes, api_key: Secret
+    ) -> Answer:
+        if self._closed:  # submitted as close() began: its session is going
             raise RuntimeError("EcdpClient is closed")
-        slot = await running.slots.get()
         started_at = utcnow()
         start = time.perf_counter()
+        url = self._prefix + endpoint
+        headers = {**self._headers, "x-api-key": api_key.reveal()}
         try:
-            request = httpcore.Request(
-                b"POST",
-                httpcore.URL(
-                    scheme=self._scheme,
-                    host=self._host,
-                    port=self._port,
-                    target=self._path + endpoint.encode(),
-                ),
-                headers=[
-                    (b"Host", self._host_header),
-                    (b"User-Agent", b"ecdp-dispatcher"),
-                    (b"Accept", b"*/*"),
-                    (b"x-api-key", api_key.reveal().encode()),
-                    (b"Content-Type", b"application/json"),
-                    (b"Content-Length", str(len(body)).encode()),
-                ],
-                content=body,
-                extensions={"timeout": self._timeouts},
-            )
             async with asyncio.timeout(self._deadline):
-                response = await slot.handle_async_request(request)
-                try:
-                    kept, size = await self._read_capped(response)
-                finally:
-                    await response.aclose()
-            return Answer(
-                started_at=started_at,
-                duration_ms=_ms_since(start),
-                status_code=response.status,
-                body=kept,
-                body_size=size,
-                retry_after=_header(response, b"retry-after"),
-                error=None,
-            )
-        except httpcore.TimeoutException as exc:  # ReadTimeout etc., named as httpx names them
-            return Answer.failed(started_at, start, f"timeout: {type(exc).__name__}")
-        except TimeoutError:  # before NETWORK_ERRORS: TimeoutError is an OSError
+                for _ in range(self._max_connections + 1):  # each stale one is closed: a new one
+                    try:
+                        async with session.post(
+                            url,
+                            data=body,
+                            headers=headers,
+                            allow_redirects=False,
+                            proxy=self._proxy,
+                            proxy_headers=self._proxy_headers,
+                        ) as response:
+                            kept, size = await self._read_capped(response)
+                            return Answer(
+                                started_at=started_at,
+                                duration_ms=_ms_since(start),
+                                status_code=response.status,
+                                body=kept,
+                                body_size=size,
+                                retry_after=response.headers.get("Retry-After"),
+                                error=None,
+                            )
+                    except StaleConnection:
+                        continue
+                raise StaleConnection("every connection had bytes nobody asked for")
+        except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
+            return Answer.failed(started_at, start, "timeout: ConnectTimeout")
+        except TimeoutError:  # our deadline; before NETWORK_ERRORS: TimeoutError is an OSError
             return Answer.failed(
                 started_at, start, f"timeout: no complete answer within {self._deadline:g}s"
             )
         except NETWORK_ERRORS as exc:
-            # h11 quotes a header it refuses: keep the key out of the attempt row regardless.
-            error = f"{type(exc).__name__}: {exc}".replace(api_key.reveal(), "***")
+            # A header refused or echoed in a message: keep the key out of the attempt row.
+            error = f"{_kind(exc)}: {exc}".replace(api_key.reveal(), "***")
             return Answer.failed(started_at, start, f"connection error: {error}")
         except Exception as exc:  # a bug, not the API's answer: judged as a failed attempt
             log.exception("unexpected error sending to %s", self.base_url)
             return Answer.failed(started_at, start, f"unexpected error: {type(exc).__name__}")
-        finally:
-            running.slots.put_nowait(slot)
 
-    async def _read_capped(self, response: httpcore.Response) -> tuple[bytes, int]:
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> tuple[bytes, int]:
         """Keep the first ``body_limit`` bytes; read and drop the rest (up to a few MiB) so the
         connection can be reused. A body larger than that is abandoned with its connection."""
         kept = bytearray()
         size = 0
-        async for chunk in response.aiter_stream():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if len(kept) < self.body_limit:
                 kept += chunk[: self.body_limit - len(kept)]
             if size > DRAIN_LIMIT:
+                response.close()  # closes the connection: not worth reading to its end
                 break
         return bytes(kept), size
 
@@ -257,10 +285,7 @@ class EcdpClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        slots = []
-        while not running.slots.empty():
-            slots.append(running.slots.get_nowait())
-        await asyncio.gather(*(slot.aclose() for slot in slots), return_exceptions=True)
+        await running.session.close()
 
 
 # A forked child's copies of its parent's loops, kept from the garbage collector: collecting one
@@ -283,22 +308,41 @@ def _forget_loop(ref: weakref.ref[EcdpClient]) -> Callable[[], None]:
     return after_fork_in_child
 
 
-def _proxy(url: str, ssl_context: ssl.SSLContext) -> httpcore.Proxy:
-    """httpcore takes a proxy's credentials apart from its URL, and an https proxy's context
-    (else it builds one per connection)."""
+class StaleConnection(aiohttp.ClientConnectionError):
+    """A kept-alive connection received bytes while it idled (a server's 408 before it closes,
+    say): they would be taken for the answer to the next request sent on it."""
+
+
+class _Request(aiohttp.ClientRequest):
+    """aiohttp (3.14) hands out a pooled connection without asking whether an answer nobody
+    asked for arrived on it while it idled (it parses and queues one), so the next request on it
+    would get that answer. Refuse such a connection before anything is written on it: aiohttp
+    closes it, and :meth:`EcdpClient._post` sends the request on another."""
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        if conn.protocol is not None and conn.protocol.should_close:
+            raise StaleConnection("bytes arrived on the idle connection")
+        return await super().send(conn)
+
+
+def _proxy(url: str) -> tuple[str, str | None]:
+    """A proxy's URL without its credentials, and those as a ``Proxy-Authorization`` value
+    (percent-decoded, as curl reads them)."""
     parts = urlsplit(url)
-    auth = None
-    if parts.username is not None:
-        auth = (unquote(parts.username), unquote(parts.password or ""))
-        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return httpcore.Proxy(url, auth=auth, ssl_context=ssl_context)
+    if parts.username is None:
+        return url, None
+    credentials = aiohttp.encode_basic_auth(unquote(parts.username), unquote(parts.password or ""))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), credentials
 
 
-def _header(response: httpcore.Response, name: bytes) -> str | None:
-    for key, value in response.headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+def _kind(exc: BaseException) -> str:
+    """A failure's name as the attempt rows have always said it: ``ConnectError`` before a
+    connection stood, else aiohttp's (or the OS's) own name for it."""
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return "ProxyError"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "ConnectError"
+    return type(exc).__name__
 
 
 def _ms_since(start: float) -> int:

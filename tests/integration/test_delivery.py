@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from concurrent.futures import Future
 from datetime import timedelta
 
 import pytest
@@ -19,12 +18,12 @@ from dispatcher import CustomEvent, DataField, SegmentEvent, enqueue, enqueue_ma
 from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
-from dispatcher.ecdp import Answer
 from dispatcher.outbox import claim, is_paused, resume
 from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, jobs
 from dispatcher.sweeper import sweep_once
+from dispatcher.testing import StubSender
 from tests.support import settle as drain_until_settled
 from tests.support import side_by_side
 
@@ -319,29 +318,23 @@ def test_a_slow_api_gets_many_requests_in_flight_each_delivered_once(
     assert sandbox.max_in_flight == 64
 
 
-class ThreeThenBroken:
+def three_then_broken() -> StubSender:
     """A client that answers three requests 201 at once, then raises as a broken client would."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def submit(self, endpoint: str, payload: str, api_key: object) -> Future[Answer]:
-        self.calls += 1
-        if self.calls > 3:
+    def respond(endpoint: str, payload: bytes) -> int:
+        if len(stub.sent) > 3:
             raise RuntimeError("the client broke")
-        future: Future[Answer] = Future()
-        future.set_result(Answer(utcnow(), 1, 201, b"", 0, None, None))
-        return future
+        return 201
 
-    def close(self) -> None:
-        pass
+    stub = StubSender(respond)
+    return stub
 
 
 def test_a_failed_drain_records_what_was_answered_and_gives_back_the_rest(
     delivery_settings: Settings, engine: sa.Engine, deliverer: Deliverer
 ) -> None:
     enqueue_many([CustomEvent(17, customer_id=n) for n in range(1, 11)])
-    broken = Deliverer(delivery_settings, client=ThreeThenBroken())  # type: ignore[arg-type]
+    broken = Deliverer(delivery_settings, client=three_then_broken())
     with pytest.raises(RuntimeError, match="the client broke"):
         broken.drain("default")
     with engine.connect() as conn:

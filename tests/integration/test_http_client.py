@@ -3,7 +3,9 @@ socket servers where a test needs to control the connection itself (close, TLS, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -14,17 +16,29 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
+from dispatcher import ecdp
 from dispatcher.config import Secret
-from dispatcher.ecdp import Answer, EcdpClient
+from dispatcher.ecdp import DRAIN_LIMIT, Answer, EcdpClient
 from dispatcher.sandbox import CUSTOM_EVENTS_PATH, Reply, Sandbox
 from tests.support import free_port, wait_until
 
 KEY = Secret("client-test-key")
 BODY = b'{"customEventId":7,"customerEmail":"a@example.com"}'
+
+
+@pytest.fixture(autouse=True, params=["uvloop", "asyncio"])
+def event_loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both loops: uvloop where it is installed (the default), asyncio's else."""
+    if request.param == "asyncio":
+        monkeypatch.setattr(ecdp, "new_event_loop", asyncio.new_event_loop)
+    else:
+        pytest.importorskip("uvloop")
+    kind: str = request.param
+    return kind
 
 
 @pytest.fixture
@@ -76,10 +90,32 @@ def test_a_large_body_is_cut_and_the_client_goes_on(box: Sandbox, client: EcdpCl
     assert client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
 
 
+def test_a_body_past_the_drain_limit_is_abandoned_with_its_connection(
+    box: Sandbox, client: EcdpClient
+) -> None:
+    box.script(7, Reply(500, body=b"x" * (DRAIN_LIMIT + 1_000_000)))
+    answer = client.post(CUSTOM_EVENTS_PATH, BODY, KEY)
+    assert (answer.status_code, len(answer.body)) == (500, 1000)
+    assert DRAIN_LIMIT < answer.body_size < DRAIN_LIMIT + 1_000_000
+    assert client.post(CUSTOM_EVENTS_PATH, BODY, KEY).status_code == 201
+
+
+def test_a_trickling_answer_ends_at_the_total_deadline(box: Sandbox) -> None:
+    """Each byte comes well within any per-read timeout, the whole answer would take seconds:
+    the HTTP timeout bounds the request from connection to last byte."""
+    box.trickle = 0.05
+    started = time.monotonic()
+    (answer,) = post_to(box.url, timeout=0.5)
+    took = time.monotonic() - started
+    assert (answer.status_code, answer.error) == (None, "timeout: no complete answer within 0.5s")
+    assert took < 1.5
+    assert box.count() == 1
+
+
 def test_a_hanging_server_gives_a_timeout_answer(box: Sandbox) -> None:
     box.script(7, Reply(201, hang=True))
     (answer,) = post_to(box.url, timeout=0.3)
-    assert (answer.status_code, answer.error) == (None, "timeout: ReadTimeout")
+    assert (answer.status_code, answer.error) == (None, "timeout: no complete answer within 0.3s")
 
 
 def test_nothing_listening_gives_a_connection_error_answer() -> None:
@@ -113,7 +149,40 @@ def test_requests_run_concurrently_up_to_the_ceiling(
 # -- raw servers: one thread per connection, each answering with ``respond(request_head)`` ----
 
 
-class RawServer:
+class Listener:
+    """A loopback server with a thread per connection, each handled by ``serve(conn)``."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
+
+
+class RawServer(Listener):
     def __init__(
         self,
         respond: Callable[[bytes], bytes],
@@ -128,26 +197,13 @@ class RawServer:
         self.garbage = garbage  # answer with bytes that are not a TLS record (a bad MAC)
         self.unasked = unasked  # sent after each answer, on the idle connection
         self.unasked_sent = 0
-        self.connections = 0
-        self.heads: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.tls: ssl.SSLContext | None = None
         if tls is not None:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(tls / "cert.pem", tls / "key.pem")
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
@@ -179,16 +235,6 @@ class RawServer:
             return
         finally:
             conn.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> RawServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
 
 
 def created(_: bytes) -> bytes:
@@ -278,7 +324,7 @@ def test_a_broken_tls_session_is_a_connection_error_answer(certificate: Path) ->
     with RawServer(created, tls=certificate, garbage=True) as server:
         (answer,) = post_to(f"https://localhost:{server.port}", ssl_context=trusting, timeout=3)
     assert answer.status_code is None
-    assert answer.error is not None and answer.error.startswith("connection error: ReadError")
+    assert answer.error is not None and answer.error.startswith("connection error: ")
     assert "SSL" in answer.error
 
 
@@ -296,6 +342,52 @@ def test_a_proxy_gets_its_credentials_apart_from_the_url() -> None:
     assert answer.status_code == 201
     expected = b"Basic " + base64.b64encode(b"us@er:p:ss")
     assert b"Proxy-Authorization: " + expected + b"\r\n" in proxy.heads[0]
+
+
+class ConnectProxy(Listener):
+    """A forward proxy for https: answers a CONNECT with 200, then relays bytes both ways to
+    127.0.0.1 (whatever host was asked for), keeping each CONNECT's head."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                chunk = conn.recv(1)
+                if not chunk:
+                    return
+                head += chunk
+            self.heads.append(head)
+            port = int(head.split(b" ", 2)[1].rsplit(b":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                back = threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True)
+                back.start()
+                self._pipe(conn, upstream)
+                back.join(10)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_https_through_a_proxy_tunnels_with_credentials_only_to_the_proxy(
+    certificate: Path,
+) -> None:
+    trusting = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
+    with RawServer(created, tls=certificate) as server, ConnectProxy() as proxy:
+        proxy_url = proxy.url.replace("http://", "http://us%40er:p%3Ass@")
+        answers = post_to(
+            f"https://localhost:{server.port}", 2, proxy_url=proxy_url, ssl_context=trusting
+        )
+    assert [a.status_code for a in answers] == [201, 201]
+    (head,) = proxy.heads  # one tunnel, kept alive
+    assert head.startswith(b"CONNECT localhost:%d HTTP/1.1\r\n" % server.port)
+    assert b"Proxy-Authorization: Basic " + base64.b64encode(b"us@er:p:ss") + b"\r\n" in head
+    assert not any(b"proxy-authorization" in h.lower() for h in server.heads)
 
 
 def test_an_ipv6_base_url_sends_a_bracketed_host(api_key: str) -> None:
