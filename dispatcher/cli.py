@@ -728,7 +728,7 @@ def _serve_web(host: str, port: int, *, pages: bool) -> None:
         fail(f"{exc.name} is not installed: pip install 'ecdp-dispatcher[web]'")
 
     try:
-        serve(host, port, get_settings(), pages=pages)
+        serve(host, port, get_settings(), pages_and_api=pages)
     except BindError as exc:
         fail(str(exc))
 

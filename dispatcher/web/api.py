@@ -13,6 +13,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from dispatcher import admin
 from dispatcher.db import utcnow
@@ -22,7 +23,7 @@ from dispatcher.web.openapi import OPENAPI
 from dispatcher.web.pages import DEAD_FIELDS, HISTORY_FIELDS
 from dispatcher.web.site import mask_emails, site_of
 
-__all__ = ["JOBS_PARAMETERS", "REPLAY_FIELDS"]
+__all__ = ["JOBS_PARAMETERS", "REPLAY_FIELDS", "ROUTES"]
 
 JOBS_PARAMETERS = (*HISTORY_FIELDS, "page", "per_page")
 # The replay request's JSON fields and their types (filters are sent as JSON values, read as text).
@@ -146,3 +147,13 @@ async def replay(request: Request) -> Response:
 @guarded
 async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
+
+
+ROUTES = [
+    Route("/api/openapi.json", openapi),
+    Route("/api/queues", queues),
+    Route("/api/queues/{queue}/resume", resume, methods=["POST"]),
+    Route("/api/jobs", jobs),
+    Route("/api/jobs/{job_id}", job),
+    Route("/api/dead/replay", replay, methods=["POST"]),
+]

@@ -18,11 +18,10 @@ from starlette.templating import Jinja2Templates
 
 from dispatcher.config import Settings
 from dispatcher.db import get_engine
-from dispatcher.web import api
-from dispatcher.web import pages as views
+from dispatcher.web import api, pages
 from dispatcher.web.access import Gate, SecurityHeaders, check_bind, error, guarded, is_api
 from dispatcher.web.metrics import CONTENT_TYPE, Metrics
-from dispatcher.web.site import Site, mask_emails, site_of
+from dispatcher.web.site import Site, site_of
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "serve"]
 
@@ -63,35 +62,19 @@ async def _database_down(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: Settings, *, engine: sa.Engine | None = None, pages: bool = True
+    settings: Settings, *, engine: sa.Engine | None = None, pages_and_api: bool = True
 ) -> Starlette:
-    """The site (``pages=False``: only ``/metrics``, for ``dispatcher metrics``)."""
+    """The site (``pages_and_api=False``: only ``/metrics``, for ``dispatcher metrics``)."""
     engine = engine or get_engine(settings.database_url)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("dispatcher.web", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals.update(mask=mask_emails, age=views.age, when=views.when, link=views.link)
+    env.globals.update(pages.TEMPLATE_GLOBALS)
     routes = [Route("/metrics", metrics)]
-    if pages:
-        routes += [
-            Route("/", views.overview),
-            Route("/login", views.login_page),
-            Route("/login", views.login, methods=["POST"]),
-            Route("/logout", views.logout, methods=["POST"]),
-            Route("/queues/{queue}/resume", views.resume_page, methods=["POST"]),
-            Route("/jobs", views.history_page),
-            Route("/jobs/{job_id}", views.job_page),
-            Route("/dead", views.dead_page),
-            Route("/dead/replay", views.replay_page, methods=["GET", "POST"]),
-            Route("/api/openapi.json", api.openapi),
-            Route("/api/queues", api.queues),
-            Route("/api/queues/{queue}/resume", api.resume, methods=["POST"]),
-            Route("/api/jobs", api.jobs),
-            Route("/api/jobs/{job_id}", api.job),
-            Route("/api/dead/replay", api.replay, methods=["POST"]),
-        ]
+    if pages_and_api:
+        routes += [*pages.ROUTES, *api.ROUTES]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
@@ -108,11 +91,11 @@ def create_app(
     return app
 
 
-def serve(host: str, port: int, settings: Settings, *, pages: bool = True) -> None:
+def serve(host: str, port: int, settings: Settings, *, pages_and_api: bool = True) -> None:
     """Run the site with uvicorn until interrupted; refuses a non-loopback host without a token."""
     import uvicorn
 
     check_bind(host, settings.admin_token)
     # No access log: history searches put customer emails in URLs. State changes log themselves.
-    app = create_app(settings, pages=pages)
+    app = create_app(settings, pages_and_api=pages_and_api)
     uvicorn.run(app, host=host, port=port, server_header=False, access_log=False)

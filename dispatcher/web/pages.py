@@ -16,14 +16,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import STATUSES, JobStatus
 from dispatcher.web.access import SESSION_COOKIE, SESSION_SECONDS, guarded, safe_next
-from dispatcher.web.site import site_of
+from dispatcher.web.site import mask_emails, site_of
 
-__all__ = ["DEAD_FIELDS", "HISTORY_FIELDS", "age", "link", "when"]
+__all__ = ["DEAD_FIELDS", "HISTORY_FIELDS", "ROUTES", "TEMPLATE_GLOBALS"]
 
 HISTORY_FIELDS = admin.FILTER_FIELDS
 DEAD_FIELDS = ("queue", "event_id", "status_code", "since", "until")  # what replay takes too
@@ -244,3 +245,18 @@ async def replay_page(request: Request) -> Response:
         pinned=f.as_text(DEAD_FIELDS),
         was=None,
     )
+
+
+ROUTES = [
+    Route("/", overview),
+    Route("/login", login_page),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/queues/{queue}/resume", resume_page, methods=["POST"]),
+    Route("/jobs", history_page),
+    Route("/jobs/{job_id}", job_page),
+    Route("/dead", dead_page),
+    Route("/dead/replay", replay_page, methods=["GET", "POST"]),
+]
+# What templates call, besides the context a page passes.
+TEMPLATE_GLOBALS = {"mask": mask_emails, "age": age, "when": when, "link": link}

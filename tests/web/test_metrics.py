@@ -210,7 +210,7 @@ def test_metrics_only_app(
     settings: Settings, engine: sa.Engine, serve: Callable[[Starlette], str]
 ) -> None:
     """`dispatcher metrics`: /metrics alone."""
-    url = serve(create_app(settings, engine=engine, pages=False))
+    url = serve(create_app(settings, engine=engine, pages_and_api=False))
     with httpx.Client(base_url=url) as c:
         assert c.get("/metrics").status_code == 200  # no token configured, loopback
         assert c.get("/").status_code == 404
