@@ -1,0 +1,42 @@
+"""JobStatus is the one spelling of a job's states: the model, the migrations' CHECK constraint and
+the partial indexes' predicates all list exactly its values."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dispatcher.schema import (
+    DUE_STATUSES,
+    DUE_WHERE,
+    FINISHED_STATUSES,
+    LEASED_WHERE,
+    STATUSES,
+    JobStatus,
+    jobs,
+)
+
+MIGRATIONS = Path(__file__).parents[2] / "dispatcher" / "migrations" / "versions"
+
+
+def quoted(sql: str) -> set[str]:
+    return set(re.findall(r"'([a-z_]+)'", sql))
+
+
+def test_statuses_are_the_enum() -> None:
+    assert tuple(JobStatus) == STATUSES
+    assert set(DUE_STATUSES) | set(FINISHED_STATUSES) | {JobStatus.IN_FLIGHT} == set(JobStatus)
+    assert all(isinstance(s, str) and str(s) == s.value for s in JobStatus)
+
+
+def test_the_check_constraint_lists_every_status() -> None:
+    (check,) = [c for c in jobs.constraints if getattr(c, "name", None) == "status"]
+    assert quoted(str(check.sqltext)) == {s.value for s in JobStatus}
+    first = (MIGRATIONS / "0001_outbox.py").read_text()
+    migrated = re.search(r'"(status IN \([^)]*\))",\s*name="ck_dispatcher_jobs_status"', first)
+    assert migrated and migrated[1] == str(check.sqltext)
+
+
+def test_index_predicates_name_the_enums_values() -> None:
+    assert quoted(DUE_WHERE) == {s.value for s in DUE_STATUSES}
+    assert quoted(LEASED_WHERE) == {JobStatus.IN_FLIGHT.value}
