@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -126,6 +127,14 @@ class Window(Generic[K]):
     def outages(self) -> list[K]:
         """The keys of the outage answers in the window, oldest first."""
         return [key for _, outage, key in self._answers if outage and key is not None]
+
+    def forget(self, stale: Callable[[K], bool]) -> None:
+        """Drop the answers whose key is ``stale`` (those from before the circuit last closed:
+        they belong to an outage that is over, and kept, one failure could open it again)."""
+        kept = [a for a in self._answers if a[2] is None or not stale(a[2])]
+        if len(kept) < len(self._answers):
+            self._answers = deque(kept)
+            self._failures = sum(outage for _, outage, _ in kept)
 
     def reset(self) -> None:
         self._answers.clear()

@@ -297,6 +297,11 @@ class Deliverer:
                 return outbox.queue_state(conn, d.queue, utcnow())
 
         state = with_db_retry(read, "reading the queue's state")
+        if state.circuit is Circuit.CLOSED and state.circuit_since and d.trip is None:
+            # Another worker may have seen an outage through since this one's last answers:
+            # those answers belong to it, and kept, one failure could open the circuit again.
+            closed_at = state.circuit_since
+            self._breaker(d.queue).forget(lambda key: key[1] < closed_at)
         d.outage = d.outage or state.circuit is not Circuit.CLOSED
         probing = d.inbox[0].probe
         if state.paused or state.cooling or (state.circuit is not Circuit.CLOSED and not probing):

@@ -77,6 +77,7 @@ class QueueState:
     paused: bool
     cooling: bool  # a 429 cool-down is running
     circuit: Circuit
+    circuit_since: datetime | None = None  # when the circuit last opened or closed
 
     @property
     def held(self) -> bool:
@@ -364,14 +365,14 @@ def _held(queue: str, now: datetime) -> sa.Exists:
 def queue_state(conn: sa.Connection, queue: str, now: datetime) -> QueueState:
     """One primary-key read: what a sending worker checks every few tens of milliseconds."""
     row = conn.execute(
-        sa.select(queues.c.paused, queues.c.cooldown_until, queues.c.circuit).where(
-            queues.c.name == queue
-        )
+        sa.select(
+            queues.c.paused, queues.c.cooldown_until, queues.c.circuit, queues.c.circuit_since
+        ).where(queues.c.name == queue)
     ).first()
     if row is None:
         return QueueState(paused=False, cooling=False, circuit=Circuit.CLOSED)
     cooling = row.cooldown_until is not None and row.cooldown_until > now
-    return QueueState(bool(row.paused), cooling, Circuit(row.circuit))
+    return QueueState(bool(row.paused), cooling, Circuit(row.circuit), row.circuit_since)
 
 
 def admit(

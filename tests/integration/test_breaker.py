@@ -24,7 +24,7 @@ from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer, DrainSummary
 from dispatcher.policy import MAX_ATTEMPTS_REASON, RetryPolicy
-from dispatcher.sandbox import Sandbox
+from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, jobs, queues
 from tests.support import wait_until
 
@@ -421,3 +421,29 @@ def test_an_outage_dead_letters_nothing_and_everything_is_delivered_after_it(
     # Opening (min_requests + the window) and a probe per interval (0.2, 0.4, 0.8 s ...).
     assert during <= BREAKER.min_requests + WINDOW + 5
     assert sandbox.count(status=201) == 50
+
+
+def test_a_worker_that_saw_another_open_the_circuit_does_not_reopen_it_on_one_failure(
+    fast: Settings, engine: sa.Engine, sandbox: Sandbox
+) -> None:
+    """Worker A sees a few outage answers (fewer than min_requests), then worker B trips the
+    circuit, probes, and closes it: the API is back. A's old answers belong to that outage; one
+    failure among A's first answers afterwards must not open the circuit again."""
+    a, b = Deliverer(fast), Deliverer(fast)
+    try:
+        sandbox.fail_ratio, sandbox.fail_status = 1.0, 503
+        add_jobs(BREAKER.min_requests - 1)
+        assert not a.drain("default").circuit_open  # A: 4 outages, below the threshold
+        add_jobs(20)
+        wait_until(lambda: b.drain("default").circuit_open, "B opens the circuit", limit=10)
+        assert a.drain("default").batches == 0  # A sees it open and sends nothing
+        sandbox.fail_ratio = 0.0
+        set_retry_at(engine, -0.01)
+        b.drain("default")  # B's probe succeeds
+        assert circuit(engine) == "closed"
+        sandbox.script(1, Reply(503))  # one failure on a healthy API
+        a.drain("default")
+    finally:
+        a.close()
+        b.close()
+    assert circuit(engine) == "closed"

@@ -244,6 +244,30 @@ def test_reset_also_resets_the_failure_count() -> None:
     assert not w.add(True, 1.0, 9)
 
 
+def test_forget_drops_the_stale_answers_and_their_failures() -> None:
+    w: Window[int] = Window(policy(min_requests=5, failure_ratio=0.8))
+    for i in range(4):
+        w.add(True, 0.0, i)  # an outage another worker saw through
+    w.add(False, 0.0, 4)
+    w.forget(lambda key: key < 4)
+    assert len(w) == 1 and w.outages() == []
+    # One failure now is 1 of 2, not 5 of 6: no trip; min_requests answers are needed again
+    # (the fifth, 4 of 5, reaches the ratio).
+    assert not w.add(True, 1.0, 5)
+    assert [w.add(True, 1.0, i) for i in range(6, 9)] == [False, False, True]
+
+
+def test_forget_keeps_answers_without_a_key_and_is_a_no_op_when_nothing_is_stale() -> None:
+    w: Window[int] = Window(policy(min_requests=5, failure_ratio=1.0))
+    w.add(True, 0.0, None)
+    w.add(True, 0.0, 1)
+    w.forget(lambda key: False)
+    assert len(w) == 2
+    w.forget(lambda key: True)
+    assert len(w) == 1 and w.outages() == []
+    assert [w.add(True, 0.0, i) for i in range(2, 6)] == [False, False, False, True]
+
+
 # A model of the window from the whole history: the answers no older than window_seconds, of
 # those the last window_size; trips on an outage when there are at least min_requests of them
 # and at least failure_ratio of them are outages.
