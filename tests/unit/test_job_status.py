@@ -30,7 +30,7 @@ def test_statuses_are_the_enum() -> None:
 
 
 def test_the_check_constraint_lists_every_status() -> None:
-    (check,) = [c for c in jobs.constraints if getattr(c, "name", None) == "status"]
+    (check,) = [c for c in jobs.constraints if c.name == "ck_dispatcher_jobs_status"]
     assert quoted(str(check.sqltext)) == {s.value for s in JobStatus}
     first = (MIGRATIONS / "0001_outbox.py").read_text()
     migrated = re.search(r'"(status IN \([^)]*\))",\s*name="ck_dispatcher_jobs_status"', first)
