@@ -23,10 +23,10 @@ from dispatcher.admin.filters import (
     MAX_JOB_IDS,
     AdminError,
     Filter,
-    _check_int,
-    _check_status,
-    _check_time,
+    check_int,
     check_queue,
+    check_status,
+    check_time,
 )
 from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import PurgeResult, ReplayResult
@@ -130,9 +130,9 @@ def replay(
     the new count. It needs an Engine, since the call must own the transaction it may undo.
     """
     f = f or Filter()
-    now = _check_time("now", now)
+    now = check_time("now", now)
     if expected is not None:
-        _check_int("expected_count", expected, 0, MAX_EXPECTED)
+        check_int("expected_count", expected, 0, MAX_EXPECTED)
         if not isinstance(bind, sa.Engine):
             raise TypeError("replay(expected=...) needs an Engine: it owns its transaction")
     targets: tuple[JobStatus, ...] = (
@@ -275,11 +275,11 @@ def purge(
     so a purge of millions neither holds locks for long nor needs one huge transaction. Pending,
     in-flight and retrying jobs are never touched.
     """
-    now = _check_time("now", now)
+    now = check_time("now", now)
     if not isinstance(older_than, timedelta) or older_than < timedelta(0):
         raise AdminError("older_than", f"expected a duration >= 0 (got {older_than!r:.80})")
-    targets = FINISHED_STATUSES if status is None else (_check_status(status, FINISHED_STATUSES),)
-    batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    targets = FINISHED_STATUSES if status is None else (check_status(status, FINISHED_STATUSES),)
+    batch_size = check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     try:
         cutoff = now - older_than
     except OverflowError:

@@ -80,7 +80,7 @@ def check_queue(queue: object, field: str = "queue") -> str:
     return queue
 
 
-def _check_int(field: str, value: object, low: int, high: int) -> int:
+def check_int(field: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AdminError(field, f"expected an integer (got {value!r:.80})")
     if not low <= value <= high:
@@ -95,16 +95,16 @@ def parse_int(field: str, text: str, low: int, high: int) -> int:
     digits = stripped.removeprefix("-").removeprefix("+")
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
         raise AdminError(field, f"expected an integer (got {text!r:.40})")
-    return _check_int(field, int(stripped), low, high)
+    return check_int(field, int(stripped), low, high)
 
 
-def _check_status(value: object, allowed: Collection[str] = STATUSES) -> JobStatus:
+def check_status(value: object, allowed: Collection[str] = STATUSES) -> JobStatus:
     if not isinstance(value, str) or value not in allowed:
         raise AdminError("status", f"expected one of {', '.join(allowed)} (got {value!r:.80})")
     return JobStatus(value)
 
 
-def _check_time(field: str, value: object) -> datetime:
+def check_time(field: str, value: object) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise AdminError(field, f"expected a timezone-aware datetime (got {value!r:.80})")
     return value
@@ -132,21 +132,21 @@ class Filter:
 
     def __post_init__(self) -> None:
         if self.status is not None:
-            object.__setattr__(self, "status", _check_status(self.status))
+            object.__setattr__(self, "status", check_status(self.status))
         if self.queue is not None:
             check_queue(self.queue)
         if self.event_id is not None:
-            _check_int("event_id", self.event_id, *INT32)
+            check_int("event_id", self.event_id, *INT32)
         if self.customer_email is not None and (
             not isinstance(self.customer_email, str) or len(self.customer_email) > EMAIL_MAX
         ):
             raise AdminError("customer_email", f"expected at most {EMAIL_MAX} characters")
         if self.status_code is not None:
-            _check_int("status_code", self.status_code, *STATUS_CODES)
+            check_int("status_code", self.status_code, *STATUS_CODES)
         if self.since is not None:
-            _check_time("since", self.since)
+            check_time("since", self.since)
         if self.until is not None:
-            _check_time("until", self.until)
+            check_time("until", self.until)
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise AdminError("since", "must be before until")
 
@@ -204,7 +204,7 @@ def parse_filter(
 
 def _parse_one(name: str, text: str, now: datetime) -> Any:
     if name == "status":
-        return _check_status(text)
+        return check_status(text)
     if name == "event_id":
         return parse_int(name, text, *INT32)
     if name == "status_code":
@@ -225,8 +225,8 @@ class Page:
     size: int = PER_PAGE
 
     def __post_init__(self) -> None:
-        _check_int("page", self.number, 1, MAX_PAGE)
-        _check_int("per_page", self.size, 1, MAX_PER_PAGE)
+        check_int("page", self.number, 1, MAX_PAGE)
+        check_int("per_page", self.size, 1, MAX_PER_PAGE)
 
 
 def parse_page(texts: Mapping[str, str], *, blank: str = "refuse") -> Page:

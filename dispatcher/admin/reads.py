@@ -19,8 +19,8 @@ from dispatcher.admin.filters import (
     AdminError,
     Filter,
     Page,
-    _check_int,
-    _check_time,
+    check_int,
+    check_time,
 )
 from dispatcher.admin.results import Attempt, JobDetail, JobSummary, QueueStats
 from dispatcher.policy import Outcome
@@ -105,7 +105,7 @@ def _summary_fields(row: Any) -> dict[str, Any]:
 def history(bind: Bind, f: Filter | None = None, *, limit: int = 50) -> list[JobSummary]:
     """Jobs matching ``f`` (every job without one), newest first, at most ``limit``."""
     conditions = where(f or Filter())
-    limit = _check_int("limit", limit, 1, MAX_LIMIT)
+    limit = check_int("limit", limit, 1, MAX_LIMIT)
     query = (
         sa.select(*_SUMMARY_COLUMNS)
         .where(*conditions)
@@ -168,7 +168,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
     """Per queue (those with jobs or a queue row), sorted by name: counts by status, delivery lag,
     the pause switch and the circuit breaker's state. The counts and the lag come from one grouped
     scan of the jobs table; the rest from the queues table."""
-    now = _check_time("now", now)
+    now = check_time("now", now)
     due_since = sa.case(
         (
             sa.and_(jobs.c.status.in_(DUE_STATUSES), jobs.c.next_attempt_at <= now),
