@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatcher.config import Secret
 
 __all__ = [
+    "PROBES",
     "SESSION_COOKIE",
     "SESSION_SECONDS",
     "BindError",
@@ -41,11 +42,14 @@ __all__ = [
     "guarded",
     "is_api",
     "is_loopback",
+    "probe",
     "safe_next",
 ]
 
 SESSION_COOKIE = "dispatcher_session"
 SESSION_SECONDS = 12 * 3600
+# The only routes open without the token: health probes, whose answers hold no data.
+PROBES = ("/healthz", "/readyz")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -123,7 +127,8 @@ def error(status: int, message: str, field: str | None = None, **headers: str) -
 
 
 def is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/metrics"
+    path = request.url.path
+    return path.startswith("/api/") or path == "/metrics" or path in PROBES
 
 
 def safe_next(target: str) -> str:
@@ -154,6 +159,22 @@ def guarded(handler: Handler) -> Handler:
                 given = str((await request.form()).get("csrf", ""))
             if not hmac.compare_digest((given or "").encode(), gate.csrf(request).encode()):
                 return error(403, "missing or wrong CSRF token: reload the page and try again")
+        return await handler(request)
+
+    return endpoint
+
+
+def probe(handler: Handler) -> Handler:
+    """For :data:`PROBES` alone: no token needed, but without one configured only requests
+    addressed to a loopback host name are answered, as everywhere else (no DNS rebinding)."""
+
+    @wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        if request.url.path not in PROBES:
+            raise AssertionError(f"{request.url.path} is not a probe: use guarded")
+        gate: Gate = request.app.state.site.gate
+        if gate.token is None and gate.who(request) is None:
+            return error(401, "a valid admin token is required", **{"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
     return endpoint

@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from dispatcher.config import Settings
 from dispatcher.db import get_engine
-from dispatcher.web import api, pages
+from dispatcher.web import api, pages, probes
 from dispatcher.web.access import Gate, SecurityHeaders, check_bind, error, guarded, is_api
 from dispatcher.web.metrics import CONTENT_TYPE, Metrics
 from dispatcher.web.site import Site, site_of
@@ -64,7 +64,8 @@ async def _database_down(request: Request, exc: Exception) -> Response:
 def create_app(
     settings: Settings, *, engine: sa.Engine | None = None, pages_and_api: bool = True
 ) -> Starlette:
-    """The site (``pages_and_api=False``: only ``/metrics``, for ``dispatcher metrics``)."""
+    """The site (``pages_and_api=False``: only ``/metrics`` and the health probes, for
+    ``dispatcher metrics``)."""
     engine = engine or get_engine(settings.database_url)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("dispatcher.web", "templates"),
@@ -72,7 +73,7 @@ def create_app(
         undefined=jinja2.StrictUndefined,
     )
     env.globals.update(pages.TEMPLATE_GLOBALS)
-    routes = [Route("/metrics", metrics)]
+    routes = [Route("/metrics", metrics), *probes.ROUTES]
     if pages_and_api:
         routes += [*pages.ROUTES, *api.ROUTES]
     app = Starlette(
@@ -85,6 +86,7 @@ def create_app(
         },
         max_body_size=MAX_BODY_BYTES,
     )
+    app.state.readiness = probes.Readiness(settings.database_url, settings.broker_url)
     app.state.site = Site(
         settings, engine, Gate(settings.admin_token), Metrics(engine), Jinja2Templates(env=env)
     )
