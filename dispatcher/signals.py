@@ -93,6 +93,7 @@ class Signaller:
         """
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._pending |= self._due_watches()  # e.g. a psycopg transaction just committed
             if not self._pending and not self._busy:
                 return True
             if time.monotonic() < self._down_until:  # it has just failed: already warned
@@ -199,11 +200,11 @@ def _celery_sender() -> Callable[[str], None]:
         conn.transport  # noqa: B018 -- imports the transport and its client library now
         return conn
 
-    state: dict[str, Any] = {"conn": connect(), "producer": None}
+    state: dict[str, Any] = {"conn": connect(), "producer": None, "pid": os.getpid()}
 
     def send(queue: str) -> None:
-        if state["conn"] is None:
-            state["conn"] = connect()
+        if state["conn"] is None or state["pid"] != os.getpid():  # never a parent's socket
+            state.update(conn=connect(), producer=None, pid=os.getpid())
         try:
             if state["producer"] is None:
                 state["producer"] = state["conn"].Producer()
