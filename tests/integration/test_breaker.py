@@ -224,10 +224,11 @@ def test_a_disabled_breaker_never_opens(
 def test_a_mostly_healthy_api_does_not_trip_it(
     deliverer: Deliverer, engine: sa.Engine, sandbox: Sandbox
 ) -> None:
-    sandbox.fail_ratio, sandbox.fail_status = 0.3, 503  # well below the 0.8 ratio
-    sandbox._random.seed(1234)
-    add_jobs(60)
+    # A third of the requests fail (event 7, scripted), well below the 0.8 ratio.
+    enqueue_many([CustomEvent(7 if i % 3 == 0 else 1, customer_id=i) for i in range(60)])
+    sandbox.script(7, *[Reply(503)] * 20)
     deliverer.drain("default")
+    assert sandbox.count(status=503) == 20
     assert circuit(engine) == "closed"
 
 
