@@ -150,10 +150,19 @@ def signals(monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[list[tuple
     that moment: a signal is sent only once its COMMIT has happened."""
     forget_signals()
     seen: list[tuple[str, int]] = []
-    monkeypatch.setattr(signaller, "_send", lambda queue: seen.append((queue, count(db_url))))
+    # Its own engine without a pool: a signal counting late never leaves a connection open.
+    counter = sa.create_engine(get_engine(db_url).url, poolclass=sa.pool.NullPool)
+
+    def send(queue: str) -> None:
+        with counter.connect() as conn:
+            jobs_now = conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+        seen.append((queue, int(jobs_now)))
+
+    monkeypatch.setattr(signaller, "_send", send)
     monkeypatch.setattr(signaller, "_down_until", 0.0)
     yield seen
     forget_signals()
+    counter.dispose()
 
 
 def wait_for_signals(seen: list[tuple[str, int]], jobs: int) -> None:
