@@ -303,7 +303,14 @@ def test_a_successful_probe_closes_it_and_the_backlog_drains(
     add_jobs(30)
     open_the_circuit(deliverer, engine, sandbox)
     sandbox.fail_ratio = 0.0  # the API is back
-    wait_until(lambda: deliverer.drain("default").batches, "the probe", limit=10)
+    for _ in range(500):  # until the probe is due (0.2 s)
+        summary = deliverer.drain("default")
+        if summary.batches:
+            break
+        time.sleep(0.02)
+    assert summary.batches == 1
+    assert sandbox.count(status=201) == 1  # the probe alone
+    assert summary.more  # work is due again: the worker's task re-signals the queue
     row = queue_row(engine)
     assert row.circuit == "closed"
     assert row.circuit_reason is None and row.circuit_retry_at is None
