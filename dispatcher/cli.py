@@ -637,8 +637,6 @@ def replay(
     """
     from dispatcher import admin
 
-    if not job_ids and filters.get("status") is None:
-        raise click.UsageError("give job ids or --status dead")
     engine = _engine()
     with _admin_errors(), _flushing_signals():
         result = admin.replay(

@@ -166,7 +166,8 @@ def replay(
         ids = [i for _, i in parsed if i is not None]
         missing = [str(g).strip() for g, i in parsed if i is None]
     elif f.status is None:
-        raise AdminError(None, "give job ids or status='dead' (--status dead)")
+        # A filter alone (a queue, a time window) never replays: that is too easy to mistype.
+        raise AdminError("status", "give job ids, or status dead and filters")
 
     conditions = where(Filter(**{**f.given(), "status": None}))
     conditions.append(jobs.c.status.in_(targets))
