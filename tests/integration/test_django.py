@@ -157,13 +157,114 @@ print(json.dumps({"placed": json.loads(placed.content), "refused": refused,
 """
 
 
+ADMIN_SETTINGS = """
+ALLOWED_HOSTS = ["testserver"]
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "dispatcher.contrib.django",
+    "shop",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ROOT_URLCONF = "project_urls"
+"""
+
+URLS = """
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [path("admin/", admin.site.urls)]
+"""
+
+# The outbox in the Django admin: the list, a filter, a search, a job with its attempts, and the
+# replay action; and the app's models need no migration of the project's.
+ADMIN_SCENARIO = """
+import json
+
+import django
+
+django.setup()
+
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from dispatcher import CustomEvent
+from dispatcher.contrib.django import enqueue
+from dispatcher.contrib.django.models import Attempt, Job
+from dispatcher.signals import signaller
+
+call_command("dispatcher_migrate", verbosity=0)
+call_command("migrate", verbosity=0)
+call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # exits 1 if not clean
+
+sent = []
+signaller._send = sent.append
+ok = enqueue(CustomEvent(9, customer_email="Eve@Example.com"))
+dead = enqueue(CustomEvent(9, customer_id=2))
+Job.objects.filter(pk=dead).update(status="dead", last_status_code=400, last_error="400: bad")
+Attempt.objects.create(
+    job_id=dead, started_at=timezone.now(), duration_ms=7, status_code=400, outcome="dead",
+    counted=True, response_body='{"title": "a rejected body"}',
+)
+User.objects.create_superuser("admin", "admin@example.com", "pw")
+client = Client()
+client.force_login(User.objects.get())
+base = "/admin/ecdp_dispatcher/job/"
+listing = client.get(base, {"status__exact": "dead"})
+search = client.get(base, {"q": "EVE@example.com"})
+page = client.get(f"{base}{dead}/change/")
+replay = client.post(base, {"action": "replay_dead_jobs", "_selected_action": [ok, dead]})
+signaller.flush()
+job = Job.objects.get(pk=dead)
+print(json.dumps({
+    "listing": [listing.status_code, f"{base}{dead}/" in listing.content.decode(),
+                f"{base}{ok}/" in listing.content.decode()],
+    "search": [search.status_code, f"{base}{ok}/" in search.content.decode(),
+               f"{base}{dead}/" in search.content.decode()],
+    "page": [page.status_code, "a rejected body" in page.content.decode()],
+    "replay": replay.status_code,
+    "after": [job.status, job.replays, Attempt.objects.filter(job_id=dead).count()],
+    "sent": sorted(set(sent)),
+}))
+"""
+
+
 def run_project(
-    tmp_path: Path, database: dict[str, object], env: dict[str, str], scenario: str = SCENARIO
+    tmp_path: Path,
+    database: dict[str, object],
+    env: dict[str, str],
+    scenario: str = SCENARIO,
+    extra_settings: str = "",
 ) -> dict:
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "__init__.py").write_text("")
     (tmp_path / "shop" / "models.py").write_text(MODELS)
-    (tmp_path / "project_settings.py").write_text(SETTINGS.format(database=repr(database)))
+    (tmp_path / "project_settings.py").write_text(
+        SETTINGS.format(database=repr(database)) + extra_settings
+    )
+    (tmp_path / "project_urls.py").write_text(URLS)
     (tmp_path / "scenario.py").write_text(textwrap.dedent(scenario))
     (tmp_path / "example.py").write_text(example("django"))
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
@@ -268,6 +369,19 @@ def test_readme_django_example(
     assert [json.loads(p)["customerEmail"] for p in payloads] == ["dora@example.com"]
     deliver(settings, outbox_url, sandbox)
     assert [json.loads(b)["customerEmail"] for b in sandbox.bodies()] == ["dora@example.com"]
+
+
+def test_django_admin_lists_shows_and_replays(
+    django_database: tuple[dict[str, object], str], tmp_path: Path
+) -> None:
+    database, _ = django_database
+    out = run_project(tmp_path, database, {}, ADMIN_SCENARIO, ADMIN_SETTINGS)
+    assert out["listing"] == [200, True, False]  # the status filter
+    assert out["search"] == [200, True, False]  # an email, whatever its case
+    assert out["page"] == [200, True]  # the job with its attempts
+    assert out["replay"] == 302
+    assert out["after"] == ["pending", 1, 1]  # replayed, its history kept
+    assert out["sent"] == ["default"]
 
 
 def test_dispatcher_migrate_refuses_an_in_memory_database(tmp_path: Path) -> None:

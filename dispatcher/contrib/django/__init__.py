@@ -15,6 +15,9 @@ on the database of ``--database``, default ``default``), then::
 The row is written with the connection of ``using`` inside the current ``atomic()`` block (or a
 transaction of its own when there is none), so it commits or rolls back with your data; workers
 are signalled through ``transaction.on_commit``. PostgreSQL and SQLite (3.35+) are supported.
+
+With ``django.contrib.admin``, the jobs and their attempts appear in the admin (read-only models
+of the outbox's tables, ``managed = False``), with an action that replays the selected dead jobs.
 """
 
 from __future__ import annotations

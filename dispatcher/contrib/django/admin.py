@@ -1,0 +1,72 @@
+"""The outbox in the Django admin: jobs (filter by status and queue, find a customer's email),
+each with its exact body and every attempt, and an action that replays the selected dead jobs
+(the same replay as ``dispatcher replay``: one UPDATE, attempt history kept)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+
+from dispatcher.contrib.django.models import Attempt, Job
+
+_JOB_FIELDS = [f.name for f in Job._meta.fields]
+_ATTEMPT_FIELDS = [f.name for f in Attempt._meta.fields if f.name != "job"]
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    fields = readonly_fields = _ATTEMPT_FIELDS
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "queue",
+        "status",
+        "custom_event_id",
+        "customer_email",
+        "attempts",
+        "last_status_code",
+        "created_at",
+    )
+    list_filter = ("status", "queue")
+    search_fields = ("=customer_email", "=dedupe_key")
+    readonly_fields = _JOB_FIELDS
+    inlines = (AttemptInline,)
+    actions = ("replay_dead_jobs",)
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False  # retention is `dispatcher purge`'s
+
+    def get_search_results(self, request: Any, queryset: Any, search_term: str) -> Any:
+        # Emails are stored lower-cased.
+        return super().get_search_results(request, queryset, search_term.strip().lower())
+
+    @admin.action(  # type: ignore[untyped-decorator]
+        description="Replay the selected dead jobs", permissions=["change"]
+    )
+    def replay_dead_jobs(self, request: Any, queryset: Any) -> None:
+        from dispatcher import admin as operations
+        from dispatcher.contrib.django.management.commands.dispatcher_migrate import (
+            database_url,
+        )
+        from dispatcher.db import get_engine, utcnow
+        from dispatcher.producer import signal_workers
+
+        ids = list(queryset.filter(status="dead").values_list("id", flat=True))
+        if not ids:
+            self.message_user(request, "No dead job among those selected.", messages.WARNING)
+            return
+        result = operations.replay(get_engine(database_url(queryset.db)), job_ids=ids, now=utcnow())
+        signal_workers(result.queues)
+        self.message_user(request, f"Replayed {result.count} dead job(s).", messages.SUCCESS)
