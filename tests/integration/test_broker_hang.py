@@ -28,6 +28,7 @@ from dispatcher.db import get_engine, utcnow
 from dispatcher.outbox import NewJob, insert_jobs
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
+from tests.conftest import IN_CI
 from tests.support import free_port, start, statuses, stop, wait_until, worker_ready
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -61,7 +62,7 @@ class PrivateRedis:
     def __init__(self, folder: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed")
+            (pytest.fail if IN_CI else pytest.skip)("redis-server is not installed")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
@@ -128,9 +129,7 @@ def cli(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[st
     return run(env, "-m", "dispatcher.cli", *args)
 
 
-def assert_clean(
-    done: subprocess.CompletedProcess[str], took: float, healthy: float = 0.0
-) -> None:
+def assert_clean(done: subprocess.CompletedProcess[str], took: float, healthy: float = 0.0) -> None:
     """Exit 0 within the promise, no traceback, one warning (not one per event)."""
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
