@@ -8,7 +8,8 @@ for its own pages too. One :class:`Filter` type, parsed once from text by :func:
 
 - :mod:`~dispatcher.admin.filters`: the filter, its parsing from text, and every limit.
 - :mod:`~dispatcher.admin.times`: ``2h`` and ISO 8601 times (pure).
-- :mod:`~dispatcher.admin.reads`: :func:`history`, :func:`show`, :func:`stats`.
+- :mod:`~dispatcher.admin.reads`: :func:`history`, :func:`show`, :func:`stats`, and
+  :func:`activity` / :func:`delivered_per_minute` (the admin page's charts).
 - :mod:`~dispatcher.admin.actions`: :func:`pause_queue` (returns once no worker sends),
   :func:`resume_queue` (tells the workers after its commit), :func:`replay` (optionally only if
   the filter still matches the expected number of jobs), :func:`purge`.
@@ -44,7 +45,17 @@ from dispatcher.admin.filters import (
     parse_int,
     parse_page,
 )
-from dispatcher.admin.reads import history, history_page, show, stats
+from dispatcher.admin.reads import (
+    ACTIVITY_WINDOWS,
+    Activity,
+    ActivityBucket,
+    activity,
+    delivered_per_minute,
+    history,
+    history_page,
+    show,
+    stats,
+)
 from dispatcher.admin.results import (
     Attempt,
     JobDetail,
@@ -56,10 +67,13 @@ from dispatcher.admin.results import (
 from dispatcher.admin.times import parse_age, parse_when
 
 __all__ = [
+    "ACTIVITY_WINDOWS",
     "FILTER_FIELDS",
     "MAX_EXPECTED",
     "MAX_JOB_IDS",
     "MAX_LIMIT",
+    "Activity",
+    "ActivityBucket",
     "AdminError",
     "Attempt",
     "ExpectedCountMismatch",
@@ -70,7 +84,9 @@ __all__ = [
     "PurgeResult",
     "QueueStats",
     "ReplayResult",
+    "activity",
     "check_queue",
+    "delivered_per_minute",
     "history",
     "history_page",
     "parse_age",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,13 +21,25 @@ from dispatcher.admin.filters import (
     Filter,
     Page,
     check_int,
+    check_queue,
     check_time,
 )
 from dispatcher.admin.results import Attempt, JobDetail, JobSummary, QueueStats
+from dispatcher.admin.times import iso as _iso
 from dispatcher.policy import Outcome
 from dispatcher.schema import DUE_STATUSES, STATUSES, JobStatus, attempts, jobs, queues
 
-__all__ = ["history", "history_page", "show", "stats"]
+__all__ = [
+    "ACTIVITY_WINDOWS",
+    "Activity",
+    "ActivityBucket",
+    "activity",
+    "delivered_per_minute",
+    "history",
+    "history_page",
+    "show",
+    "stats",
+]
 
 Bind = sa.Connection | sa.Engine
 
@@ -210,3 +223,239 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
             circuit_failed_probes=int(switch.circuit_probes or 0) if switch is not None else 0,
         )
     return result
+
+
+# --------------------------------------------------------------------------- activity (charts)
+
+# The windows the admin page charts: name -> (bucket seconds, buckets).
+ACTIVITY_WINDOWS: dict[str, tuple[int, int]] = {"1h": (60, 60), "24h": (900, 96)}
+# An attempt row is written when its batch ends, at most a few minutes after its request started
+# (the HTTP deadline, the batch's drain time, a lease renewal): an hour is a generous bound.
+ARRIVAL_MARGIN = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBucket:
+    """One bucket of a queue's attempts: how many had each outcome, and the answer time (ms) of
+    all of them at the 50th and 99th percentile (None: no attempt in the bucket)."""
+
+    start: datetime
+    delivered: int
+    retried: int
+    dead: int
+    paused: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def attempts(self) -> int:
+        return self.delivered + self.retried + self.dead + self.paused
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": _iso(self.start),
+            "delivered": self.delivered,
+            "retried": self.retried,
+            "dead": self.dead,
+            "paused": self.paused,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """A queue's attempts over a window ``[start, end)`` in equal buckets, oldest first."""
+
+    queue: str
+    window: str
+    step_seconds: int
+    start: datetime
+    end: datetime
+    buckets: tuple[ActivityBucket, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "window": self.window,
+            "step_seconds": self.step_seconds,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "buckets": [b.as_dict() for b in self.buckets],
+        }
+
+
+def _window(window: str, now: datetime) -> tuple[int, int, datetime, datetime]:
+    """``(step, count, start, end)``: buckets aligned to whole steps, the last one holding now."""
+    if window not in ACTIVITY_WINDOWS:
+        raise AdminError("window", f"expected one of {', '.join(ACTIVITY_WINDOWS)}")
+    now = check_time("now", now)
+    step, count = ACTIVITY_WINDOWS[window]
+    epoch = int(now.timestamp()) // step * step + step
+    end = datetime.fromtimestamp(epoch, UTC)
+    return step, count, end - timedelta(seconds=step * count), end
+
+
+def _id_floor(conn: sa.Connection, since: datetime) -> int:
+    """An attempt id below that of every attempt started at or after ``since``, found with a few
+    primary-key lookups (a binary search), so that the chart queries read a range of the primary
+    key instead of the whole table (there is no index on ``started_at``).
+
+    Attempt ids follow insertion order and a row is inserted within ``ARRIVAL_MARGIN`` of its
+    start, so every attempt started before ``since - ARRIVAL_MARGIN`` has a lower id than every
+    attempt started at or after ``since``. The search keeps ``low`` on such an early row."""
+    cutoff = since - ARRIVAL_MARGIN
+    first = conn.execute(sa.select(sa.func.min(attempts.c.id))).scalar()
+    last = conn.execute(sa.select(sa.func.max(attempts.c.id))).scalar()
+    if first is None or last is None:
+        return 0
+
+    def first_at(number: int) -> tuple[int, datetime]:
+        row = conn.execute(
+            sa.select(attempts.c.id, attempts.c.started_at)
+            .where(attempts.c.id >= number)
+            .order_by(attempts.c.id)
+            .limit(1)
+        ).one()
+        return int(row.id), row.started_at
+
+    low, started = first_at(int(first))
+    if started >= cutoff:
+        return low - 1
+    high = int(last) + 1  # the first row at or after `high` (none) counts as late
+    while high - low > 1:
+        middle = (low + high) // 2
+        found, started = first_at(middle)
+        if found < high and started < cutoff:
+            low = found
+        else:
+            high = middle
+    return low
+
+
+def _bucket_of(conn: sa.Connection, start: datetime, step: int) -> sa.ColumnElement[int]:
+    """The bucket number of an attempt's ``started_at`` (0 = the window's first)."""
+    origin = int(start.timestamp())
+    if conn.dialect.name == "postgresql":
+        seconds: sa.ColumnElement[Any] = sa.extract("epoch", attempts.c.started_at)
+        return sa.cast(sa.func.floor((seconds - origin) / step), sa.Integer)
+    # SQLite keeps naive UTC text; strftime('%s') reads it as whole seconds (buckets are whole).
+    seconds = sa.cast(sa.func.strftime("%s", attempts.c.started_at), sa.Integer)
+    return sa.cast((seconds - origin) / step, sa.Integer)
+
+
+def _percentile(counts: list[tuple[int, int]], fraction: float) -> float:
+    """PostgreSQL's ``percentile_cont`` (linear interpolation) over ``(value, how many)`` sorted
+    by value: exact, from a frequency table instead of every row."""
+    total = sum(n for _, n in counts)
+    position = fraction * (total - 1)
+    below, seen = int(position), 0
+    for i, (value, n) in enumerate(counts):
+        if below < seen + n:
+            if below + 1 < seen + n or position == below:
+                return float(value)
+            following = counts[i + 1][0]
+            return value + (following - value) * (position - below)
+        seen += n
+    raise AssertionError("unreachable: position is within the counts")
+
+
+def activity(bind: Bind, queue: str, now: datetime, window: str = "1h") -> Activity:
+    """``queue``'s attempts over the last hour (``1h``: per minute) or day (``24h``: per 15
+    minutes): delivered, retried, dead-lettered and paused (401/403) per bucket, and the answer
+    time's p50 and p99 (every attempt, timeouts included: ``duration_ms``).
+
+    One grouped query over the window's attempts (a primary-key range, see :func:`_id_floor`,
+    joined to their jobs for the queue). Percentiles are exact on both databases: PostgreSQL's
+    ``percentile_cont``; on SQLite the query groups by (bucket, duration in ms) and they are
+    interpolated the same way from that frequency table."""
+    check_queue(queue)
+    step, count, start, end = _window(window, now)
+    with connected(bind) as conn:
+        bucket = _bucket_of(conn, start, step).label("b")
+        rows = (
+            sa.select(bucket, attempts.c.outcome, attempts.c.duration_ms)
+            .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
+            .where(
+                attempts.c.id > _id_floor(conn, start),
+                attempts.c.started_at >= start,
+                attempts.c.started_at < end,
+                jobs.c.queue == queue,
+            )
+            .subquery()
+        )
+        tallies = {
+            name: sa.func.sum(sa.case((rows.c.outcome == outcome, 1), else_=0)).label(name)
+            for name, outcome in _TALLIED.items()
+        }
+        times: dict[int, tuple[float | None, float | None]] = {}
+        if conn.dialect.name == "postgresql":
+            found = conn.execute(
+                sa.select(
+                    rows.c.b,
+                    *tallies.values(),
+                    sa.func.percentile_cont(0.5).within_group(rows.c.duration_ms).label("p50"),
+                    sa.func.percentile_cont(0.99).within_group(rows.c.duration_ms).label("p99"),
+                ).group_by(rows.c.b)
+            ).all()
+            times = {r.b: (r.p50, r.p99) for r in found}
+        else:
+            found = conn.execute(sa.select(rows.c.b, *tallies.values()).group_by(rows.c.b)).all()
+            spread: dict[int, list[tuple[int, int]]] = {}
+            for r in conn.execute(
+                sa.select(rows.c.b, rows.c.duration_ms, sa.func.count().label("n"))
+                .group_by(rows.c.b, rows.c.duration_ms)
+                .order_by(rows.c.b, rows.c.duration_ms)
+            ):
+                spread.setdefault(r.b, []).append((int(r.duration_ms), int(r.n)))
+            times = {b: (_percentile(c, 0.5), _percentile(c, 0.99)) for b, c in spread.items()}
+    by_bucket = {int(r.b): r for r in found}
+    buckets = []
+    for number in range(count):
+        tally = by_bucket.get(number)
+        p50, p99 = times.get(number, (None, None))
+        buckets.append(
+            ActivityBucket(
+                start=start + timedelta(seconds=step * number),
+                **{name: int(getattr(tally, name, 0) or 0) for name in _TALLIED},
+                p50_ms=None if p50 is None else round(float(p50), 1),
+                p99_ms=None if p99 is None else round(float(p99), 1),
+            )
+        )
+    return Activity(queue, window, step, start, end, tuple(buckets))
+
+
+_TALLIED = {
+    "delivered": Outcome.DELIVERED.value,
+    "retried": Outcome.RETRY.value,
+    "dead": Outcome.DEAD.value,
+    "paused": Outcome.PAUSE.value,
+}
+
+
+def delivered_per_minute(bind: Bind, now: datetime) -> dict[str, tuple[int, ...]]:
+    """Per queue with any attempt in the last hour: jobs delivered in each of its 60 minutes
+    (oldest first), for the overview's sparklines. One grouped query, bounded like
+    :func:`activity`."""
+    step, count, start, end = _window("1h", now)
+    with connected(bind) as conn:
+        bucket = _bucket_of(conn, start, step).label("b")
+        rows = (
+            sa.select(jobs.c.queue, bucket, attempts.c.outcome)
+            .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
+            .where(
+                attempts.c.id > _id_floor(conn, start),
+                attempts.c.started_at >= start,
+                attempts.c.started_at < end,
+            )
+            .subquery()
+        )
+        delivered = sa.func.sum(sa.case((rows.c.outcome == Outcome.DELIVERED.value, 1), else_=0))
+        found = conn.execute(
+            sa.select(rows.c.queue, rows.c.b, delivered.label("n")).group_by(rows.c.queue, rows.c.b)
+        ).all()
+    result: dict[str, list[int]] = {}
+    for r in found:
+        if 0 <= r.b < count:
+            result.setdefault(r.queue, [0] * count)[r.b] = int(r.n or 0)
+    return {name: tuple(result[name]) for name in sorted(result)}

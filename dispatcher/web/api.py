@@ -106,9 +106,8 @@ async def resume(request: Request) -> Response:
     return JSONResponse({"queue": queue, "resumed": resumed})
 
 
-@guarded
-async def replay(request: Request) -> Response:
-    site = site_of(request)
+async def _body(request: Request, fields: dict[str, type]) -> dict[str, Any] | Response:
+    """The request's JSON object, each field known and of its type; or the 400 saying why."""
     try:
         body = json.loads(await request.body() or b"{}")
     except (ValueError, RecursionError):
@@ -116,11 +115,36 @@ async def replay(request: Request) -> Response:
     if not isinstance(body, dict):
         return error(400, "expected a JSON object")
     for key, value in body.items():
-        wanted = REPLAY_FIELDS.get(key)
+        wanted = fields.get(key)
         if wanted is None:
             return error(400, f"unknown field {key!r:.40}", key)
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             return error(400, f"expected {wanted.__name__}", key)
+    return body
+
+
+@guarded
+async def pause(request: Request) -> Response:
+    """Body ``{"reason": "…"}``: answers once no worker sends for the queue."""
+    site = site_of(request)
+    queue = request.path_params["queue"]
+    body = await _body(request, {"reason": str})
+    if isinstance(body, Response):
+        return body
+    try:
+        admin.check_queue(queue)
+        paused = await run_in_threadpool(site.pause, queue, body.get("reason", ""))
+    except admin.AdminError as exc:
+        return _bad(exc)
+    return JSONResponse({"queue": queue, "paused": paused})
+
+
+@guarded
+async def replay(request: Request) -> Response:
+    site = site_of(request)
+    body = await _body(request, REPLAY_FIELDS)
+    if isinstance(body, Response):
+        return body
     texts = {k: str(v) for k, v in body.items() if k in DEAD_FIELDS}
     dry_run = bool(body.get("dry_run"))
     try:
@@ -152,6 +176,7 @@ async def openapi(request: Request) -> Response:
 ROUTES = [
     Route("/api/openapi.json", openapi),
     Route("/api/queues", queues),
+    Route("/api/queues/{queue}/pause", pause, methods=["POST"]),
     Route("/api/queues/{queue}/resume", resume, methods=["POST"]),
     Route("/api/jobs", jobs),
     Route("/api/jobs/{job_id}", job),

@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from dispatcher.config import Settings
 from dispatcher.db import get_engine
-from dispatcher.web import api, pages, probes
+from dispatcher.web import api, pages, probes, queues
 from dispatcher.web.access import Gate, SecurityHeaders, check_bind, error, guarded, is_api
 from dispatcher.web.metrics import CONTENT_TYPE, Metrics
 from dispatcher.web.site import Site, site_of
@@ -72,10 +72,10 @@ def create_app(
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals.update(pages.TEMPLATE_GLOBALS)
+    env.globals.update(pages.TEMPLATE_GLOBALS, **queues.TEMPLATE_GLOBALS)
     routes = [Route("/metrics", metrics), *probes.ROUTES]
     if pages_and_api:
-        routes += [*pages.ROUTES, *api.ROUTES]
+        routes += [*pages.ROUTES, *queues.ROUTES, *api.ROUTES]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],

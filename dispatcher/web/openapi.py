@@ -1,8 +1,9 @@
 """The admin API's OpenAPI description, served at ``/api/openapi.json``.
 
-Written by hand (the API is five routes); the property-based test in ``tests/web`` checks the
-server against it, so the two cannot drift apart unnoticed. The limits it states are the
-operator service's (:mod:`dispatcher.admin.filters`), which enforces them for every surface.
+Written by hand (the API is a few routes, plus the health probes); the property-based test in
+``tests/web`` checks the server against it, so the two cannot drift apart unnoticed. The limits
+it states are the operator service's (:mod:`dispatcher.admin.filters`), which enforces them for
+every surface.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ _FILTERS = [
     _query("since", {"type": "string"}, f"Created at or after: {_TIME}."),
     _query("until", {"type": "string"}, f"Created before: {_TIME}."),
 ]
+_QUEUE_PATH = {
+    "name": "queue",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
+}
 _SUMMARY: dict[str, Any] = {
     "id": {"type": "string"},
     "queue": {"type": "string"},
@@ -96,10 +103,32 @@ OPENAPI: dict[str, Any] = {
         "title": "ecdp-dispatcher admin API",
         "version": "1",
         "description": "The outbox as the admin page shows it. Every call needs "
-        "`Authorization: Bearer <DISPATCHER_ADMIN_TOKEN>`.",
+        "`Authorization: Bearer <DISPATCHER_ADMIN_TOKEN>`, except the health probes "
+        "`/healthz` and `/readyz`, which say nothing but each component's state.",
     },
     "security": [{"bearer": []}],
     "paths": {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process serves (no token needed)",
+                "operationId": "healthz",
+                "security": [],
+                "responses": {
+                    "200": _json(_object(status={"type": "string", "const": "ok"}), "It serves.")
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: database, schema and broker (no token needed; cached 2 s)",
+                "operationId": "readyz",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref("Readiness"), "Every component is ok."),
+                    "503": _json(_ref("Readiness"), "Some component is not ok."),
+                },
+            }
+        },
         "/api/queues": {
             "get": {
                 "summary": "Per queue: jobs by status, oldest due age, pause and circuit state",
@@ -107,18 +136,44 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("Queues"), "Queues by name."), **_ERRORS},
             }
         },
+        "/api/queues/{queue}/pause": {
+            "post": {
+                "summary": "Pause a queue: answers once no worker sends a request for it",
+                "operationId": "pause",
+                "parameters": [_QUEUE_PATH],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                **_object(
+                                    reason={
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "description": "Why; shown wherever the pause is.",
+                                    }
+                                ),
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        _object(queue={"type": "string"}, paused={"type": "boolean"}),
+                        "`paused` is false if the queue was paused already (its first reason "
+                        "is kept).",
+                    ),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                },
+            }
+        },
         "/api/queues/{queue}/resume": {
             "post": {
                 "summary": "Resume a paused queue (its backlog goes out)",
                 "operationId": "resume",
-                "parameters": [
-                    {
-                        "name": "queue",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
-                    }
-                ],
+                "parameters": [_QUEUE_PATH],
                 "responses": {
                     "200": _json(
                         _object(queue={"type": "string"}, resumed={"type": "boolean"}),
@@ -204,6 +259,18 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
+            "Readiness": {
+                "type": "object",
+                "properties": {
+                    "ready": {"type": "boolean"},
+                    **{
+                        name: {"type": "string", "description": "ok, or what is wrong."}
+                        for name in ("database", "schema", "broker")
+                    },
+                },
+                "required": ["ready", "database", "schema", "broker"],
+                "additionalProperties": False,
+            },
             "Error": {
                 "type": "object",
                 "properties": {"error": {"type": "string"}, "field": _nullable("string")},

@@ -104,13 +104,18 @@ async def logout(request: Request) -> Response:
 @guarded
 async def overview(request: Request) -> Response:
     site = site_of(request)
-    queues = await run_in_threadpool(admin.stats, site.engine, utcnow())
+    now = utcnow()
+    queues = await run_in_threadpool(admin.stats, site.engine, now)
+    delivered = await run_in_threadpool(admin.delivered_per_minute, site.engine, now)
     return site.render(
         request,
         "overview.html",
         queues=queues,
         statuses=STATUSES,
+        delivered=delivered,
+        quiet=(0,) * admin.ACTIVITY_WINDOWS["1h"][1],
         resumed=request.query_params.get("resumed"),
+        paused=request.query_params.get("paused"),
     )
 
 
@@ -123,7 +128,8 @@ async def resume_page(request: Request) -> Response:
     except admin.AdminError:
         raise HTTPException(404) from None
     await run_in_threadpool(site.resume, queue)
-    return RedirectResponse("/?" + urlencode({"resumed": queue}), 303)
+    back = f"/queues/{queue}" if (await request.form()).get("back") == "queue" else "/"
+    return RedirectResponse(f"{back}?" + urlencode({"resumed": queue}), 303)
 
 
 def _refused(request: Request, page: str, typed: Typed, exc: admin.AdminError) -> Response:

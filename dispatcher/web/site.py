@@ -45,6 +45,13 @@ class Site:
         context.update(csrf=self.gate.csrf(request), login=self.gate.token is not None)
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
+    def pause(self, queue: str, reason: str) -> bool:
+        """:func:`dispatcher.admin.pause_queue` (returns once no worker sends for ``queue``)."""
+        changed = admin.pause_queue(self.engine, queue, reason)
+        if changed:
+            self.metrics.invalidate()
+        return changed
+
     def resume(self, queue: str) -> bool:
         """:func:`dispatcher.admin.resume_queue`; the next scrape shows it."""
         changed = admin.resume_queue(self.engine, queue)

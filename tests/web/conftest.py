@@ -127,7 +127,9 @@ def set_circuit(
 
 @pytest.fixture
 def app(settings: Settings, engine: sa.Engine) -> Starlette:
-    return create_app(dataclasses.replace(settings, admin_token=Secret(TOKEN)), engine=engine)
+    # A broker /readyz can check without creating anything (the default is a SQLite file here).
+    changed = dataclasses.replace(settings, admin_token=Secret(TOKEN), broker_url="memory://")
+    return create_app(changed, engine=engine)
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

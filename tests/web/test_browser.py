@@ -1,6 +1,7 @@
 """The admin page in real headless Chromium (Debian's chromium + chromium-driver via Selenium):
-log in, find a customer's event by email, open its attempts, resume a paused queue, replay a
-filtered set of dead jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's screenshots."""
+log in, find a customer's event by email, open its attempts, pause a queue (and confirm) and
+resume one, see a queue's charts and the overview's sparklines, replay a filtered set of dead
+jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's screenshots."""
 
 from __future__ import annotations
 
@@ -108,6 +109,60 @@ def test_resume_a_paused_queue(
     assert "Queue eu-shop resumed" in by_id(browser, "notice").text
     assert "running" in by_id(browser, "queue-eu-shop").text
     assert signalled == [("eu-shop",)]
+
+
+def test_pause_a_queue_from_the_page(
+    browser: Any, site: str, outbox: Outbox, engine: sa.Engine
+) -> None:
+    log_in(browser, site)
+    assert "running" in by_id(browser, "queue-default").text
+    by_id(browser, "reason-default").send_keys("key rotation")
+    click(browser, "pause-default")
+    # The confirmation step: nothing has changed yet.
+    assert browser.find_element("tag name", "h1").text == "Pause queue default?"
+    assert by_id(browser, "reason").get_attribute("value") == "key rotation"
+    assert not admin.stats(engine, utcnow())["default"].paused
+    click(browser, "cancel")
+    assert "running" in by_id(browser, "queue-default").text
+
+    by_id(browser, "reason-default").send_keys("key rotation")
+    click(browser, "pause-default")
+    reason = by_id(browser, "reason")
+    reason.clear()
+    reason.send_keys("rotating the key, back at 03:00")
+    click(browser, "confirm")
+    assert "Queue default paused" in by_id(browser, "notice").text
+    row = by_id(browser, "queue-default").text
+    assert "paused since" in row and "rotating the key, back at 03:00" in row
+    assert by_id(browser, "resume-default").text == "Resume"
+    state = admin.stats(engine, utcnow())["default"]
+    assert state.paused and state.pause_reason == "rotating the key, back at 03:00"
+
+
+def test_the_queue_page_shows_its_charts(browser: Any, site: str, outbox: Outbox) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, site)
+    sparklines = browser.find_elements(By.CSS_SELECTOR, "a.spark svg.sparkline")
+    assert len(sparklines) == 2  # default and eu-shop
+    assert "3 delivered in the last hour" in by_id(browser, "spark-default").get_attribute(
+        "innerHTML"
+    )
+    click(browser, "spark-default")
+    assert browser.current_url == f"{site}/queues/default"
+    assert browser.find_element("tag name", "h1").text == "Queue default"
+    for chart in ("counts-1h", "times-1h", "counts-24h", "times-24h"):
+        svg = by_id(browser, chart)
+        assert svg.get_attribute("role") == "img" and svg.size["width"] > 300, chart
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-1h rect.bar-delivered")) == 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-1h rect.bar-dead")) == 1
+    assert browser.find_elements(By.CSS_SELECTOR, "#times-24h .line-p99")
+    _screenshot(browser, "admin-queue.png")
+    # The numbers behind the bars, for those who cannot see them.
+    click_summary = browser.find_element(By.CSS_SELECTOR, "#numbers-1h summary")
+    click_summary.click()
+    rows = texts(browser, "#numbers-1h tbody tr")
+    assert len(rows) == 1 and " 3 4 5 0 " in f" {rows[0]} "
 
 
 def test_an_open_circuit_shows_on_the_overview(

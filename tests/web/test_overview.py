@@ -17,13 +17,15 @@ from .conftest import AUTH, OUTAGE, Outbox, set_circuit
 
 
 def state_cells(client: httpx.Client) -> dict[str, str]:
-    """Queue name -> the text of its row's last cell (tags dropped, whitespace collapsed)."""
+    """Queue name -> the text of its row's last cell (tags and the Pause form dropped,
+    whitespace collapsed)."""
     page = client.get("/", headers=AUTH)
     assert page.status_code == 200
     rows = re.findall(r'<tr id="queue-([^"]+)">(.*?)</tr>', page.text, re.DOTALL)
     cells = {}
     for name, row in rows:
         last = row.rsplit('<td class="text">', 1)[1]
+        last = re.sub(r'<form [^>]*class="inline pause".*?</form>', "", last, flags=re.DOTALL)
         cells[name] = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", last)).split())
     return cells
 
