@@ -37,12 +37,32 @@ def test_procfile_and_compose_describe_the_same_processes() -> None:
     # one-shot migration every app service waits for.
     assert "pgdata" in compose["volumes"]
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
-    for name in ("postgres", "redis", "worker", "flower"):
+    for name in ("postgres", "redis", "worker", "sweeper", "flower", "web"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == "dispatcher migrate"
     for name in app_services:
         depends = app_services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_every_long_running_service_has_a_cheap_health_check() -> None:
+    """Each app service's probe: the heartbeat files (dispatcher check --worker/--sweeper), the
+    web's /healthz, Flower's /healthcheck; never `celery inspect` (seconds of CPU per probe)."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    long_running = {name: s for name, s in services.items() if name != "migrate"}
+    probes = {}
+    for name, service in long_running.items():
+        assert "healthcheck" in service, f"{name} has no health check"
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL"), name
+        probes[name] = " ".join(test[1:])
+        assert "celery" not in probes[name] and "inspect" not in probes[name], name
+    assert probes["worker"] == "dispatcher check --worker"
+    assert probes["sweeper"] == "dispatcher check --sweeper"
+    assert "http://127.0.0.1:8000/healthz" in probes["web"] and "urllib" in probes["web"]
+    assert "http://127.0.0.1:5555/healthcheck" in probes["flower"]
+    assert probes["postgres"].startswith("pg_isready") and probes["redis"] == "redis-cli ping"
+    assert "healthcheck" not in services["migrate"], "a one-shot job is not probed"
 
 
 @pytest.mark.postgres
