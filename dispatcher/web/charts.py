@@ -57,6 +57,13 @@ def _nice(top: float) -> float:
     return 10 * power
 
 
+def _axis(value: float, unit: str) -> str:
+    """An axis label: ``250``, ``500 ms``, ``2.5 s``."""
+    if unit == " ms" and value >= 1000:
+        return f"{value / 1000:g} s"
+    return f"{_number(value)}{unit}"
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:g}"
 
@@ -79,7 +86,7 @@ def _frame(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
             f'stroke="#d5dae0" stroke-width="1"/>'
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#56606b">{escape(_number(top * fraction))}{escape(unit)}</text>'
+            f'fill="#56606b">{escape(_axis(top * fraction, unit))}</text>'
         )
     for index, anchor in ((0, "start"), (len(a.buckets) // 2, "middle"), (None, "end")):
         at = a.end if index is None else a.buckets[index].start

@@ -5,6 +5,8 @@ jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's screenshots."""
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 
 from dispatcher import admin
 from dispatcher.db import utcnow
+from dispatcher.schema import attempts, jobs
 
 from .conftest import OUTAGE, TOKEN, Outbox, screenshot_dir, set_circuit
 
@@ -99,7 +102,7 @@ def test_find_a_customers_event_and_its_attempts(browser: Any, site: str, outbox
 
 
 def test_resume_a_paused_queue(
-    browser: Any, site: str, outbox: Outbox, signalled: list[tuple[str, ...]]
+    browser: Any, site: str, outbox: Outbox, signalled: list[tuple[str, ...]], busy_day: None
 ) -> None:
     log_in(browser, site)
     row = by_id(browser, "queue-eu-shop").text
@@ -139,28 +142,82 @@ def test_pause_a_queue_from_the_page(
     assert state.paused and state.pause_reason == "rotating the key, back at 03:00"
 
 
-def test_the_queue_page_shows_its_charts(browser: Any, site: str, outbox: Outbox) -> None:
+@pytest.fixture
+def busy_day(engine: sa.Engine) -> None:
+    """A day of traffic on queue ``us-shop``, written as the workers would have: a daily wave,
+    a few retries and dead letters, and a short outage six hours ago (for the charts)."""
+    rng = random.Random(15)
+    now = utcnow()
+    job_rows: list[dict[str, Any]] = []
+    attempt_rows: list[dict[str, Any]] = []
+    for minute in range(24 * 60, 0, -1):
+        at = now - timedelta(minutes=minute)
+        rate = 9 + 5 * math.sin(2 * math.pi * (minute / 1440 + 0.2))
+        outage = 355 <= minute <= 370
+        for _ in range(max(1, round(rng.gauss(rate, 2)))):
+            started = at + timedelta(seconds=rng.uniform(0, 59))
+            job_id = 100_000 + len(job_rows)
+            tries = ["retry"] * (rng.random() < 0.06 or outage) + [
+                "dead" if rng.random() < 0.01 else "delivered"
+            ]
+            for n, outcome in enumerate(tries):
+                slow = 4000 if outage and outcome == "retry" else 0
+                attempt_rows.append(
+                    {
+                        "job_id": job_id,
+                        "started_at": started + timedelta(seconds=n),
+                        "duration_ms": int(slow or 60 * rng.lognormvariate(0.3, 0.45)),
+                        "outcome": outcome,
+                        "counted": True,
+                    }
+                )
+            job_rows.append(
+                {
+                    "id": job_id,
+                    "queue": "us-shop",
+                    "endpoint": "/scenariocustomevents",
+                    "custom_event_id": 301,
+                    "payload": "{}",
+                    "status": tries[-1],
+                    "attempts": len(tries),
+                    "next_attempt_at": started,
+                    "created_at": started,
+                    "updated_at": started,
+                    "delivered_at": started if tries[-1] == "delivered" else None,
+                }
+            )
+    attempt_rows.sort(key=lambda r: r["started_at"])
+    with engine.begin() as conn:
+        conn.execute(jobs.insert(), job_rows)
+        conn.execute(attempts.insert(), attempt_rows)
+
+
+def test_the_queue_page_shows_its_charts(
+    browser: Any, site: str, outbox: Outbox, busy_day: None
+) -> None:
     from selenium.webdriver.common.by import By
 
     log_in(browser, site)
     sparklines = browser.find_elements(By.CSS_SELECTOR, "a.spark svg.sparkline")
-    assert len(sparklines) == 2  # default and eu-shop
+    assert len(sparklines) == 3  # default, eu-shop, us-shop
     assert "3 delivered in the last hour" in by_id(browser, "spark-default").get_attribute(
         "innerHTML"
     )
-    click(browser, "spark-default")
-    assert browser.current_url == f"{site}/queues/default"
-    assert browser.find_element("tag name", "h1").text == "Queue default"
+    click(browser, "spark-us-shop")
+    assert browser.current_url == f"{site}/queues/us-shop"
+    assert browser.find_element("tag name", "h1").text == "Queue us-shop"
     for chart in ("counts-1h", "times-1h", "counts-24h", "times-24h"):
         svg = by_id(browser, chart)
         assert svg.get_attribute("role") == "img" and svg.size["width"] > 300, chart
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-1h rect.bar-delivered")) == 1
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-1h rect.bar-dead")) == 1
+        assert svg.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-1h rect.bar-delivered")) >= 59
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#counts-24h rect.bar-delivered")) >= 95
     assert browser.find_elements(By.CSS_SELECTOR, "#times-24h .line-p99")
     _screenshot(browser, "admin-queue.png")
+
     # The numbers behind the bars, for those who cannot see them.
-    click_summary = browser.find_element(By.CSS_SELECTOR, "#numbers-1h summary")
-    click_summary.click()
+    browser.get(f"{site}/queues/default")
+    browser.find_element(By.CSS_SELECTOR, "#numbers-1h summary").click()
     rows = texts(browser, "#numbers-1h tbody tr")
     assert len(rows) == 1 and " 3 4 5 0 " in f" {rows[0]} "
 

@@ -5,15 +5,19 @@ from it, the overview's sparklines, and Pause from the page (confirm, CSRF) and 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dispatcher import admin
-from dispatcher.admin.reads import _id_floor
+from dispatcher.admin.reads import _id_floor, _percentile
 from dispatcher.schema import attempts, jobs
+from dispatcher.web.charts import counts_chart, sparkline, times_chart
 
 from .conftest import AUTH, TOKEN, Outbox
 
@@ -219,3 +223,38 @@ def test_pause_through_the_api(client: httpx.Client, outbox: Outbox, engine: sa.
         assert response.status_code == 400
     assert client.post("/api/queues/idle/pause", json={"reason": "x"}).status_code == 401
     assert "idle" not in admin.stats(engine, NOW)
+
+
+@given(st.lists(st.integers(0, 30_000), min_size=1, max_size=60), st.sampled_from([0.5, 0.99]))
+def test_percentiles_from_a_frequency_table_are_percentile_cont(
+    durations: list[int], fraction: float
+) -> None:
+    """SQLite's path: the same linear interpolation as PostgreSQL's percentile_cont."""
+    ordered = sorted(durations)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    expected = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    table = sorted(Counter(durations).items())
+    assert _percentile(table, fraction) == pytest.approx(expected)
+
+
+def test_the_charts_escape_and_label_everything() -> None:
+    a = admin.Activity(
+        "shop",
+        "1h",
+        60,
+        NOW,
+        NOW + timedelta(minutes=2),
+        (
+            admin.ActivityBucket(NOW, 2, 1, 0, 0, 12.5, 1500.0),
+            admin.ActivityBucket(NOW + timedelta(minutes=1), 0, 0, 0, 0, None, None),
+        ),
+    )
+    svg = str(counts_chart(a, 'x"><script>'))
+    assert "<script>" not in svg and 'id="x&#34;&gt;&lt;script&gt;"' in svg
+    assert "<title>12:00\u201312:01 UTC: 2 delivered, 1 retried, 0 dead-lettered</title>" in svg
+    times = str(times_chart(a, "t"))
+    assert "p50 12.5 ms, p99 1500 ms (3 attempts)" in times and ">2 s</text>" in times
+    spark = str(sparkline([0, 3, 1], "shop"))
+    assert 'aria-label="Queue shop: 4 delivered in the last hour, at most 3 in one minute"' in spark
