@@ -10,7 +10,8 @@ statements; the database does the locking (``FOR UPDATE SKIP LOCKED`` on Postgre
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from dispatcher.schema import (
     LEASED_WHERE,
     JobStatus,
     attempts,
+    counts,
     jobs,
     queues,
 )
@@ -586,6 +588,7 @@ def open_circuit(
     # Another worker may have opened it first: its failures are this outage's all the same.
     # Rare (once per worker per opening) and small (a window's worth): one attempt at a time, so
     # that only attempts that really counted are taken off their job's count.
+    revive: Counter[tuple[str, str]] = Counter()
     for job_id, started_at in refund:
         flipped = conn.execute(
             sa.update(attempts)
@@ -601,21 +604,28 @@ def open_circuit(
         dead_of_max = sa.and_(
             jobs.c.status == JobStatus.DEAD, jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%")
         )
+        # Two statements, so that a dead job brought back is counted out of dispatcher_counts.
+        revived = conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.attempts > 0, dead_of_max)
+            .values(
+                attempts=jobs.c.attempts - 1,
+                status=JobStatus.RETRYING,
+                next_attempt_at=now,
+                # waiting again: its error is the answer's, no longer "max attempts exceeded: …"
+                last_error=sa.func.substr(jobs.c.last_error, len(MAX_ATTEMPTS_REASON) + 3),
+                updated_at=now,
+            )
+        ).rowcount
+        if revived:
+            revive[(queue, JobStatus.DEAD)] -= int(revived)
+            continue
         conn.execute(
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.attempts > 0)
-            .values(
-                attempts=jobs.c.attempts - 1,
-                status=sa.case((dead_of_max, JobStatus.RETRYING), else_=jobs.c.status),
-                next_attempt_at=sa.case((dead_of_max, now), else_=jobs.c.next_attempt_at),
-                # waiting again: its error is the answer's, no longer "max attempts exceeded: …"
-                last_error=sa.case(
-                    (dead_of_max, sa.func.substr(jobs.c.last_error, len(MAX_ATTEMPTS_REASON) + 3)),
-                    else_=jobs.c.last_error,
-                ),
-                updated_at=now,
-            )
+            .values(attempts=jobs.c.attempts - 1, updated_at=now)
         )
+    add_counts(conn, revive)
     return bool(opened)
 
 
@@ -699,13 +709,17 @@ _RECORD_PG = sa.text(
             CAST(:b_inc AS int[]), CAST(:b_next AS timestamptz[]), CAST(:b_code AS int[]),
             CAST(:b_error AS text[]), CAST(:b_delivered AS timestamptz[]))
             AS r(id, token, status, inc, next_at, code, error, delivered_at)
+    ), updated AS (
+        UPDATE dispatcher_jobs AS j
+        SET status = r.status, attempts = j.attempts + r.inc, next_attempt_at = r.next_at,
+            last_status_code = r.code, last_error = r.error, delivered_at = r.delivered_at,
+            lease_token = NULL, lease_expires_at = NULL, updated_at = :now
+        FROM r
+        WHERE j.id = r.id AND j.lease_token = r.token AND j.status = 'in_flight'
+        RETURNING j.queue, j.status
     )
-    UPDATE dispatcher_jobs AS j
-    SET status = r.status, attempts = j.attempts + r.inc, next_attempt_at = r.next_at,
-        last_status_code = r.code, last_error = r.error, delivered_at = r.delivered_at,
-        lease_token = NULL, lease_expires_at = NULL, updated_at = :now
-    FROM r
-    WHERE j.id = r.id AND j.lease_token = r.token AND j.status = 'in_flight'
+    SELECT queue, status, count(*) AS n FROM updated
+    WHERE status IN ('delivered', 'dead') GROUP BY queue, status
     """
 )
 _ATTEMPT_ARRAYS = {
@@ -725,13 +739,14 @@ def _record_pg(
     attempt_rows: list[dict[str, Any]],
     job_rows: list[dict[str, Any]],
     now: datetime,
-) -> int:
+) -> Counter[tuple[str, str]]:
+    """One statement; the jobs it finished, per (queue, status), for :func:`add_counts`."""
     params: dict[str, Any] = {"now": now}
     for name, column in _ATTEMPT_ARRAYS.items():
         params[name] = [row[column] for row in attempt_rows]
     for name in job_rows[0]:
         params[name] = [row[name] for row in job_rows]
-    return int(conn.execute(_RECORD_PG, params).rowcount)
+    return Counter({(r.queue, r.status): int(r.n) for r in conn.execute(_RECORD_PG, params)})
 
 
 _STATUS_AFTER = {
@@ -782,8 +797,25 @@ def record(
         for r in results
     ]
     if conn.dialect.name == "postgresql":
-        _record_pg(conn, attempt_rows, job_rows, now)
+        finished = _record_pg(conn, attempt_rows, job_rows, now)
     else:
+        # SQLite: this transaction holds the write lock, so the leases still held now are the
+        # rows the UPDATE below changes.
+        held = {
+            (r.id, r.lease_token)
+            for r in conn.execute(
+                sa.select(jobs.c.id, jobs.c.lease_token).where(
+                    jobs.c.id.in_([r.job.id for r in results]),
+                    jobs.c.status == JobStatus.IN_FLIGHT,
+                )
+            )
+        }
+        finished = Counter(
+            (r.job.queue, _STATUS_AFTER[r.decision.outcome])
+            for r in results
+            if (r.job.id, r.job.lease_token) in held
+            and _STATUS_AFTER[r.decision.outcome] in FINISHED_STATUSES
+        )
         conn.execute(attempts.insert(), attempt_rows)
         conn.execute(_RECORD_JOB.values(updated_at=now), job_rows)
     for r in results:  # the answers' effects on their whole queue (policy.decide says which)
@@ -795,6 +827,13 @@ def record(
         elif effect is QueueEffect.COOL_DOWN and r.decision.effect_seconds:
             until = now + timedelta(seconds=r.decision.effect_seconds)
             cool_down(conn, r.job.queue, until, now)
+    # Last, so the counts' rows stay locked only until the commit. Both finished statuses of a
+    # queue are touched together (a zero adds nothing) so that the lock order (status, queue)
+    # holds also when open_circuit later takes a dead job back out in this transaction.
+    for queue in {q for q, _ in finished}:
+        for status in FINISHED_STATUSES:
+            finished[(queue, status)] += 0
+    add_counts(conn, finished, keep_zeros=True)
     return newly_paused
 
 
@@ -872,6 +911,52 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
             found.append(last)
 
 
+# --------------------------------------------------------------------------- finished counts
+
+
+def add_counts(
+    conn: sa.Connection, deltas: Mapping[tuple[str, str], int], *, keep_zeros: bool = False
+) -> None:
+    """Add ``deltas`` ((queue, status) -> jobs, negative to take away) to ``dispatcher_counts``,
+    in the caller's transaction: the one that moved those jobs.
+
+    One statement, its rows in (status, queue) order: every writer locks the counts' rows in that
+    order, so two transactions never deadlock on them. A row is locked until the commit, so the
+    callers make this their last statement (on a hot queue, concurrent batches queue up here for
+    about one commit each). ``keep_zeros`` writes zero deltas too (record: see there)."""
+    rows = [
+        {"queue": queue, "status": str(status), "jobs": n}
+        for (queue, status), n in sorted(deltas.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        if n or keep_zeros
+    ]
+    if not rows:
+        return
+    insert = _insert_for(conn.dialect.name)(counts)
+    conn.execute(
+        insert.values(rows).on_conflict_do_update(
+            index_elements=["queue", "status"], set_={"jobs": counts.c.jobs + insert.excluded.jobs}
+        )
+    )
+
+
+def recount(conn: sa.Connection) -> None:
+    """Rebuild ``dispatcher_counts`` from the jobs table (the migration's backfill; a repair
+    after rows were changed by hand). One grouped scan of the finished rows: seconds at ten
+    million. On PostgreSQL the counts table is locked first, so a worker recording meanwhile
+    waits for this commit and then adds its own delta: nothing is counted twice or lost."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE dispatcher_counts IN EXCLUSIVE MODE")
+    conn.execute(sa.delete(counts))
+    conn.execute(
+        counts.insert().from_select(
+            ["queue", "status", "jobs"],
+            sa.select(jobs.c.queue, jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_(FINISHED_STATUSES))
+            .group_by(jobs.c.queue, jobs.c.status),
+        )
+    )
+
+
 # --------------------------------------------------------------------------- retention
 
 
@@ -890,18 +975,22 @@ def purge_batch(
     """Delete up to ``limit`` finished jobs (``statuses``, never a live one) last changed before
     ``cutoff``, with their attempts. Rows another transaction holds are skipped, not waited for.
     """
-    ids = list(
-        conn.execute(
-            sa.select(jobs.c.id)
-            .where(jobs.c.status.in_(statuses), jobs.c.updated_at < cutoff)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-    if not ids:
+    chosen = conn.execute(
+        sa.select(jobs.c.id, jobs.c.queue, jobs.c.status)
+        .where(jobs.c.status.in_(statuses), jobs.c.updated_at < cutoff)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not chosen:
         return Purged(0, 0)
+    ids = [r.id for r in chosen]
     removed_attempts = conn.execute(sa.delete(attempts).where(attempts.c.job_id.in_(ids))).rowcount
     removed_jobs = conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids))).rowcount
+    # The rows are locked (FOR UPDATE), so each one chosen is one deleted.
+    gone: Counter[tuple[str, str]] = Counter()
+    for r in chosen:
+        gone[(r.queue, r.status)] -= 1
+    add_counts(conn, gone)
     return Purged(int(removed_jobs), int(removed_attempts))
 
 

@@ -1,9 +1,17 @@
-"""The outbox's three tables.
+"""The outbox's tables.
 
 ``dispatcher_jobs`` is the source of truth for every job's state and schedule; the broker only
 carries "work is due" hints. ``dispatcher_attempts`` keeps one row per HTTP request (the delivery
 history), and ``dispatcher_queues`` holds the pause switch every worker reads. Partial indexes
 keep "what is due?" as cheap with ten million delivered rows as with ten.
+
+What an operator reads most (``dispatcher stats``, ``/metrics``, the overview) must not grow with
+history either, so counting never scans finished rows: live jobs (pending, in flight, retrying)
+are counted from ``ix_dispatcher_jobs_live``, a partial index over live rows only (an index-only
+scan, its size the backlog's), and finished ones (delivered, dead) are read from
+``dispatcher_counts``, kept exact by the very transactions that move a job into or out of a
+finished state (``outbox.record``, ``outbox.open_circuit``, ``outbox.purge_batch``,
+``admin.replay``: see ``outbox.add_counts``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ DUE_WHERE = "status IN ('pending', 'retrying')"
 LEASED_WHERE = "status = 'in_flight'"
 DEDUPE_WHERE = "dedupe_key IS NOT NULL"
 EMAIL_WHERE = "customer_email IS NOT NULL"
+LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"
 
 
 def _partial(where: str) -> dict[str, Any]:
@@ -90,6 +99,10 @@ jobs = sa.Table(
     sa.Index("ix_dispatcher_jobs_email", "customer_email", **_partial(EMAIL_WHERE)),
     sa.Index("ix_dispatcher_jobs_status_created", "status", "created_at"),
     sa.Index("ix_dispatcher_jobs_event", "custom_event_id"),
+    # What stats counts: live rows only, so its cost is the backlog's, not the history's.
+    sa.Index(
+        "ix_dispatcher_jobs_live", "queue", "status", "next_attempt_at", **_partial(LIVE_WHERE)
+    ),
 )
 
 attempts = sa.Table(
@@ -133,4 +146,15 @@ queues = sa.Table(
     sa.Column("circuit_retry_at", UTCDateTime),
     sa.Column("circuit_probes", sa.Integer, nullable=False, server_default="0"),
     sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
+)
+
+# Finished jobs per queue and status (delivered, dead), exact: every statement that moves a job
+# into or out of a finished state (or deletes one) adds its delta here in the same transaction, as
+# one upsert per (status, queue) in that order (so concurrent transactions never deadlock on it).
+counts = sa.Table(
+    "dispatcher_counts",
+    metadata,
+    sa.Column("queue", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -189,7 +189,17 @@ def replay(
             if isinstance(bind, sa.Engine):
                 conn.rollback()
         else:
-            per_queue = Counter(conn.execute(_replay_statement(conditions, now)).scalars())
+            # One UPDATE per replayed status, so dispatcher_counts loses exactly what left it.
+            per_queue = Counter()
+            left: Counter[tuple[str, str]] = Counter()
+            for target in targets:
+                moved = conn.execute(
+                    _replay_statement([*conditions, jobs.c.status == target], now)
+                ).scalars()
+                for queue in moved:
+                    per_queue[queue] += 1
+                    left[(queue, target)] -= 1
+            outbox.add_counts(conn, left)
             found = sum(per_queue.values())
             if expected is not None:  # this call's own connection: commit or undo here
                 if found != expected:

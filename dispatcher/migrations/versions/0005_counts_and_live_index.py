@@ -1,0 +1,64 @@
+"""Costs that do not grow with history: exact finished counts and an index over live jobs only.
+
+``dispatcher_counts`` holds the number of delivered and dead jobs per queue (kept by the
+transactions that change them: see dispatcher.outbox.add_counts), and ``ix_dispatcher_jobs_live``
+covers pending, in-flight and retrying rows only, so ``dispatcher stats``, ``/metrics`` and the
+pages never scan the finished history. The counts are backfilled here (``outbox.recount``).
+
+On PostgreSQL the index is built ``CONCURRENTLY``, outside the migration's transaction, so
+producers and workers keep writing while it is built (a minute or so per ten million rows);
+the counts' backfill is one grouped scan that blocks nobody but recording workers, which wait
+for it (seconds). Run it with the new workers (or none): older workers do not maintain counts.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"  # = dispatcher.schema.LIVE_WHERE
+
+
+def upgrade() -> None:
+    from dispatcher.outbox import recount
+
+    op.create_table(
+        "dispatcher_counts",
+        sa.Column("queue", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("queue", "status", name="pk_dispatcher_counts"),
+    )
+    recount(op.get_bind())
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    if postgresql:
+        with op.get_context().autocommit_block():
+            op.execute("DROP INDEX IF EXISTS ix_dispatcher_jobs_live")  # a failed earlier try
+            op.create_index(
+                "ix_dispatcher_jobs_live",
+                "dispatcher_jobs",
+                ["queue", "status", "next_attempt_at"],
+                postgresql_where=sa.text(LIVE_WHERE),
+                postgresql_concurrently=True,
+            )
+    else:
+        op.create_index(
+            "ix_dispatcher_jobs_live",
+            "dispatcher_jobs",
+            ["queue", "status", "next_attempt_at"],
+            sqlite_where=sa.text(LIVE_WHERE),
+        )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_dispatcher_jobs_live", table_name="dispatcher_jobs")
+    op.drop_table("dispatcher_counts")
