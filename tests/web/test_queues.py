@@ -196,6 +196,10 @@ def test_pause_from_the_page(client: httpx.Client, outbox: Outbox, engine: sa.En
     client.post("/queues/default/resume", data={"csrf": csrf, "back": "queue"})
     back = client.post("/queues/default/pause", data={**form, "csrf": csrf, "back": "queue"})
     assert back.headers["location"] == "/queues/default?paused=default"
+    # The API with the cookie needs the CSRF header too.
+    api = "/api/queues/eu-shop/pause"
+    assert client.post(api, json=form).status_code == 403
+    assert client.post(api, json=form, headers={"X-CSRF-Token": csrf}).status_code == 200
 
 
 def test_pause_through_the_api(client: httpx.Client, outbox: Outbox, engine: sa.Engine) -> None:
