@@ -22,41 +22,15 @@ os.environ.setdefault("DISPATCHER_BROKER_URL", "memory://")
 
 import psycopg
 import sqlalchemy as sa
+from databases import RAW_INSERT as INSERT  # bench/databases.py
+from databases import events, make_db
 from sqlalchemy.orm import Session
 
-from dispatcher import CustomEvent, DataField, enqueue, enqueue_many
+from dispatcher import enqueue, enqueue_many
 from dispatcher.db import get_engine, utcnow
-from dispatcher.migrate import upgrade
 
 BASE = os.environ.get("DISPATCHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-RAW_INSERT = (
-    "INSERT INTO dispatcher_jobs (queue, endpoint, custom_event_id, customer_email, payload,"
-    " status, attempts, next_attempt_at, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, 'pending', 0, %s, %s, %s) RETURNING id"
-)
-
-
-def make_db() -> str:
-    url = sa.make_url(BASE.replace("postgresql://", "postgresql+psycopg://", 1))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql("DROP DATABASE IF EXISTS dispatcher_bench WITH (FORCE)")
-        conn.exec_driver_sql("CREATE DATABASE dispatcher_bench")
-    admin.dispose()
-    bench_url = url.set(database="dispatcher_bench").render_as_string(hide_password=False)
-    upgrade(bench_url)
-    return bench_url
-
-
-def events(n: int) -> list[CustomEvent]:
-    return [
-        CustomEvent(
-            42,
-            customer_email=f"customer{i}@example.com",
-            data_fields=[DataField("order", "Number", i), DataField("total", "Money", "19.90")],
-        )
-        for i in range(n)
-    ]
+RAW_INSERT = INSERT + " RETURNING id"
 
 
 def rate(n: int, fn: Callable[[], object]) -> float:
@@ -72,11 +46,11 @@ def main() -> None:
     parser.add_argument("--batch-total", type=int, default=10000)
     args = parser.parse_args()
 
-    url = make_db()
+    url = make_db(BASE, "dispatcher_bench")
     os.environ["DISPATCHER_DATABASE_URL"] = url
     engine = get_engine(url)
     raw_dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    single, batch = events(args.single), events(args.batch_total)
+    single, batch = events(args.single, "single"), events(args.batch_total, "batch")
 
     def ours_single() -> None:
         for e in single:

@@ -42,7 +42,7 @@ def client() -> httpx.Client:
     return _client[1]
 
 
-@app.task(name="naive.send", autoretry_for=(httpx.HTTPError,), retry_backoff=True, max_retries=12)
+@app.task(name="naive.send", autoretry_for=(httpx.HTTPError,), retry_backoff=True, max_retries=12)  # type: ignore[untyped-decorator]
 def send(endpoint: str, body: str) -> None:
     response = client().post(
         os.environ.get("ECDP_BASE_URL", "https://api.ecdp.app").rstrip("/") + endpoint,
@@ -55,7 +55,7 @@ def send(endpoint: str, body: str) -> None:
     response.raise_for_status()
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]
 def _ready(**_: object) -> None:
     # Celery's own "ready." line is INFO, which this worker does not log; run.py waits for this.
     print("naive worker ready", file=sys.stderr, flush=True)
