@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dispatcher.events import CustomEvent, DataField, SegmentEvent, ValidationError
     from dispatcher.producer import (
+        OutboxSchemaMissing,
         OutboxUnavailable,
         enqueue,
         enqueue_async,
@@ -32,6 +33,7 @@ _LAZY = {
     "SegmentEvent": "dispatcher.events",
     "ValidationError": "dispatcher.events",
     "OutboxUnavailable": "dispatcher.producer",
+    "OutboxSchemaMissing": "dispatcher.producer",
     "enqueue": "dispatcher.producer",
     "enqueue_async": "dispatcher.producer",
     "enqueue_many": "dispatcher.producer",
@@ -51,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CustomEvent",
     "DataField",
+    "OutboxSchemaMissing",
     "OutboxUnavailable",
     "SegmentEvent",
     "ValidationError",

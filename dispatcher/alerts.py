@@ -31,13 +31,20 @@ WEBHOOK_TIMEOUT_SECONDS = 5.0
 _DETAIL_LIMIT = 1000
 
 
+def slack_escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as Slack's mrkdwn needs them (``&amp;``, ``&lt;``, ``&gt;``), so
+    an API's words cannot become ``<!channel>``, a mention or a disguised ``<url|link>``."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def pause_notice(queue: str, status_code: int | None, detail: str | None) -> dict[str, Any]:
-    """The JSON posted to the webhook: Slack's ``text`` plus the same facts as fields."""
+    """The JSON posted to the webhook: Slack's ``text`` (the detail escaped) plus the same facts
+    as fields (``detail`` raw, for machines)."""
     detail = _clip(detail)
     cause = f"after HTTP {status_code}" if status_code is not None else "before sending"
     text = (
         f":rotating_light: ecdp-dispatcher: queue `{queue}` paused {cause}"
-        + (f": {detail}" if detail else "")
+        + (f": {slack_escape(detail)}" if detail else "")
         + f". Nothing is sent for it until an operator resumes it (`dispatcher resume {queue}`"
         " or the admin page); its jobs wait."
     )
@@ -72,12 +79,12 @@ def notify_pause(
 
 
 def circuit_notice(queue: str, reason: str | None) -> dict[str, Any]:
-    """The JSON posted to the webhook when a queue's circuit opens: Slack's ``text`` plus the same
-    facts as fields."""
+    """The JSON posted to the webhook when a queue's circuit opens: Slack's ``text`` (the reason
+    escaped) plus the same facts as fields (``detail`` raw)."""
     reason = _clip(reason)
     text = (
         f":warning: ecdp-dispatcher: circuit of queue `{queue}` opened"
-        + (f": {reason}" if reason else "")
+        + (f": {slack_escape(reason)}" if reason else "")
         + ". The ECDP API looks down (or unreachable from here): nothing is sent for this queue"
         " but one probe at a growing interval, and delivery resumes by itself when a probe"
         " succeeds. Its jobs wait; the outage dead-letters none of them."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -10,6 +11,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import sqlalchemy as sa
 
-from dispatcher import __version__, logs
+from dispatcher import __version__, logs, problems
 from dispatcher.config import DEFAULT_QUEUE, ConfigError, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import (
@@ -28,26 +30,68 @@ from dispatcher.events import (
     ValidationError,
     event_from_json,
 )
+from dispatcher.scrub import scrub, terminal_safe
 
 FC = TypeVar("FC", bound=Callable[..., Any])
+CONFIRM_ABOVE = 1000  # replay and purge ask before touching more jobs than this
 FIELD_SPEC = re.compile(r"^(?P<name>[^=]+):(?P<type>[A-Za-z]+)=(?P<value>.*)$", re.DOTALL)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+def fail(message: str, code: int = problems.EXIT_FAILED) -> NoReturn:
+    """One error on stderr (credentials redacted, control characters escaped), then exit."""
+    click.echo(f"error: {terminal_safe(scrub(message), newlines=True)}", err=True)
     sys.exit(code)
 
 
-@click.group()
+def echo(text: object = "", *, err: bool = False, newlines: bool = False) -> None:
+    """Human output: control characters from stored data (an API's answer) shown escaped."""
+    click.echo(terminal_safe(str(text), newlines=newlines), err=err)
+
+
+_verbose = False
+
+
+class _Commands(click.Group):
+    """Every command's first-contact problems (a missing schema, an unreachable database or
+    broker, a bad URL or setting) as one or two lines and a distinct exit code
+    (:mod:`dispatcher.problems`); ``-v`` adds the traceback, credentials redacted."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            problem = problems.explain(exc)
+            if _verbose or problem is None:
+                import traceback
+
+                text = "".join(traceback.format_exception(exc))
+                click.echo(terminal_safe(scrub(text), newlines=True), err=True, nl=False)
+            if problem is None:
+                sys.exit(problems.EXIT_FAILED)
+            hint = "" if _verbose else " (-v shows the traceback)"
+            cause, _, fix = problem.message.partition("\n")
+            fail(cause + hint + (f"\n{fix}" if fix else ""), problem.code)
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="ecdp-dispatcher")
-@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level; show tracebacks.")
 def main(verbose: bool) -> None:
-    """Deliver custom events from the SQL outbox to the ExpertSender CDP API."""
+    """Deliver custom events from the SQL outbox to the ExpertSender CDP API.
+
+    \b
+    Exit codes: 0 done, 1 failed, 2 usage, 3 configuration, 4 database unreachable,
+    5 schema missing (run `dispatcher migrate`), 6 broker unreachable, 7 not confirmed.
+    """
+    global _verbose
+    _verbose = verbose
     try:
         settings = get_settings()
     except ConfigError as exc:
         logs.configure(verbose=verbose, fmt="text")
-        fail(str(exc))
+        fail(f"configuration: {exc}", problems.EXIT_CONFIG)
     logs.configure(verbose=verbose, fmt=settings.log_format)
 
 
@@ -62,10 +106,12 @@ def _engine() -> sa.Engine:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Create or upgrade the outbox tables (Alembic)."""
+    from dispatcher.config import notice_defaults
     from dispatcher.migrate import upgrade
 
+    notice_defaults()
     upgrade(get_settings().database_url, revision)
-    click.echo(f"outbox schema at {revision}")
+    echo(f"outbox schema at {revision}")
 
 
 # --------------------------------------------------------------------------- producing
@@ -97,6 +143,53 @@ def _read_events(path: str) -> Iterator[tuple[int, Event | ValidationError]]:
                 yield number, exc
 
 
+MAX_SHOWN_ERRORS = 50  # of a file's bad lines, listed; the rest are counted
+
+
+def _enqueue_file(path: str, queue: str, batch_size: int) -> tuple[int, str | None, str | None]:
+    """Stream a JSON-lines file into the outbox: a first pass checks every line (nothing is
+    kept but the first errors), a second writes ``batch_size`` events per statement, all in one
+    transaction (one bad line, or a failure halfway, writes nothing). Memory stays flat in the
+    file's size; standard input is spooled to a temporary file for the second pass.
+    Returns the number written and the first and last job ids."""
+    import tempfile
+
+    from dispatcher.producer import enqueue_many
+
+    with contextlib.ExitStack() as stack:
+        if path == "-":
+            spool = tempfile.NamedTemporaryFile("wb", suffix=".jsonl")  # noqa: SIM115
+            stack.callback(spool.close)
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            path = spool.name
+        errors: list[str] = []
+        bad_lines = 0
+        for number, item in _read_events(path):
+            if isinstance(item, ValidationError):
+                bad_lines += 1
+                if len(errors) < MAX_SHOWN_ERRORS:
+                    errors.extend(f"line {number}: {e}" for e in item.errors)
+        if bad_lines:
+            shown = len({e.partition(":")[0] for e in errors})
+            if bad_lines > shown:
+                errors.append(f"… and {bad_lines - shown} more bad lines")
+            raise ValidationError(errors)
+        count, first, last = 0, None, None
+        with _engine().begin() as conn:  # after its commit, the workers are told
+            batch: list[Event] = []
+            for _, event in _read_events(path):
+                batch.append(event)  # type: ignore[arg-type]  # checked in the first pass
+                if len(batch) >= batch_size:
+                    ids = enqueue_many(batch, session=conn, queue=queue)
+                    first, last, count = first or ids[0], ids[-1], count + len(ids)
+                    batch.clear()
+            if batch:
+                ids = enqueue_many(batch, session=conn, queue=queue)
+                first, last, count = first or ids[0], ids[-1], count + len(ids)
+    return count, first, last
+
+
 @main.command()
 @click.option("--event-id", type=int, help="customEventId")
 @click.option("--customer-id", type=int)
@@ -115,7 +208,15 @@ def _read_events(path: str) -> Iterator[tuple[int, Event | ValidationError]]:
     "--file",
     "path",
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="JSON lines, one API-shaped body per line ('-' for stdin). All or nothing.",
+    help="JSON lines, one API-shaped body per line ('-' for stdin). All or nothing: every line "
+    "is checked first, then the file is written in one transaction, streamed.",
+)
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="With --file: events per INSERT statement (memory use grows with it, not the file).",
 )
 def enqueue(
     event_id: int | None,
@@ -130,28 +231,20 @@ def enqueue(
     queue: str,
     dedupe_key: str | None,
     path: str | None,
+    batch_size: int,
 ) -> None:
     """Put an event (or a file of events) in the outbox; invalid input writes nothing."""
+    from dispatcher.producer import check_queue
     from dispatcher.producer import enqueue as enqueue_one
-    from dispatcher.producer import enqueue_many
 
     try:
         if path is not None:
             if event_id is not None or segments or fields or customer_email:
                 raise ValidationError(["--file: cannot be combined with single-event options"])
-            events: list[Event] = []
-            errors: list[str] = []
-            for number, item in _read_events(path):
-                if isinstance(item, ValidationError):
-                    errors.extend(f"line {number}: {e}" for e in item.errors)
-                else:
-                    events.append(item)
-            if errors:
-                raise ValidationError(errors)
-            ids = enqueue_many(events, queue=queue)
-            click.echo(
-                f"enqueued {len(ids)} events" + (f" (ids {ids[0]}..{ids[-1]})" if ids else "")
-            )
+            if queue_problems := check_queue(queue, "--queue"):
+                raise ValidationError(queue_problems)
+            count, first, last = _enqueue_file(path, queue, batch_size)
+            echo(f"enqueued {count} events" + (f" (ids {first}..{last})" if count else ""))
             return
         if event_id is None:
             raise ValidationError(["--event-id: required (or use --file)"])
@@ -181,22 +274,13 @@ def enqueue(
                 customer_crm_id=customer_crm_id,
                 data_fields=data_fields,
             )
-        click.echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key))
+        echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key))
     except ValidationError as exc:
         fail("invalid input:\n  " + "\n  ".join(exc.errors))
-    except sa.exc.SQLAlchemyError as exc:
-        fail(_db_error(exc))
     finally:
         from dispatcher.signals import signaller
 
         signaller.flush()  # this process exits next: send the after-commit signal now
-
-
-def _db_error(exc: sa.exc.SQLAlchemyError) -> str:
-    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).splitlines()[0]
-    if "dispatcher_jobs" in text and ("no such table" in text or "does not exist" in text):
-        return "the outbox tables do not exist yet: run `dispatcher migrate` first"
-    return f"database error: {text}"
 
 
 # --------------------------------------------------------------------------- processes
@@ -215,14 +299,62 @@ def worker(ctx: click.Context, queues: str) -> None:
     from dispatcher.tasks import app, worker_queues
 
     settings = get_settings()
+    selected = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        consume = worker_queues([q.strip() for q in queues.split(",") if q.strip()], settings)
+        consume = worker_queues(selected, settings)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(f"configuration: {exc}", problems.EXIT_CONFIG)
+    _warn_missing_keys(selected, settings)
+    _check_broker(app)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # the banner is not JSON
     app.worker_main(
         [*quiet, "worker", "--loglevel=INFO", f"--queues={','.join(consume)}", *ctx.args]
     )
+
+
+def _warn_missing_keys(selected: list[str], settings: Any) -> None:
+    """Say at start what would otherwise show as a paused queue later: a served queue without
+    its API key (a worker serving every queue: no key configured at all)."""
+    from dispatcher.config import queue_env_suffix
+
+    log = logging.getLogger("dispatcher.worker")
+    if not selected:
+        if not settings.api_keys:
+            log.warning(
+                "no API key is configured (ECDP_API_KEY, ECDP_API_KEY_<QUEUE>): this worker "
+                "serves every queue, and each will pause at its first job until a key is set"
+            )
+        return
+    for queue in selected:
+        if settings.api_key(queue) is None:
+            variable = (
+                "ECDP_API_KEY"
+                if queue == DEFAULT_QUEUE
+                else f"ECDP_API_KEY_{queue_env_suffix(queue)}"
+            )
+            log.warning(
+                "no API key for queue %s: set %s; until then the queue pauses at its first job",
+                queue,
+                variable,
+                extra={"queue": queue},
+            )
+
+
+def _check_broker(app: Any, seconds: float = 5.0) -> None:
+    """Reach the broker before starting, so a wrong or dead DISPATCHER_BROKER_URL is one line
+    and exit code 6, not an endless stream of reconnection tracebacks."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=2, interval_start=0.5, timeout=seconds)
+    except Exception as exc:
+        problem = problems.explain(exc)
+        if problem is None or problem.code != problems.EXIT_BROKER:
+            problem = problems.Problem(
+                problems.EXIT_BROKER,
+                f"cannot reach the broker: {scrub(str(exc).strip() or type(exc).__name__)}\n"
+                "fix: start it, or correct DISPATCHER_BROKER_URL (e.g. redis://host:6379/0)",
+            )
+        fail(problem.message, problem.code)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -289,10 +421,18 @@ def pause(queue: str, reason: str) -> None:
 
     Returns once no worker will start another request for QUEUE."""
     from dispatcher import admin
+    from dispatcher.admin.actions import queue_in_use
 
     with _admin_errors(queue="QUEUE", reason="--reason"):
+        known = queue_in_use(_engine(), queue)
         changed = admin.pause_queue(_engine(), queue, reason)
-    click.echo(f"queue {queue} paused" if changed else f"queue {queue} was already paused")
+    echo(f"queue {queue} paused" if changed else f"queue {queue} was already paused")
+    if not known:
+        echo(
+            f"note: no job has used queue {queue} yet: it is paused ahead of use "
+            "(`dispatcher stats` lists the queues in use)",
+            err=True,
+        )
 
 
 @main.command()
@@ -303,7 +443,7 @@ def resume(queue: str) -> None:
 
     with _admin_errors(queue="QUEUE"), _flushing_signals():
         changed = admin.resume_queue(_engine(), queue)
-    click.echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
+    echo(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
 
 
 @contextlib.contextmanager
@@ -402,8 +542,6 @@ def _admin_errors(**hints: str) -> Iterator[None]:
             "JOB_ID" if exc.field.startswith("job_id") else "--" + exc.field.replace("_", "-")
         )
         raise click.BadParameter(exc.message, param_hint=hint) from None
-    except sa.exc.SQLAlchemyError as exc:
-        fail(_db_error(exc))
 
 
 def _json(value: object) -> None:
@@ -439,7 +577,8 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, datetime):
         return _when(value)
-    return " ".join(str(value).split())  # one line per row, whatever the text holds
+    # One line per row, whatever the text holds; control characters shown escaped.
+    return terminal_safe(" ".join(str(value).split()))
 
 
 def _print_table(
@@ -466,24 +605,37 @@ def _print_table(
             c.rjust(w) if i in right else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
-        click.echo(line.rstrip())
+        echo(line.rstrip())
 
 
 @main.command()
 @_filter_options()
 @click.option("--limit", default=50, show_default=True, type=int)
+@click.option(
+    "--before",
+    metavar="JOB_ID",
+    help="Only jobs older than this one (a cursor: the last id of the previous page).",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array for scripts.")
-def history(limit: int, as_json: bool, **filters: str | None) -> None:
-    """Jobs, newest first, with their state and last error (times UTC)."""
+def history(limit: int, before: str | None, as_json: bool, **filters: str | None) -> None:
+    """Jobs, newest first (by id), with their state and last error (times UTC).
+
+    Pages by cursor: `--before ID` lists the jobs older than job ID, as fast as the first page.
+    """
     from dispatcher import admin
+    from dispatcher.admin.filters import MAX_ID
 
     with _admin_errors():
-        found = admin.history(_engine(), _filter(filters), limit=limit)
+        cursor = None if before is None else admin.parse_int("before", before, 1, MAX_ID)
+        probe = limit + 1 if 0 < limit < admin.MAX_LIMIT else limit  # one more: is there more?
+        found = admin.history(_engine(), _filter(filters), limit=probe, before=cursor)
+    more = len(found) > limit
+    found = found[:limit]
     if as_json:
         _json([j.as_dict() for j in found])
         return
     if not found:
-        click.echo("no jobs match")
+        echo("no jobs match")
         return
     _print_table(
         (
@@ -516,6 +668,8 @@ def history(limit: int, as_json: bool, **filters: str | None) -> None:
         right={0, 3, 5, 6},
         squeeze=9,
     )
+    if more:
+        echo(f"(older jobs: dispatcher history --before {found[-1].id} …)", err=True)
 
 
 @main.command()
@@ -549,20 +703,23 @@ def show(job_id: str, as_json: bool) -> None:
         ("replayed", job.replayed_at),
     )
     for label, value in fields:
-        click.echo(f"{label:<17} {_cell(value)}")
-    click.echo("\npayload (the exact body sent):")
-    click.echo(job.payload)
-    click.echo(f"\nattempts ({len(job.attempt_log)}):" if job.attempt_log else "\nno attempts yet")
+        echo(f"{label:<17} {_cell(value)}")
+    echo("\npayload (the exact body sent):", newlines=True)
+    echo(job.payload, newlines=True)
+    echo(
+        f"\nattempts ({len(job.attempt_log)}):" if job.attempt_log else "\nno attempts yet",
+        newlines=True,
+    )
     for a in job.attempt_log:
         code = "no answer" if a.status_code is None else f"HTTP {a.status_code}"
-        click.echo(
+        echo(
             f"#{a.number}  {_when(a.started_at, precise=True)}  {code}  "
             f"{a.duration_ms} ms  {a.outcome}"
         )
         if a.error:
-            click.echo(f"    error: {a.error}")
+            echo(f"    error: {a.error}", newlines=True)
         if a.response_body:
-            click.echo(f"    response: {a.response_body}")
+            echo(f"    response: {a.response_body}", newlines=True)
 
 
 @main.command()
@@ -579,7 +736,7 @@ def stats(as_json: bool) -> None:
         _json({"queues": {name: q.as_dict() for name, q in per_queue.items()}})
         return
     if not per_queue:
-        click.echo("no queues yet")
+        echo("no queues yet")
         return
     _print_table(
         ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "CIRCUIT", "PAUSED"),
@@ -598,7 +755,7 @@ def stats(as_json: bool) -> None:
     )
     tripped = [q for q in per_queue.values() if q.circuit_open]
     if tripped:
-        click.echo("")
+        echo("")
     for q in tripped:
         probe = (
             f", next probe {_when(q.circuit_next_probe_at)}"
@@ -609,7 +766,7 @@ def stats(as_json: bool) -> None:
         )
         n = q.circuit_failed_probes
         failed = f" after {n} failed probe{'s' if n != 1 else ''}" if n else ""
-        click.echo(
+        echo(
             f"circuit {q.circuit} for {q.name} since {_when(q.circuit_since)}{probe}{failed}: "
             f"{_cell(q.circuit_reason)}"
         )
@@ -621,46 +778,57 @@ def stats(as_json: bool) -> None:
 @click.option("--include-delivered", is_flag=True, help="Also send delivered jobs again.")
 @click.option("--expected-count", type=int, help="Replay only if the filter matches this many.")
 @click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help=f"No confirmation above {CONFIRM_ABOVE:,} jobs.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
 def replay(
     job_ids: tuple[str, ...],
     include_delivered: bool,
     expected_count: int | None,
     dry_run: bool,
+    yes: bool,
     as_json: bool,
     **filters: str | None,
 ) -> None:
     """Send dead jobs again (JOB_ID... or --status dead and filters) with a fresh attempt budget.
 
     Their attempt history is kept and the replay is recorded on the job. Pending, in-flight and
-    retrying jobs are never touched; delivered ones only with --include-delivered.
+    retrying jobs are never touched; delivered ones only with --include-delivered. More than
+    1,000 jobs need a confirmation (or --yes, or --expected-count); then exactly the confirmed
+    number is replayed, or nothing.
     """
     from dispatcher import admin
 
     engine = _engine()
     with _admin_errors(), _flushing_signals():
-        result = admin.replay(
+        selected = functools.partial(
+            admin.replay,
             engine,
             _filter(filters),
             job_ids=job_ids or None,
             include_delivered=include_delivered,
-            dry_run=dry_run,
-            expected=expected_count,
             now=utcnow(),
         )
+        if not dry_run and not yes and expected_count is None:
+            planned = selected(dry_run=True)
+            if planned.count > CONFIRM_ABOVE:
+                queues = ", ".join(planned.queues)
+                _confirm(f"replay {planned.count:,} jobs in {queues}", "replay")
+                expected_count = planned.count  # what was confirmed, or nothing
+        with _progress(f"replaying {expected_count or ''}", quiet=as_json or dry_run):
+            result = selected(dry_run=dry_run, expected=expected_count)
         paused = admin.paused_queues(engine, result.queues)
     if as_json:
         _json(result.as_dict())
     else:
         jobs_text = f"{result.count} job{'' if result.count == 1 else 's'}"
         where = f" in {', '.join(result.queues)}" if result.queues else ""
-        click.echo(
+        echo(
             f"would replay {jobs_text}{where} (dry run: nothing changed)"
             if dry_run
             else f"replayed {jobs_text}{where}"
         )
     for q in paused:
-        click.echo(f"note: queue {q} is paused; `dispatcher resume {q}` to deliver", err=True)
+        echo(f"note: queue {q} is paused; `dispatcher resume {q}` to deliver", err=True)
 
 
 @main.command()
@@ -670,35 +838,109 @@ def replay(
 @click.option("--status", help="Only delivered or only dead (default: both).")
 @click.option("--batch-size", default=1000, show_default=True, type=int)
 @click.option("--dry-run", is_flag=True, help="Only count; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help=f"No confirmation above {CONFIRM_ABOVE:,} jobs.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
 def purge(
-    older_than: timedelta, status: str | None, batch_size: int, dry_run: bool, as_json: bool
+    older_than: timedelta,
+    status: str | None,
+    batch_size: int,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
 ) -> None:
     """Delete finished jobs (and their attempts) that finished longer ago than --older-than.
 
     Pending, in-flight and retrying jobs are never deleted. Works in batches, one short
-    transaction each.
+    transaction each, with a running count on a terminal. More than 1,000 jobs need a
+    confirmation (or --yes).
     """
     from dispatcher import admin
 
     with _admin_errors():
-        result = admin.purge(
-            _engine(),
-            older_than=older_than,
-            status=status,
-            batch_size=batch_size,
-            dry_run=dry_run,
-            now=utcnow(),
-        )
+        now = utcnow()
+        if not dry_run and not yes:
+            planned = admin.purge(
+                _engine(), older_than=older_than, status=status, dry_run=True, now=now
+            )
+            if planned.jobs > CONFIRM_ABOVE:
+                _confirm(f"delete {planned.jobs:,} jobs and {planned.attempts:,} attempts", "purge")
+        with _progress("purged", quiet=as_json or dry_run) as progress:
+            result = admin.purge(
+                _engine(),
+                older_than=older_than,
+                status=status,
+                batch_size=batch_size,
+                dry_run=dry_run,
+                now=now,
+                progress=lambda jobs, attempts: progress(f"{jobs:,} jobs, {attempts:,} attempts"),
+            )
     if as_json:
         _json(result.as_dict())
     elif dry_run:
-        click.echo(
+        echo(
             f"would purge {result.jobs} jobs and {result.attempts} attempts "
             "(dry run: nothing deleted)"
         )
     else:
-        click.echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
+        echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _confirm(what: str, command: str) -> None:
+    """Ask on a terminal; elsewhere refuse (exit 7): a script must say --yes."""
+    if not _interactive():
+        fail(
+            f"this would {what}: confirm on a terminal, or add --yes\n"
+            f"(more than {CONFIRM_ABOVE:,} jobs; nothing changed)",
+            problems.EXIT_DECLINED,
+        )
+    if not click.confirm(f"{command}: {what}?", default=False, err=True):
+        fail("not confirmed: nothing changed", problems.EXIT_DECLINED)
+
+
+@contextlib.contextmanager
+def _progress(label: str, *, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A running line on stderr while a long operation runs, if stderr is a terminal and not
+    ``quiet`` (--json, a dry run): the latest count given to the callback and the seconds
+    elapsed, redrawn twice a second; cleared at the end."""
+    state = {"text": ""}
+    if quiet or not _stderr_is_tty():
+        yield lambda text: None
+        return
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def line() -> str:
+        shown = f"{label} {state['text']}".rstrip()
+        return f"\r\x1b[K{shown}… {time.monotonic() - started:.0f}s"
+
+    def draw() -> None:
+        while not stop.wait(PROGRESS_EVERY):
+            sys.stderr.write(line())
+            sys.stderr.flush()
+
+    def update(text: str) -> None:
+        state["text"] = text
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()
+        sys.stderr.write(line() + "\n")
+        sys.stderr.flush()
+
+
+PROGRESS_EVERY = 0.5  # seconds between redraws of the running count
 
 
 # --------------------------------------------------------------------------- admin page and metrics
@@ -714,19 +956,35 @@ def purge(
     help="Anything but loopback needs DISPATCHER_ADMIN_TOKEN.",
 )
 @click.option("--port", default=8000, show_default=True, type=int)
-def web(host: str, port: int) -> None:
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="FORWARDED_ALLOW_IPS",
+    show_envvar=True,
+    help="Proxies (comma-separated addresses or networks, '*' for any) whose X-Forwarded-Proto "
+    "and X-Forwarded-For are believed, as uvicorn's option of that name (default 127.0.0.1). "
+    "Behind a TLS proxy listed here the session cookie is Secure.",
+)
+def web(host: str, port: int, forwarded_allow_ips: str | None) -> None:
     """Serve the admin page, its JSON API (/api, OpenAPI at /api/openapi.json) and /metrics."""
-    _serve_web(host, port, pages=True)
+    _serve_web(host, port, pages=True, forwarded_allow_ips=forwarded_allow_ips)
 
 
-def _serve_web(host: str, port: int, *, pages: bool) -> None:
+def _serve_web(
+    host: str, port: int, *, pages: bool, forwarded_allow_ips: str | None = None
+) -> None:
     try:
         from dispatcher.web import BindError, serve
     except ModuleNotFoundError as exc:  # the base install has no web stack
         fail(f"{exc.name} is not installed: pip install 'ecdp-dispatcher[web]'")
 
     try:
-        serve(host, port, get_settings(), pages_and_api=pages)
+        serve(
+            host,
+            port,
+            get_settings(),
+            pages_and_api=pages,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
     except BindError as exc:
         fail(str(exc))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -117,6 +118,8 @@ class Settings:
     admin_token: Secret | None = None
     # Slack-compatible incoming webhook told once per queue pause (its URL holds a secret too).
     alert_webhook_url: Secret | None = None
+    # The variables that were not set, so their embedded defaults are used (see notice_defaults).
+    defaulted: frozenset[str] = field(default=frozenset(), compare=False)
 
     def api_key(self, queue: str) -> Secret | None:
         return self.api_keys.get(queue_env_suffix(queue))
@@ -242,6 +245,11 @@ class Settings:
                     "letters, digits, '-' and '_', at most 64, starting with a letter or digit)"
                 )
         settings = cls(
+            defaulted=frozenset(
+                name
+                for name in ("DISPATCHER_DATABASE_URL", "DISPATCHER_BROKER_URL")
+                if not env.get(name)
+            ),
             dedicated_queues=dedicated,
             log_format=log_format,
             retention=retention_from(env.get("DISPATCHER_RETENTION")),
@@ -399,6 +407,31 @@ def _no_proxy(host: str, port: int, no_proxy: str) -> bool:
         if address is None and (host == entry or host.endswith("." + entry)):
             return True
     return False
+
+
+_noticed = False
+
+
+def notice_defaults(settings: Settings | None = None) -> None:
+    """Once per process, on stderr: the SQLite files used because ``DISPATCHER_DATABASE_URL``
+    (and ``DISPATCHER_BROKER_URL``) are not set, so nobody creates ``./dispatcher.db`` by
+    accident wherever a process happens to run."""
+    global _noticed
+    settings = settings or get_settings()
+    if _noticed or "DISPATCHER_DATABASE_URL" not in settings.defaulted:
+        return
+    _noticed = True
+    database = os.path.abspath(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
+    broker = ""
+    if "DISPATCHER_BROKER_URL" in settings.defaulted:
+        broker = " and the broker file " + os.path.abspath(
+            DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
+        )
+    sys.stderr.write(
+        f"dispatcher: DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)\n"
+    )
+    sys.stderr.flush()
 
 
 @lru_cache(maxsize=1)

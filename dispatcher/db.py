@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import NullPool
 
-from dispatcher.config import normalize_database_url
+from dispatcher.config import DEFAULT_DATABASE_URL, normalize_database_url, notice_defaults
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -61,6 +61,10 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
 
 def create_engine(url: str) -> Engine:
     url = normalize_database_url(url)
+    try:
+        sa.make_url(url)
+    except ValueError as exc:  # e.g. a port that is not a number: a URL we cannot use
+        raise sa.exc.ArgumentError(f"not a database URL: {exc}") from None
     if url.startswith("sqlite"):
         # NullPool: a file-backed SQLite connection is cheap, and pooling across fork() is unsafe.
         engine = sa.create_engine(url, poolclass=NullPool)
@@ -74,8 +78,11 @@ def create_engine(url: str) -> Engine:
 
 
 def get_engine(url: str) -> Engine:
-    """The process's shared engine for ``url`` (created on first use)."""
+    """The process's shared engine for ``url`` (created on first use). The embedded default,
+    used because ``DISPATCHER_DATABASE_URL`` is not set, is announced once on stderr."""
     url = normalize_database_url(url)
+    if url == DEFAULT_DATABASE_URL and url not in _engines:
+        notice_defaults()
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:

@@ -6,6 +6,9 @@ where a record carries them, ``queue``, ``job_id``, ``status_code``, ``attempt``
 the few others in :data:`FIELDS`; ``exc`` holds a traceback. Celery's own records go through the
 same handler (the worker connects :func:`configure` to Celery's ``setup_logging`` signal).
 
+Every line has database and broker passwords redacted (:func:`dispatcher.scrub.scrub`: a URL's
+user-info, ``password=`` parameters), exception tracebacks included.
+
 What the dispatcher logs never carries a customer identifier or a payload: per-job lines name the
 job by id, and the API's answers are passed through :func:`redact` first.
 """
@@ -17,6 +20,8 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+
+from dispatcher.scrub import scrub
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -50,8 +55,18 @@ def redact(text: str | None) -> str | None:
     return _LONG_NUMBER.sub("<number>", text)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, with any database or broker password redacted (tracebacks included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return scrub(self._line(record))
+
+    def _line(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -75,7 +90,7 @@ def configure(*, verbose: bool = False, fmt: str | None = None, **_: object) -> 
 
         fmt = get_settings().log_format
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

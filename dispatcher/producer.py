@@ -37,6 +37,8 @@ from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
 from dispatcher.outbox import NewJob, insert_jobs
+from dispatcher.problems import is_schema_missing
+from dispatcher.scrub import redact_url, scrub
 from dispatcher.signals import signaller
 
 if TYPE_CHECKING:
@@ -52,13 +54,27 @@ _PENDING_KEY = "dispatcher_pending_queues"
 
 
 class OutboxUnavailable(RuntimeError):
-    """The outbox database could not be reached; nothing was written."""
+    """The outbox database could not be reached; nothing was written. The message names the
+    database with every password form redacted (user-info, ``?password=``)."""
 
-    def __init__(self, url: sa.URL, cause: Exception) -> None:
-        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+    def __init__(self, url: sa.URL | str, cause: Exception) -> None:
+        lines = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+        reason = scrub(lines[0]) if lines else type(cause).__name__
         super().__init__(
-            f"could not write to the outbox at {url.render_as_string(hide_password=True)}: "
-            f"{reason}; nothing was written"
+            f"could not write to the outbox at {redact_url(url)}: {reason}; nothing was written"
+        )
+
+
+class OutboxSchemaMissing(OutboxUnavailable):
+    """The outbox tables do not exist in that database (or are older than this version): run
+    ``dispatcher migrate``. Raised alike with or without a ``session`` or ``dedupe_key``, whatever
+    the driver; in the caller's transaction, that transaction is left failed (roll it back)."""
+
+    def __init__(self, url: sa.URL | str, cause: BaseException | None = None) -> None:
+        RuntimeError.__init__(
+            self,
+            f"the outbox tables do not exist in {redact_url(url)} (or are older than this "
+            "version): run `dispatcher migrate` first; nothing was written",
         )
 
 
@@ -66,10 +82,14 @@ MAX_DEDUPE_KEY = 255
 
 
 def check_queue(queue: object, field: str = "queue") -> list[str]:
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+    """The one rule for a queue name, used by ``enqueue``, every operator command, the admin page
+    and its API: 1-64 of ``a-z 0-9 _ -``, starting with a letter or digit, nothing around it."""
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        meant = queue.strip().lower() if isinstance(queue, str) else ""
+        hint = f"; did you mean {meant!r}?" if QUEUE_NAME.fullmatch(meant) else ""
         return [
             f"{field}: must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter "
-            f"or digit (got {queue!r:.80})"
+            f"or digit (got {queue!r:.80}){hint}"
         ]
     return []
 
@@ -201,7 +221,46 @@ def _is(obj: object, module: str, name: str) -> bool:
     return cls is not None and isinstance(obj, cls)
 
 
+def _url_of(target: object) -> object:
+    """The database ``target`` writes to (for an error message; passwords are redacted there)."""
+    try:
+        if target is None:
+            return get_settings().database_url
+        if isinstance(target, scoped_session):
+            target = target()
+        if isinstance(target, Session):
+            bind = target.get_bind()
+            return bind.engine.url
+        for path in ("engine", "bind", "sync_engine"):
+            found = getattr(target, path, None)
+            if found is not None and hasattr(found, "url"):
+                return found.url
+        dsn = getattr(getattr(target, "info", None), "dsn", None)  # psycopg: no password in it
+        if isinstance(dsn, str):
+            return dsn
+    except Exception:
+        pass
+    return "the database"
+
+
+def _schema_checked(exc: Exception, session: object) -> Exception:
+    """A missing outbox table, from whichever driver and path, as :class:`OutboxSchemaMissing`."""
+    if isinstance(exc, OutboxSchemaMissing) or not is_schema_missing(exc):
+        return exc
+    return OutboxSchemaMissing(_url_of(session), exc)  # type: ignore[arg-type]
+
+
 def _write(rows: Sequence[NewJob], session: object) -> list[int]:
+    try:
+        return _write_rows(rows, session)
+    except Exception as exc:
+        checked = _schema_checked(exc, session)
+        if checked is exc:
+            raise
+        raise checked from exc
+
+
+def _write_rows(rows: Sequence[NewJob], session: object) -> list[int]:
     queues = {r.queue for r in rows}
     if session is None:
         if not rows:
@@ -239,6 +298,16 @@ def _write(rows: Sequence[NewJob], session: object) -> list[int]:
 
 
 async def _write_async(rows: Sequence[NewJob], session: object) -> list[int]:
+    try:
+        return await _write_rows_async(rows, session)
+    except Exception as exc:
+        checked = _schema_checked(exc, session)
+        if checked is exc:
+            raise
+        raise checked from exc
+
+
+async def _write_rows_async(rows: Sequence[NewJob], session: object) -> list[int]:
     if not signaller.prepared:  # its first use imports Celery: not on the event loop
         await asyncio.to_thread(signaller.prepare)
     queues = {r.queue for r in rows}

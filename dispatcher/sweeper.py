@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from dispatcher import health, outbox
 from dispatcher.db import utcnow
 from dispatcher.retention import Retention
+from dispatcher.scrub import scrub
 
 log = logging.getLogger("dispatcher.sweeper")
 
@@ -28,6 +29,62 @@ log = logging.getLogger("dispatcher.sweeper")
 class SweepResult:
     released: int
     signalled: tuple[str, ...]
+
+
+class Health:
+    """One log line per change of state, not one per pass: the first failure of a kind (broker
+    down, database down, anything else) is logged once (with its traceback at DEBUG), a
+    different failure once more, and the recovery once. A sweeper whose broker is down for an
+    hour writes two lines, not 3,600 tracebacks."""
+
+    def __init__(self) -> None:
+        self.failing: str | None = None  # what is down, while it is
+
+    @staticmethod
+    def kind(exc: BaseException) -> str:
+        from dispatcher.problems import EXIT_BROKER, EXIT_DATABASE, EXIT_SCHEMA, explain
+
+        problem = explain(exc)
+        code = problem.code if problem is not None else None
+        if code == EXIT_BROKER or _is_connection_error(exc):
+            return "broker"
+        if code in (EXIT_DATABASE, EXIT_SCHEMA):
+            return "database"
+        return type(exc).__name__
+
+    def failed(self, exc: BaseException, interval: float) -> None:
+        kind = self.kind(exc)
+        if kind != self.failing:
+            what = {
+                "broker": "the broker is unreachable",
+                "database": "the outbox database is unavailable",
+            }.get(kind, "sweep failed")
+            log.error(
+                "%s: %s; retrying every %gs quietly until it is back",
+                what,
+                scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else kind),
+                interval,
+                exc_info=log.isEnabledFor(logging.DEBUG) or kind not in ("broker", "database"),
+            )
+            self.failing = kind
+        else:
+            log.debug("sweep still failing (%s)", kind, exc_info=True)
+
+    def ok(self) -> None:
+        if self.failing is not None:
+            what = {"broker": "the broker", "database": "the outbox database"}.get(
+                self.failing, "sweeping"
+            )
+            log.warning("%s is back: sweeping again", what)
+            self.failing = None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """kombu/redis/amqp connection trouble while publishing a signal."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, ConnectionError | TimeoutError) or module.startswith(
+        ("kombu", "redis", "amqp")
+    )
 
 
 def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> SweepResult:
@@ -53,13 +110,16 @@ def run(
     """Sweep (and apply the retention, if any) until ``stop`` is set; errors (database or broker
     down) are logged and retried."""
     stop = stop or threading.Event()
+    health_state = Health()
     while not stop.is_set():
         try:
             sweep_once(engine, notify)
             if retention is not None:
                 retention.run_once()
-        except Exception:
-            log.exception("sweep failed; retrying in %.1fs", interval)
+        except Exception as exc:
+            health_state.failed(exc, interval)
+        else:
+            health_state.ok()
         try:
             health.beat("sweeper")  # alive, whether this pass worked or not (see health.py)
         except OSError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -31,13 +31,14 @@ from dispatcher.admin.filters import (
 from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import PurgeResult, ReplayResult
 from dispatcher.db import utcnow
-from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs
+from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs, queues
 
 __all__ = [
     "ExpectedCountMismatch",
     "pause_queue",
     "paused_queues",
     "purge",
+    "queue_in_use",
     "replay",
     "resume_queue",
 ]
@@ -79,6 +80,24 @@ def resume_queue(engine: sa.Engine, queue: str) -> bool:
         log.info("admin: resumed queue %s", queue, extra={"queue": queue})
         _signal([queue])
     return changed
+
+
+def queue_in_use(bind: Bind, queue: str) -> bool:
+    """Whether ``queue`` has a job or a row (paused, throttled, a circuit) already: pausing a
+    name that has neither pauses it ahead of use, which the CLI says (a typo would show here)."""
+    check_queue(queue)
+    with connected(bind) as conn:
+        found = conn.execute(
+            sa.select(
+                sa.or_(
+                    sa.exists().where(jobs.c.queue == queue),
+                    sa.exists().where(queues.c.name == queue),
+                )
+            )
+        ).scalar_one()
+        if isinstance(bind, sa.Engine):
+            conn.rollback()
+    return bool(found)
 
 
 def paused_queues(bind: Bind, names: Iterable[str]) -> list[str]:
@@ -278,13 +297,15 @@ def purge(
     batch_size: int = 1000,
     dry_run: bool = False,
     now: datetime,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PurgeResult:
     """Delete finished jobs (delivered and dead, or only ``status``) last changed more than
     ``older_than`` before ``now``, with their attempts.
 
     Batches of ``batch_size`` jobs, each its own short transaction (:func:`outbox.purge_batch`),
     so a purge of millions neither holds locks for long nor needs one huge transaction. Pending,
-    in-flight and retrying jobs are never touched.
+    in-flight and retrying jobs are never touched. ``progress(jobs, attempts)`` is called after
+    each batch with the totals so far (the CLI's running count).
     """
     now = check_time("now", now)
     if not isinstance(older_than, timedelta) or older_than < timedelta(0):
@@ -316,6 +337,8 @@ def purge(
             done = outbox.purge_batch(conn, cutoff, batch_size, targets)
         total_jobs += done.jobs
         total_attempts += done.attempts
+        if progress is not None:  # jobs and attempts deleted so far, after each batch
+            progress(total_jobs, total_attempts)
         if done.jobs < batch_size:
             break
     return PurgeResult(total_jobs, total_attempts)

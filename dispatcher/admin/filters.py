@@ -28,7 +28,6 @@ __all__ = [
     "MAX_EXPECTED",
     "MAX_JOB_IDS",
     "MAX_LIMIT",
-    "MAX_PAGE",
     "MAX_PER_PAGE",
     "PER_PAGE",
     "STATUS_CODES",
@@ -50,7 +49,6 @@ MAX_JOB_IDS = 10_000  # one IN (...) list; SQLite allows 32766 bound parameters 
 MAX_BATCH_SIZE = 10_000  # purge
 PER_PAGE = 50
 MAX_PER_PAGE = 100
-MAX_PAGE = 999  # MAX_PAGE * MAX_PER_PAGE + 1 stays within MAX_LIMIT
 MAX_EXPECTED = 2**31  # replay's expected count
 
 # Every field a filter has, in the order surfaces show them.
@@ -219,22 +217,26 @@ def _parse_one(name: str, text: str, now: datetime) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a history: ``number`` from 1, ``size`` jobs."""
+    """One page of a history, newest first: ``size`` jobs (at most :data:`MAX_PER_PAGE`) whose
+    ids are below ``before`` (None: the newest). A cursor, not an offset: the next page is
+    ``before=<the last id shown>``, and any page costs what the first does."""
 
-    number: int = 1
     size: int = PER_PAGE
+    before: int | None = None
 
     def __post_init__(self) -> None:
-        check_int("page", self.number, 1, MAX_PAGE)
         check_int("per_page", self.size, 1, MAX_PER_PAGE)
+        if self.before is not None:
+            check_int("before", self.before, 1, MAX_ID)
 
 
 def parse_page(texts: Mapping[str, str], *, blank: str = "refuse") -> Page:
-    """``page`` and ``per_page`` from text (as :func:`parse_filter` reads its fields)."""
+    """``per_page`` and the cursor ``before`` (a job id) from text (as :func:`parse_filter`
+    reads its fields)."""
     values: dict[str, int] = {}
-    for name, key in (("page", "number"), ("per_page", "size")):
+    for name, key, high in (("per_page", "size", MAX_PER_PAGE), ("before", "before", MAX_ID)):
         text = texts.get(name)
         if text is None or (blank == "ignore" and not text.strip()):
             continue
-        values[key] = parse_int(name, text, 1, MAX_PAGE if name == "page" else MAX_PER_PAGE)
+        values[key] = parse_int(name, text, 1, high)
     return Page(**values)

@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import ClassVar
@@ -37,7 +40,9 @@ __all__ = [
     "BindError",
     "Gate",
     "SecurityHeaders",
+    "Throttle",
     "check_bind",
+    "client_address",
     "error",
     "guarded",
     "is_api",
@@ -52,6 +57,8 @@ SESSION_SECONDS = 12 * 3600
 PROBES = ("/healthz", "/readyz")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger("dispatcher.web")
 
 
 class BindError(RuntimeError):
@@ -76,14 +83,81 @@ def check_bind(host: str, token: Secret | None) -> None:
         )
 
 
+class Throttle:
+    """Wrong tokens per client address: the first :attr:`FREE` cost nothing, then each one locks
+    that address out for twice as long as the one before (1 s, 2 s, 4 s … at most
+    :attr:`MAX_LOCK` s); a right token clears the address. Kept in memory (at most
+    :attr:`MAX_CLIENTS` addresses, the longest idle dropped first)."""
+
+    FREE = 5
+    MAX_LOCK = 900.0
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, locked until
+        self._lock = threading.Lock()
+
+    def wait(self, client: str) -> float:
+        """Seconds ``client`` must wait before it may try again (0: now)."""
+        with self._lock:
+            _, until = self._failures.get(client, (0, 0.0))
+        return max(0.0, until - self._clock())
+
+    def failed(self, client: str) -> tuple[int, float]:
+        """Count a wrong token; return the address's failures and its lock in seconds."""
+        with self._lock:
+            count = self._failures.pop(client, (0, 0.0))[0] + 1
+            lock = 0.0 if count <= self.FREE else min(self.MAX_LOCK, 2.0 ** (count - self.FREE - 1))
+            self._failures[client] = (count, self._clock() + lock)
+            while len(self._failures) > self.MAX_CLIENTS:
+                self._failures.popitem(last=False)
+        return count, lock
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+
 class Gate:
-    """Who may come in, and the CSRF token their forms must carry."""
+    """Who may come in, and the CSRF token their forms must carry.
+
+    A session cookie is ``expires.session-id.signature``; logging out revokes that session id in
+    this process (until it would have expired anyway), so the old cookie no longer lets anyone
+    in. Wrong tokens (the login form's and bearer tokens) are throttled per client address
+    (:class:`Throttle`) and each refusal is logged with the address, never the token tried."""
 
     def __init__(self, token: Secret | None, clock: Callable[[], float] = time.time) -> None:
         self.token = token
         self._clock = clock
         # With a token, cookies are signed with it; without one, with a key of this process.
         self._key = token.reveal().encode() if token else secrets.token_bytes(32)
+        self.throttle = Throttle()
+        self._revoked: dict[str, int] = {}  # session id -> when it expires
+        self._revoked_lock = threading.Lock()
+
+    def revoke(self, cookie: str | None) -> None:
+        """End the session ``cookie`` names (a logout): its cookie is refused from now on."""
+        if not self.session_ok(cookie):
+            return
+        expires, session_id = (cookie or "").split(".")[:2]
+        now = self._clock()
+        with self._revoked_lock:
+            for old in [k for k, until in self._revoked.items() if until <= now]:
+                del self._revoked[old]  # expired cookies are refused anyway
+            self._revoked[session_id] = int(expires)
+
+    def refused(self, request: Request, how: str) -> None:
+        """Count and log a wrong token from ``request``'s client address."""
+        client = client_address(request)
+        count, lock = self.throttle.failed(client)
+        log.warning(
+            "admin: refused a wrong token (%s) from %s: %d wrong in a row%s",
+            how,
+            client,
+            count,
+            f"; locked out for {lock:g}s" if lock else "",
+        )
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
@@ -100,12 +174,13 @@ class Gate:
 
     def session_ok(self, cookie: str | None) -> bool:
         body, _, signature = (cookie or "").rpartition(".")
-        expires = body.partition(".")[0]
+        expires, _, session_id = body.partition(".")
         return (
             expires.isascii()
             and expires.isdigit()
             and int(expires) > self._clock()
             and hmac.compare_digest(signature.encode(), self._sign(f"session.{body}").encode())
+            and session_id not in self._revoked
         )
 
     def who(self, request: Request) -> str | None:
@@ -114,11 +189,23 @@ class Gate:
             return "open" if is_loopback(request.url.hostname or "") else None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            return "bearer" if self.token_ok(given.strip()) else None
+            if self.throttle.wait(client_address(request)) > 0:
+                return None
+            if self.token_ok(given.strip()):
+                self.throttle.succeeded(client_address(request))
+                return "bearer"
+            self.refused(request, "bearer")
+            return None
         return "cookie" if self.session_ok(request.cookies.get(SESSION_COOKIE)) else None
 
     def csrf(self, request: Request) -> str:
         return self._sign(f"csrf.{request.cookies.get(SESSION_COOKIE, 'open')}")
+
+
+def client_address(request: Request) -> str:
+    """The client's address (behind a trusted proxy, the one it forwarded: uvicorn's
+    ``--forwarded-allow-ips``)."""
+    return request.client.host if request.client is not None else "unknown"
 
 
 def error(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
@@ -137,6 +224,10 @@ def safe_next(target: str) -> str:
     return target if ok and target.isprintable() else "/"
 
 
+def _secs(wait: float) -> str:
+    return str(max(1, int(wait + 0.999)))
+
+
 def guarded(handler: Handler) -> Handler:
     """Let in holders of the token; check the CSRF token on POSTs that rely on a cookie."""
 
@@ -145,6 +236,11 @@ def guarded(handler: Handler) -> Handler:
         gate: Gate = request.app.state.site.gate
         how = gate.who(request)
         if how is None:
+            wait = gate.throttle.wait(client_address(request))
+            if wait > 0 and request.headers.get("authorization"):
+                return error(
+                    429, "too many wrong tokens: try again later", **{"Retry-After": _secs(wait)}
+                )
             if is_api(request) or request.method != "GET":
                 return error(
                     401, "a valid admin token is required", **{"WWW-Authenticate": "Bearer"}

@@ -25,7 +25,7 @@ from dispatcher.web.site import mask_emails, site_of
 
 __all__ = ["JOBS_PARAMETERS", "REPLAY_FIELDS", "ROUTES"]
 
-JOBS_PARAMETERS = (*HISTORY_FIELDS, "page", "per_page")
+JOBS_PARAMETERS = (*HISTORY_FIELDS, "before", "per_page")  # a cursor: no offset ("page")
 # The replay request's JSON fields and their types (filters are sent as JSON values, read as text).
 REPLAY_FIELDS: dict[str, type] = {
     "queue": str,
@@ -61,8 +61,9 @@ async def jobs(request: Request) -> Response:
     except admin.AdminError as exc:
         return _bad(exc)
     shown = [{**j.as_dict(), "last_error": mask_emails(j.last_error)} for j in found]
+    older = int(found[-1].id) if more and found else None
     return JSONResponse(
-        {"jobs": shown, "page": page.number, "per_page": page.size, "has_more": more}
+        {"jobs": shown, "per_page": page.size, "has_more": more, "next_before": older}
     )
 
 

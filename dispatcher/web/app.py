@@ -93,11 +93,31 @@ def create_app(
     return app
 
 
-def serve(host: str, port: int, settings: Settings, *, pages_and_api: bool = True) -> None:
-    """Run the site with uvicorn until interrupted; refuses a non-loopback host without a token."""
+def serve(
+    host: str,
+    port: int,
+    settings: Settings,
+    *,
+    pages_and_api: bool = True,
+    forwarded_allow_ips: str | None = None,
+) -> None:
+    """Run the site with uvicorn until interrupted; refuses a non-loopback host without a token.
+
+    ``forwarded_allow_ips`` (uvicorn's option of that name; None: uvicorn's default, the
+    ``FORWARDED_ALLOW_IPS`` variable or 127.0.0.1): the proxies whose ``X-Forwarded-Proto`` and
+    ``X-Forwarded-For`` are believed. Behind a TLS proxy listed there the session cookie gets
+    ``Secure`` and the login throttle counts the real client's address."""
     import uvicorn
 
     check_bind(host, settings.admin_token)
     # No access log: history searches put customer emails in URLs. State changes log themselves.
     app = create_app(settings, pages_and_api=pages_and_api)
-    uvicorn.run(app, host=host, port=port, server_header=False, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        server_header=False,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )

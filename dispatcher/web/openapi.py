@@ -14,7 +14,6 @@ from dispatcher.admin.filters import (
     EMAIL_MAX,
     INT32,
     MAX_EXPECTED,
-    MAX_PAGE,
     MAX_PER_PAGE,
     PER_PAGE,
     STATUS_CODES,
@@ -197,7 +196,10 @@ OPENAPI: dict[str, Any] = {
                         "Exact, any case.",
                     ),
                     _query(
-                        "page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "From 1."
+                        "before",
+                        {"type": "integer", "minimum": 1},
+                        "The cursor: only jobs with a smaller id (the previous answer's "
+                        "next_before). Without it, the newest.",
                     ),
                     _query(
                         "per_page",
@@ -209,9 +211,11 @@ OPENAPI: dict[str, Any] = {
                     "200": _json(
                         _object(
                             jobs={"type": "array", "items": _ref("JobSummary")},
-                            page={"type": "integer"},
                             per_page={"type": "integer"},
                             has_more={"type": "boolean"},
+                            next_before=_nullable(
+                                "integer", description="Pass as before for the next (older) page."
+                            ),
                         ),
                         "One page of jobs.",
                     ),

@@ -8,6 +8,7 @@ every field, so here an empty field means "not given".
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -21,8 +22,16 @@ from starlette.routing import Route
 from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import STATUSES, JobStatus
-from dispatcher.web.access import SESSION_COOKIE, SESSION_SECONDS, guarded, safe_next
+from dispatcher.web.access import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    client_address,
+    guarded,
+    safe_next,
+)
 from dispatcher.web.site import mask_emails, site_of
+
+log = logging.getLogger("dispatcher.web")
 
 __all__ = ["DEAD_FIELDS", "HISTORY_FIELDS", "ROUTES", "TEMPLATE_GLOBALS"]
 
@@ -36,11 +45,11 @@ class Typed:
     """What the operator typed (to refill the form and build links) and the page shown."""
 
     form: dict[str, str]
-    page: int = 1
+    before: int | None = None  # the cursor: jobs older than this id (None: the newest)
 
 
-def _typed(params: Mapping[str, str], fields: tuple[str, ...], page: int = 1) -> Typed:
-    return Typed({k: params[k].strip() for k in fields if params.get(k, "").strip()}, page)
+def _typed(params: Mapping[str, str], fields: tuple[str, ...], before: int | None = None) -> Typed:
+    return Typed({k: params[k].strip() for k in fields if params.get(k, "").strip()}, before)
 
 
 def age(seconds: float | None) -> str:
@@ -80,8 +89,21 @@ async def login(request: Request) -> Response:
     nxt = safe_next(str(form.get("next", "/")))
     if site.gate.token is None:
         return RedirectResponse(nxt, 303)
+    client = client_address(request)
+    wait = site.gate.throttle.wait(client)
+    if wait > 0:  # not even checked: a locked-out address learns nothing
+        log.warning("admin: refused a login from %s: locked out for %.0fs more", client, wait)
+        return site.render(
+            request,
+            "login.html",
+            429,
+            next=nxt,
+            error=f"Too many wrong tokens: try again in {int(wait + 0.999)} s.",
+        )
     if not site.gate.token_ok(str(form.get("token", ""))):
+        site.gate.refused(request, "login form")
         return site.render(request, "login.html", 401, next=nxt, error="That is not the token.")
+    site.gate.throttle.succeeded(client)
     response = RedirectResponse(nxt, 303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -96,6 +118,7 @@ async def login(request: Request) -> Response:
 
 @guarded
 async def logout(request: Request) -> Response:
+    site_of(request).gate.revoke(request.cookies.get(SESSION_COOKIE))  # ends it server-side
     response = RedirectResponse("/login", 303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -155,8 +178,8 @@ def _read(
     f = admin.parse_filter(params, utcnow(), fields=fields, blank="ignore")
     if status is not None:
         f = dataclasses.replace(f, status=status)
-    page = admin.parse_page({"page": params.get("page", "")}, blank="ignore")
-    return f, page, _typed(params, fields, page.number)
+    page = admin.parse_page({"before": params.get("before", "")}, blank="ignore")
+    return f, page, _typed(params, fields, page.before)
 
 
 @guarded

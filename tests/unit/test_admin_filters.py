@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.admin import FILTER_FIELDS, AdminError, Filter, Page, parse_filter, parse_page
-from dispatcher.admin.filters import INT32, MAX_PAGE, MAX_PER_PAGE, STATUS_CODES, parse_int
+from dispatcher.admin.filters import INT32, MAX_PER_PAGE, STATUS_CODES, parse_int
 from dispatcher.producer import check_queue as enqueue_rule
 from dispatcher.schema import JobStatus
 
@@ -147,14 +147,15 @@ def test_parse_int() -> None:
 
 
 def test_pages() -> None:
-    assert parse_page({}) == Page(1, 50)
-    assert parse_page({"page": "3", "per_page": "10"}) == Page(3, 10)
-    assert parse_page({"page": " "}, blank="ignore") == Page()
+    assert parse_page({}) == Page(50, None)
+    assert parse_page({"before": "3", "per_page": "10"}) == Page(10, 3)
+    assert parse_page({"before": " "}, blank="ignore") == Page()
+    assert parse_page({"page": "7"}) == Page()  # no offsets: the surfaces refuse "page"
     for texts, field in (
-        ({"page": "0"}, "page"),
-        ({"page": str(MAX_PAGE + 1)}, "page"),
+        ({"before": "0"}, "before"),
+        ({"before": str(2**63)}, "before"),
         ({"per_page": str(MAX_PER_PAGE + 1)}, "per_page"),
-        ({"page": ""}, "page"),
+        ({"before": ""}, "before"),
     ):
         with pytest.raises(AdminError) as caught:
             parse_page(texts)

@@ -47,7 +47,10 @@ def test_no_token_is_refused(client: httpx.Client, outbox: Outbox) -> None:
         assert client.post(path).status_code == 401, path
 
 
-def test_wrong_token_is_refused(client: httpx.Client, outbox: Outbox, signalled: list) -> None:
+def test_wrong_token_is_refused(
+    client: httpx.Client, outbox: Outbox, signalled: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dispatcher.web.access.Throttle.FREE", 1000)  # test_hardening: throttle
     for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer", TOKEN):
         for path in EVERY_API_GET:
             assert client.get(path, headers={"Authorization": wrong}).status_code == 401, path

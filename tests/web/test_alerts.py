@@ -158,3 +158,19 @@ def test_settings_read_the_token_and_webhook_as_secrets() -> None:
     assert Settings.from_env({"DISPATCHER_ADMIN_TOKEN": " "}).admin_token is None
     with pytest.raises(ValueError, match="DISPATCHER_ADMIN_TOKEN: use at least 16 characters"):
         Settings.from_env({"DISPATCHER_ADMIN_TOKEN": "short"})
+
+
+HOSTILE = "<!channel> revoked & <https://evil.example|click to fix> now <@U123>"
+
+
+@pytest.mark.parametrize("notice", [pause_notice, circuit_notice], ids=["pause", "circuit"])
+def test_slack_markup_in_the_apis_words_is_escaped_and_kept_raw_in_detail(notice: Any) -> None:
+    body = notice("eu-shop", 401, HOSTILE) if notice is pause_notice else notice("eu-shop", HOSTILE)
+    text = body["text"]
+    # Slack's rules: & < > escaped; nothing the API wrote can become a mention or a link.
+    assert "<!channel>" not in text and "<https://" not in text and "<@" not in text
+    assert (
+        "&lt;!channel&gt; revoked &amp; &lt;https://evil.example|click to fix&gt; now "
+        "&lt;@U123&gt;" in text
+    )
+    assert body["detail"] == HOSTILE  # the raw words, for machines

@@ -105,10 +105,22 @@ def test_history_filters_and_pages(client: httpx.Client, outbox: Outbox) -> None
     assert ids(event_id=105) == [outbox.flaky]
     assert ids(since="1h", until="2999-01-01") == everything[:50]
     assert ids(until="2000-01-01") == []
-    pages = [ids(per_page=4, page=n) for n in (1, 2, 3, 4)]
-    assert [i for page in pages for i in page] == everything and pages[3] == []
-    body = client.get("/api/jobs", params={"per_page": 4, "page": 3}, headers=AUTH).json()
-    assert body["has_more"] is False and body["page"] == 3 and body["per_page"] == 4
+    # Keyset paging: each answer names the cursor of the next (older) page.
+    pages, cursor = [], None
+    while True:
+        params = {"per_page": 4, **({"before": cursor} if cursor else {})}
+        body = client.get("/api/jobs", params=params, headers=AUTH).json()
+        pages.append([j["id"] for j in body["jobs"]])
+        assert body["per_page"] == 4 and body["has_more"] is (body["next_before"] is not None)
+        cursor = body["next_before"]
+        if cursor is None:
+            break
+        assert cursor == int(pages[-1][-1])
+    assert [i for page in pages for i in page] == everything and len(pages) == 3
+    assert ids(before=everything[5]) == everything[6:]
+    assert ids(before=everything[5], status="dead") == [
+        i for i in ids(status="dead") if int(i) < int(everything[5])
+    ]
 
     for params, field in (
         ({"status": "lost"}, "status"),
@@ -117,7 +129,9 @@ def test_history_filters_and_pages(client: httpx.Client, outbox: Outbox) -> None
         ({"event_id": str(2**31)}, "event_id"),
         ({"since": "yesterday"}, "since"),
         ({"since": "1h", "until": "2h"}, "since"),
-        ({"page": "0"}, "page"),
+        ({"page": "2"}, "page"),  # no offsets: a cursor (before) pages
+        ({"before": "0"}, "before"),
+        ({"before": "x"}, "before"),
         ({"per_page": "101"}, "per_page"),
         ({"customer_email": "a\x00b@example.com"}, "customer_email"),
         ({"queue": ""}, "queue"),

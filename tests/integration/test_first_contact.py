@@ -1,0 +1,355 @@
+"""First contact and misconfiguration (issue 14): every command answers a missing schema, an
+unreachable database or broker, or a bad URL with one or two lines naming the cause and the fix
+and a distinct exit code (``-v`` adds the traceback), never a password; ``enqueue`` raises the same
+exception for a missing table whatever the path; a worker without keys, a CLI on the default
+SQLite file and a sweeper without its broker say so once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from sqlalchemy.orm import Session
+
+from dispatcher import CustomEvent, OutboxSchemaMissing, enqueue, enqueue_many, problems
+from dispatcher.cli import main
+from dispatcher.config import get_settings
+from dispatcher.db import dispose_engines, get_engine
+from tests.conftest import PG_URL, require
+
+SECRET = "hunter2-S3cr3t"
+
+# Every command that touches the outbox, with arguments that would otherwise work.
+COMMANDS = [
+    ["enqueue", "--event-id", "1", "--customer-id", "3"],
+    ["enqueue", "--event-id", "1", "--customer-id", "3", "--dedupe-key", "k"],
+    ["pause", "default"],
+    ["resume", "default"],
+    ["history"],
+    ["show", "1"],
+    ["stats"],
+    ["replay", "--status", "dead", "--yes"],
+    ["replay", "1"],
+    ["purge", "--older-than", "1d", "--yes"],
+]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Result]]:
+    """``cli(url, *args)``: run a command with DISPATCHER_DATABASE_URL set to ``url``."""
+    monkeypatch.setattr("dispatcher.producer.signal_workers", lambda qs: None)
+    monkeypatch.setattr("dispatcher.admin.actions._signal", lambda qs: None)
+
+    def run(url: str, *args: str) -> Result:
+        monkeypatch.setenv("DISPATCHER_DATABASE_URL", url)
+        get_settings.cache_clear()
+        dispose_engines()
+        return CliRunner().invoke(main, list(args))
+
+    yield run
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+def _lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def _unmigrated_urls(tmp_path: Path) -> list[str]:
+    urls = [f"sqlite:///{tmp_path / 'empty.db'}"]
+    if PG_URL:
+        # The test database, but looking in a schema where no outbox table exists.
+        url = sa.make_url(require(PG_URL, "PostgreSQL")).set(
+            query={"options": "-csearch_path=no_outbox_here"}
+        )
+        urls.append(url.render_as_string(hide_password=False))
+    return urls
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_every_command_before_migrate_says_run_migrate(
+    cli: Callable[..., Result], tmp_path: Path, args: list[str]
+) -> None:
+    for url in _unmigrated_urls(tmp_path):
+        result = cli(url, *args)
+        assert result.exit_code == problems.EXIT_SCHEMA, (url, result.output)
+        lines = _lines(result)
+        assert len(lines) == 2, lines
+        assert "outbox tables do not exist" in lines[0] and "dispatcher migrate" in lines[1]
+        assert "Traceback" not in result.output
+
+
+def test_minus_v_shows_the_traceback(cli: Callable[..., Result], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = cli(url, "-v", "enqueue", "--event-id", "1", "--customer-id", "3")
+    assert result.exit_code == problems.EXIT_SCHEMA
+    assert "Traceback" in result.stderr and "OutboxSchemaMissing" in result.stderr
+    assert result.stderr.rstrip().endswith("run `dispatcher migrate` against that database first")
+
+
+# A port nothing listens on; the secret in each credential form.
+DOWN = [
+    f"postgresql://app:{SECRET}@127.0.0.1:9/shop",
+    f"postgresql://app@127.0.0.1:9/shop?password={SECRET}",
+    f"postgresql://app@127.0.0.1:9/shop?sslmode=disable&password={SECRET}&connect_timeout=2",
+    f"postgresql://app@127.0.0.1:9/shop?passfile=/nonexistent/pgpass&password={SECRET}",
+]
+
+
+@pytest.mark.parametrize("url", DOWN)
+@pytest.mark.parametrize("args", [COMMANDS[0], COMMANDS[2], COMMANDS[6], ["migrate"]])
+def test_an_unreachable_database_is_two_lines_without_the_password(
+    cli: Callable[..., Result], url: str, args: list[str]
+) -> None:
+    for verbose in ([], ["-v"]):
+        result = cli(url, *verbose, *args)
+        assert result.exit_code == problems.EXIT_DATABASE, result.output
+        assert SECRET not in result.output, result.output
+        if not verbose:
+            lines = _lines(result)
+            assert len(lines) == 2, lines
+            assert lines[0].startswith("error: cannot reach the outbox database at postgresql")
+            assert "DISPATCHER_DATABASE_URL" in lines[1]
+        else:
+            assert "Traceback" in result.stderr
+    if "passfile" in url:
+        assert "passfile=/nonexistent/pgpass" in result.stderr  # a path is not a secret
+
+
+@pytest.mark.parametrize("url", ["foo://nowhere/db", "postgresql://app@db:notaport/x", "nonsense"])
+def test_a_bad_database_url_is_a_configuration_error(cli: Callable[..., Result], url: str) -> None:
+    result = cli(url, "stats")
+    assert result.exit_code == problems.EXIT_CONFIG, result.output
+    assert len(_lines(result)) == 2 and "DISPATCHER_DATABASE_URL" in result.stderr
+
+
+def test_a_bad_setting_is_a_configuration_error(
+    cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DISPATCHER_MAX_ATTEMPTS", "many")
+    result = cli(f"sqlite:///{tmp_path / 'x.db'}", "stats")
+    assert result.exit_code == problems.EXIT_CONFIG
+    assert "DISPATCHER_MAX_ATTEMPTS" in result.stderr and len(_lines(result)) == 1
+
+
+def test_the_worker_refuses_an_unreachable_broker(
+    cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[Any] = []
+    monkeypatch.setattr("dispatcher.tasks.app.worker_main", lambda argv: started.append(argv))
+    monkeypatch.setattr("dispatcher.tasks.app.conf.broker_url", f"redis://:{SECRET}@127.0.0.1:9/0")
+    monkeypatch.setattr("dispatcher.cli._check_broker.__defaults__", (1.0,))
+    result = cli(f"sqlite:///{tmp_path / 'x.db'}", "worker")
+    assert result.exit_code == problems.EXIT_BROKER, result.output
+    assert started == []
+    lines = _lines(result)
+    assert any("cannot reach the broker" in line for line in lines)
+    assert "DISPATCHER_BROKER_URL" in result.stderr and SECRET not in result.output
+
+
+def test_exit_codes_are_distinct_and_documented() -> None:
+    codes = [
+        problems.EXIT_FAILED,
+        problems.EXIT_USAGE,
+        problems.EXIT_CONFIG,
+        problems.EXIT_DATABASE,
+        problems.EXIT_SCHEMA,
+        problems.EXIT_BROKER,
+        problems.EXIT_DECLINED,
+    ]
+    assert len(set(codes)) == len(codes)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for code in codes:
+        assert f"| {code} |" in readme
+
+
+# --------------------------------------------------------------------------- from Python
+
+
+def _keyed_and_not(url: str) -> list[Callable[[], object]]:
+    event = CustomEvent(1, customer_id=3)
+
+    def in_session(**kw: Any) -> Callable[[], object]:
+        def go() -> object:
+            with Session(get_engine(url)) as s, s.begin():
+                return enqueue(event, session=s, **kw)
+
+        return go
+
+    return [
+        lambda: enqueue(event),
+        lambda: enqueue(event, dedupe_key="order-1"),
+        lambda: enqueue_many([event, event], dedupe_keys=["a", None]),
+        in_session(),
+        in_session(dedupe_key="order-2"),
+    ]
+
+
+def test_enqueue_raises_the_same_schema_error_with_or_without_dedupe_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for url in _unmigrated_urls(tmp_path):
+        monkeypatch.setenv("DISPATCHER_DATABASE_URL", url)
+        get_settings.cache_clear()
+        dispose_engines()
+        for call in _keyed_and_not(url):
+            with pytest.raises(OutboxSchemaMissing, match="dispatcher migrate"):
+                call()
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+# --------------------------------------------------------------------------- fail fast
+
+
+def test_a_worker_without_keys_for_its_queues_says_so(
+    cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("dispatcher.tasks.app.worker_main", lambda argv: None)
+    monkeypatch.setattr("dispatcher.cli._check_broker", lambda app: None)
+    monkeypatch.setattr("dispatcher.logs.configure", lambda **kw: None)
+    monkeypatch.setenv("DISPATCHER_DEDICATED_QUEUES", "eu-shop,us-shop")
+    monkeypatch.setenv("ECDP_API_KEY_US_SHOP", "a-key")
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with caplog.at_level(logging.WARNING, logger="dispatcher.worker"):
+        assert cli(url, "worker", "--queues", "eu-shop,us-shop").exit_code == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "no API key for queue eu-shop: set ECDP_API_KEY_EU_SHOP; until then the queue pauses "
+        "at its first job"
+    ]
+    caplog.clear()
+    monkeypatch.delenv("ECDP_API_KEY_US_SHOP")
+    with caplog.at_level(logging.WARNING, logger="dispatcher.worker"):
+        assert cli(url, "worker").exit_code == 0
+    [record] = caplog.records
+    assert "no API key is configured" in record.getMessage()
+    caplog.clear()
+    monkeypatch.setenv("ECDP_API_KEY", "a-key")
+    with caplog.at_level(logging.WARNING, logger="dispatcher.worker"):
+        assert cli(url, "worker").exit_code == 0
+    assert caplog.records == []
+
+
+def test_the_default_sqlite_file_is_announced_once_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if not k.startswith(("DISPATCHER_", "ECDP_"))
+    }
+    script = (
+        "from dispatcher import CustomEvent, enqueue\n"
+        "from dispatcher.migrate import upgrade\n"
+        "upgrade('sqlite:///dispatcher.db')\n"
+        "enqueue(CustomEvent(1, customer_id=1)); enqueue(CustomEvent(1, customer_id=2))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "DISPATCHER_BROKER_URL": "memory://"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "is not set" in line]
+    assert notices == [
+        "dispatcher: DISPATCHER_DATABASE_URL is not set: using the SQLite file "
+        f"{tmp_path / 'dispatcher.db'} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, "
+        "to use your own)"
+    ]
+    # With the variable set, nothing is said.
+    done = subprocess.run(
+        [sys.executable, "-c", script.replace("sqlite:///dispatcher.db", "sqlite:///other.db")],
+        cwd=tmp_path,
+        env={
+            **env,
+            "DISPATCHER_BROKER_URL": "memory://",
+            "DISPATCHER_DATABASE_URL": "sqlite:///other.db",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "is not set" not in done.stderr
+
+
+def test_a_sweeper_without_its_broker_logs_each_change_of_state_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    from dispatcher import sweeper
+
+    engine = get_engine(db_url)
+    with Session(engine) as s, s.begin():
+        enqueue(CustomEvent(1, customer_id=1), session=s)
+    stop = threading.Event()
+    calls = {"n": 0}
+
+    def notify(queues: object) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 60:
+            stop.set()
+        if 10 <= calls["n"] < 40:  # the broker is down for 30 passes, then back
+            raise BrokerDown("Error 111 connecting to redis:6379. Connection refused.")
+
+    with caplog.at_level(logging.INFO, logger="dispatcher.sweeper"):
+        sweeper.run(engine, notify, 0.001, stop=stop)
+    lines = caplog.records
+    assert [r.getMessage().split(":")[0] for r in lines] == [
+        "the broker is unreachable",
+        "the broker is back",
+    ]
+    assert not any(r.exc_info for r in lines)  # no traceback (only with -v: DEBUG)
+    assert calls["n"] == 60
+
+
+# --------------------------------------------------------------------------- queue names
+
+
+def test_queue_names_follow_enqueues_rule_everywhere(
+    env: pytest.MonkeyPatch, cli: Callable[..., Result], db_url: str
+) -> None:
+    from dispatcher import ValidationError
+
+    for bad in ("DEFAULT", " default", "default ", "default\n", "eu shop", ""):
+        with pytest.raises(ValidationError):
+            enqueue(CustomEvent(1, customer_id=1), queue=bad)
+        for command in ("pause", "resume"):
+            result = cli(db_url, command, bad)
+            assert result.exit_code == problems.EXIT_USAGE, (bad, result.output)
+            assert "must be 1-64 characters of a-z" in result.stderr
+    assert "did you mean 'default'?" in cli(db_url, "pause", "DEFAULT").stderr
+    assert "did you mean 'default'?" in cli(db_url, "pause", " default").stderr
+    with get_engine(db_url).connect() as conn:
+        from dispatcher.schema import queues
+
+        assert conn.execute(sa.select(queues.c.name)).all() == []  # no phantom queue
+
+
+def test_a_valid_but_unused_queue_is_paused_ahead_of_use_and_says_so(
+    env: pytest.MonkeyPatch, cli: Callable[..., Result], db_url: str
+) -> None:
+    env.setattr("dispatcher.admin.actions.outbox.PAUSE_SETTLE_SECONDS", 0)
+    enqueue(CustomEvent(1, customer_id=1))
+    ahead = cli(db_url, "pause", "eu-shop")
+    assert ahead.exit_code == 0 and ahead.stdout.strip() == "queue eu-shop paused"
+    assert "no job has used queue eu-shop yet: it is paused ahead of use" in ahead.stderr
+    used = cli(db_url, "pause", "default")
+    assert used.exit_code == 0 and "ahead of use" not in used.stderr
+    again = cli(db_url, "pause", "eu-shop")  # its row exists now
+    assert again.exit_code == 0 and "ahead of use" not in again.stderr

@@ -1,0 +1,222 @@
+"""Issue 14 on the site: logging out ends the session on the server, wrong tokens are throttled
+per client address and logged (never the token), the cookie is Secure behind a trusted TLS proxy,
+and every value of an email field is masked by one rule (property-tested)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from dispatcher.web.access import SESSION_COOKIE, Throttle
+from dispatcher.web.site import mask_email, mask_emails
+
+from .conftest import AUTH, TOKEN
+
+
+class Asgi:
+    """A synchronous client over an ASGI app in process, from a chosen client address."""
+
+    def __init__(self, app: Any, client: str = "10.1.2.3") -> None:
+        self.app, self.client = app, client
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, client=(self.client, 5000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                return await c.request(method, url, **kw)
+
+        return asyncio.run(go())
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self._send("POST", url, **kw)
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self._send("GET", url, **kw)
+
+
+def _login(client: httpx.Client | Asgi, token: str = TOKEN) -> httpx.Response:
+    return client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+
+
+# --------------------------------------------------------------------------- logout
+
+
+def test_logout_ends_the_session_server_side(client: httpx.Client) -> None:
+    assert _login(client).status_code == 303
+    cookie = client.cookies[SESSION_COOKIE]
+    page = client.get("/")
+    assert page.status_code == 200
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+    # The browser dropped the cookie; someone who copied it before cannot use it any more.
+    with httpx.Client(base_url=str(client.base_url), follow_redirects=False) as thief:
+        thief.cookies.set(SESSION_COOKIE, cookie)
+        assert thief.get("/api/queues").status_code == 401
+        assert thief.get("/").status_code == 303  # to the login form
+    # A new login works, with a new session.
+    assert _login(client).status_code == 303
+    assert client.cookies[SESSION_COOKIE] != cookie
+    assert client.get("/api/queues").status_code == 200
+
+
+# --------------------------------------------------------------------------- throttle
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_logins_are_throttled_per_address_and_logged_without_the_token(
+    app: Starlette, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    app.state.site.gate.throttle = Throttle(clock)
+    tried = "wrong-token-attempt-xyz"
+    c = Asgi(app)
+    with caplog.at_level(logging.INFO, logger="dispatcher.web"):
+        for _ in range(Throttle.FREE):
+            assert _login(c, tried).status_code == 401
+        assert _login(c, tried).status_code == 401  # the 6th is checked, then locks for 1 s
+        locked = _login(c, TOKEN)  # locked out: even the right token is not looked at
+        assert locked.status_code == 429 and "try again" in locked.text
+        assert c.get("/api/queues", headers=AUTH).status_code == 429
+        clock.now += 1.5
+        assert _login(c, tried).status_code == 401  # 7th: locked for 2 s now
+        clock.now += 1.0
+        assert _login(c, TOKEN).status_code == 429
+        clock.now += 1.5
+        assert _login(c, TOKEN).status_code == 303  # the lock ran out: the right token works
+        assert _login(c, tried).status_code == 401  # and it cleared the count
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) >= Throttle.FREE + 2
+    assert all("10.1.2.3" in m for m in refusals)  # the client's address
+    assert "locked out for 1s" in refusals[Throttle.FREE]
+    assert all(tried not in r.getMessage() and TOKEN not in r.getMessage() for r in caplog.records)
+
+
+def test_the_throttle_is_per_address() -> None:
+    clock = FakeClock()
+    throttle = Throttle(clock)
+    for n in range(1, 12):
+        count, lock = throttle.failed("10.0.0.1")
+        assert count == n
+        assert lock == (0 if n <= Throttle.FREE else 2.0 ** (n - Throttle.FREE - 1))
+    assert throttle.wait("10.0.0.1") == 32.0
+    assert throttle.wait("10.0.0.2") == 0  # another address is not slowed
+    for _ in range(40):
+        throttle.failed("10.0.0.3")
+    assert throttle.wait("10.0.0.3") == Throttle.MAX_LOCK
+
+
+# --------------------------------------------------------------------------- behind a TLS proxy
+
+
+def _cookie_line(app: Any, client_ip: str = "10.1.2.3") -> str:
+    response = _login(Asgi(app, client_ip))
+    assert response.status_code == 303
+    return str(response.headers["set-cookie"])
+
+
+def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(app: Starlette) -> None:
+    # What `dispatcher web --forwarded-allow-ips 10.1.2.3` runs: uvicorn's proxy headers.
+    trusted = ProxyHeadersMiddleware(app, trusted_hosts="10.1.2.3")
+
+    class Forwarded:
+        def __init__(self, inner: Any, proto: str) -> None:
+            self.inner, self.proto = inner, proto
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            scope = {**scope, "headers": [*scope["headers"], (b"x-forwarded-proto", self.proto)]}
+            await self.inner(scope, receive, send)
+
+    assert "secure" in _cookie_line(Forwarded(trusted, b"https")).lower().split("; ")
+    assert "secure" not in _cookie_line(Forwarded(trusted, b"http")).lower().split("; ")
+    # The same header from an address not listed is not believed.
+    untrusted = ProxyHeadersMiddleware(app, trusted_hosts="10.9.9.9")
+    assert "secure" not in _cookie_line(Forwarded(untrusted, b"https")).lower().split("; ")
+
+
+def test_dispatcher_web_passes_forwarded_allow_ips_to_uvicorn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setenv("DISPATCHER_ADMIN_TOKEN", TOKEN)
+    from dispatcher.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["web", "--forwarded-allow-ips", "10.0.0.0/8"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert seen["proxy_headers"] is True and seen["forwarded_allow_ips"] == "10.0.0.0/8"
+
+
+# --------------------------------------------------------------------------- email masking
+
+SEEN = [
+    ("anna@example.com", "a***@example.com"),
+    ("user@localhost", "u***@localhost"),
+    ("user@[127.0.0.1]", "u***@[127.0.0.1]"),
+    ("first(comment)@example.com", "f***@example.com"),
+    ('"quoted local"@example.com', '"***@example.com'),
+    ('"a@b"@example.com', '"***@example.com'),
+    ("o'brien@example.com", "o***@example.com"),
+    ("no-at-sign", "n***"),
+]
+
+
+@pytest.mark.parametrize(("value", "masked"), SEEN)
+def test_every_kind_of_address_is_masked_by_the_one_rule(value: str, masked: str) -> None:
+    assert mask_email(value) == masked
+    body = json.dumps({"customEventId": 1, "customerEmail": value})
+    assert json.loads(mask_emails(body) or "")["customerEmail"] == masked
+
+
+def _allowed(value: str) -> str:
+    """The rule: the first character, ***, and what follows the last @ after it."""
+    _local, at, domain = value[1:].rpartition("@")
+    return value[0] + "***" + ("@" + domain if at else "")
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_the_mask_of_any_email_value_reveals_no_more_than_the_rule(value: str) -> None:
+    masked = mask_email(value)
+    assert masked == _allowed(value)
+    # Of the local part, only its first character shows: whatever else it holds is gone.
+    domain = value[1:].rpartition("@")[2] if "@" in value[1:] else ""
+    assert len(masked) == 4 + (len(domain) + 1 if "@" in value[1:] else 0)
+    assert masked.startswith(value[0] + "***")
+
+
+@given(st.text(min_size=1, max_size=60), st.sampled_from(["customerEmail", "email", "EMAIL"]))
+def test_every_value_of_an_email_field_in_a_body_is_masked(value: str, key: str) -> None:
+    body = json.dumps({"customEventId": 7, key: value, "customerEmailMd5": "a" * 32})
+    shown = json.loads(mask_emails(body) or "")
+    assert shown[key] == _allowed(value)
+    assert shown["customEventId"] == 7 and shown["customerEmailMd5"] == "a" * 32
+
+
+def test_addresses_in_free_text_are_masked() -> None:
+    text = "customerEmail: no such customer o'brien@example.com, nor user@[127.0.0.1]"
+    shown = mask_emails(text) or ""
+    assert "brien" not in shown and "user@" not in shown
+    assert "o***@example.com" in shown and "u***@[127.0.0.1]" in shown
