@@ -76,7 +76,12 @@ MAX_SECONDS = 5.0  # a measurement stops submitting after this (httpx.AsyncClien
 
 
 class Client(Protocol):
-    def submit(self, endpoint: str, payload: bytes) -> Future[int]: ...
+    """``submit`` returns the candidate's own future (an ``Answer``'s for ``EcdpClient``, a
+    status for the others); ``status`` reads the status from its result on the calling thread."""
+
+    def submit(self, endpoint: str, payload: bytes) -> Future[Any]: ...
+
+    def status(self, result: Any) -> int: ...
 
     def close(self) -> None: ...
 
@@ -106,10 +111,13 @@ class OnLoopThread:
 
         self.client = asyncio.run_coroutine_threadsafe(build(), self.loop).result()
 
-    def submit(self, endpoint: str, payload: bytes) -> Future[int]:
+    def submit(self, endpoint: str, payload: bytes) -> Future[Any]:
         return asyncio.run_coroutine_threadsafe(
             self._post(self.client, self.url + endpoint, payload), self.loop
         )
+
+    def status(self, result: Any) -> int:
+        return int(result)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._aclose(self.client), self.loop).result(30)
@@ -193,17 +201,12 @@ def _ecdp(url: str, in_flight: int, candidate: str) -> Client:
                 url, max_connections=in_flight, body_limit=BODY_LIMIT, **options
             )
 
-        def submit(self, endpoint: str, payload: bytes) -> Future[int]:
-            # The status is taken from the answer on the calling thread, as Deliverer does.
-            inner = self.client.submit(endpoint, payload, key)
-            outer: Future[int] = Future()
+        def submit(self, endpoint: str, payload: bytes) -> Future[Any]:
+            return self.client.submit(endpoint, payload, key)
 
-            def done(f: Future[Answer]) -> None:
-                answer = f.result()
-                outer.set_result(answer.status_code or 0)
-
-            inner.add_done_callback(done)
-            return outer
+        def status(self, result: Any) -> int:
+            answer: Answer = result
+            return answer.status_code or 0
 
         def close(self) -> None:
             self.client.close()
@@ -217,7 +220,7 @@ def drive(
     """Keep ``in_flight`` requests outstanding until ``bodies`` are all answered (or, past
     ``until`` on the perf_counter clock, those in flight are); the answers come back through a
     queue fed by the futures' callbacks, as in ``Deliverer``."""
-    answered: queue.SimpleQueue[Future[int]] = queue.SimpleQueue()
+    answered: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
     todo = iter(bodies)
     codes: list[int] = []
     outstanding = 0
@@ -231,7 +234,7 @@ def drive(
                 break
         if not outstanding:
             return codes
-        codes.append(answered.get(timeout=60).result())
+        codes.append(client.status(answered.get(timeout=60).result()))
         outstanding -= 1
 
 
@@ -386,7 +389,7 @@ def verdict(result: dict[str, Any], factor: float = 1.3) -> str:
     cols = [(s, k) for s in result["sinks"] for k in result["in_flight"]]
 
     def cpu(c: str) -> float:
-        return statistics.median(med[f"{c}|{s}|{k}"]["cpu_ms"] for s, k in cols)
+        return float(statistics.median(med[f"{c}|{s}|{k}"]["cpu_ms"] for s, k in cols))
 
     names = list(result["candidates"])
     kept = [c for c in names if c in NEEDS or c == "httpx"]  # third-party, as they come

@@ -124,6 +124,22 @@ def test_nothing_listening_gives_a_connection_error_answer() -> None:
     assert answer.error is not None and answer.error.startswith("connection error: ConnectError")
 
 
+def test_a_server_that_never_accepts_gives_a_connect_timeout_before_the_deadline() -> None:
+    """A listener whose backlog is full drops further SYNs: only the connect timeout ends it."""
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=0))
+        for _ in range(4):  # fill the backlog
+            sock = stack.enter_context(socket.socket())
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(server.getsockname())
+        started = time.monotonic()
+        (answer,) = post_to(f"http://127.0.0.1:{server.getsockname()[1]}", connect_timeout=0.3)
+        took = time.monotonic() - started
+    assert (answer.status_code, answer.error) == (None, "timeout: ConnectTimeout")
+    assert took < 2  # the deadline (the HTTP timeout) is 10 s
+
+
 def test_a_path_prefix_in_the_base_url_is_kept(box: Sandbox) -> None:
     (answer,) = post_to(box.url + "/v2/")
     assert answer.status_code == 404  # the sandbox knows no /v2 prefix: what counts is the path
