@@ -45,6 +45,7 @@ log = logging.getLogger("dispatcher.delivery")
 
 T = TypeVar("T")
 Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answer) as they come
+Breaker = Window[tuple[int, datetime]]  # keyed by (job id, attempt started at): see open_circuit
 LATENCY_SAMPLES = 100  # answers that _window() looks back over
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
 POLL_SECONDS = 0.1  # how often a worker waiting for answers looks at its leases and the stop flag
@@ -151,9 +152,7 @@ class Deliverer:
             proxy_url=proxy.reveal() if (proxy := settings.proxy_url()) else None,
         )
         self._latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)  # see _window()
-        self._breakers: dict[
-            str, Window[tuple[int, datetime]]
-        ] = {}  # this process's recent answers, per queue
+        self._breakers: dict[str, Breaker] = {}  # this process's recent answers, per queue
 
     def close(self) -> None:
         self.client.close()
@@ -420,10 +419,10 @@ class Deliverer:
     def _flush(self, d: _Drain) -> None:
         self._record(d, [])
 
-    def _breaker(self, queue: str) -> Window[tuple[int, datetime]]:
+    def _breaker(self, queue: str) -> Breaker:
         window = self._breakers.get(queue)
         if window is None:
-            window = self._breakers[queue] = Window[tuple[int, datetime]](self.settings.breaker)
+            window = self._breakers[queue] = Breaker(self.settings.breaker)
         return window
 
     def _judge_all(self, d: _Drain, finished: list[tuple[Claimed, Future[Answer]]]) -> None:
@@ -552,7 +551,7 @@ def _log_failure(r: AttemptResult) -> None:
     )
 
 
-def _trip_reason(result: AttemptResult, window: Window[tuple[int, datetime]]) -> str:
+def _trip_reason(result: AttemptResult, window: Breaker) -> str:
     outages = len(window.outages())
     what = result.decision.reason or "no answer"
     return f"{what} ({outages} of the last {len(window)} answers were outages)"
