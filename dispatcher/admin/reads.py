@@ -260,9 +260,10 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
 
 # The windows the admin page charts: name -> (bucket seconds, buckets).
 ACTIVITY_WINDOWS: dict[str, tuple[int, int]] = {"1h": (60, 60), "24h": (900, 96)}
-# An attempt row is written when its batch ends, at most a few minutes after its request started
-# (the HTTP deadline, the batch's drain time, a lease renewal): an hour is a generous bound.
-ARRIVAL_MARGIN = timedelta(hours=1)
+# An attempt row is written when its batch ends, within seconds of its request's start (the HTTP
+# deadline, 10 s by default; a task drains for at most 10 s): 15 minutes is a generous bound. A row
+# written later than that would only be missing from a chart.
+ARRIVAL_MARGIN = timedelta(minutes=15)
 
 
 @dataclass(frozen=True, slots=True)

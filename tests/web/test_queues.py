@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import sqlalchemy as sa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher import admin
@@ -107,12 +107,18 @@ def test_the_last_day_per_quarter_hour(engine: sa.Engine, history: None) -> None
 def test_queries_are_bounded_and_checked(engine: sa.Engine, history: None) -> None:
     with engine.connect() as conn:
         floor = _id_floor(conn, NOW - timedelta(hours=1))
-        first_recent = conn.execute(
-            sa.select(sa.func.min(attempts.c.id)).where(
-                attempts.c.started_at >= NOW - timedelta(hours=3)
-            )
-        ).scalar()
-    assert floor == first_recent - 1, "every attempt of the days before is skipped by its id"
+
+        def first_since(at: datetime) -> int:
+            query = sa.select(sa.func.min(attempts.c.id)).where(attempts.c.started_at >= at)
+            return int(conn.execute(query).scalar_one())
+
+        # Everything started before the window and its margin is skipped by its id (the 40 of
+        # three days ago and the two of two hours ago); nothing of the window is.
+        assert floor == first_since(NOW - timedelta(hours=1, minutes=15)) - 1
+        assert floor == first_since(NOW - timedelta(hours=1)) - 1
+        assert (
+            _id_floor(conn, NOW - timedelta(hours=3)) == first_since(NOW - timedelta(hours=3)) - 1
+        )
     with engine.connect() as conn:
         assert _id_floor(conn, NOW - timedelta(days=30)) == 0
     assert admin.delivered_per_minute(engine, NOW) == {
@@ -262,3 +268,37 @@ def test_the_charts_escape_and_label_everything() -> None:
     assert "p50 12.5 ms, p99 1500 ms (3 attempts)" in times and ">2 s</text>" in times
     spark = str(sparkline([0, 3, 1], "shop"))
     assert 'aria-label="Queue shop: 4 delivered in the last hour, at most 3 in one minute"' in spark
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 15 * 60), min_size=1, max_size=40),  # each row's insertion lag, s
+    st.lists(st.integers(0, 120), min_size=1, max_size=40),  # seconds between requests
+    st.integers(0, 3_000),  # where the window starts, s after the first request
+)
+def test_the_id_floor_never_skips_a_row_of_the_window(
+    lags: list[int], gaps: list[int], since_offset: int
+) -> None:
+    """Rows inserted in the order they finished (started + lag, lag within the margin): every
+    row started at or after ``since`` has an id above the floor, whatever the interleaving."""
+    from dispatcher.schema import metadata
+
+    engine = sa.create_engine("sqlite://")
+    metadata.create_all(engine)
+    start = NOW - timedelta(days=1)
+    started, at = [], start
+    for gap in gaps:
+        at += timedelta(seconds=gap)
+        started.append(at)
+    rows = sorted(
+        zip(started, (lags * len(started))[: len(started)], strict=True),
+        key=lambda r: r[0] + timedelta(seconds=r[1]),
+    )
+    since = start + timedelta(seconds=since_offset)
+    with engine.begin() as conn:
+        job = add_job(conn, "shop", start)
+        for began, _ in rows:
+            add_attempts(conn, job, began, ("delivered", 1))
+        floor = _id_floor(conn, since)
+        inside = conn.execute(sa.select(attempts.c.id).where(attempts.c.started_at >= since))
+        assert all(row.id > floor for row in inside)
