@@ -875,8 +875,9 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
     """Queues that have a job due now and are not held (paused, cooling down, or an open circuit
     whose next probe is not due yet).
 
-    Walks the distinct queue names with one index seek each (a "loose index scan"), so the cost
-    grows with the number of queues, not with the number of waiting jobs.
+    Walks the distinct queue names with one index seek each (a "loose index scan", one
+    statement), so the cost grows with the number of queues, not with the number of waiting
+    jobs.
     """
     paused = set(
         conn.execute(
@@ -893,22 +894,26 @@ def due_queues(conn: sa.Connection, now: datetime) -> list[str]:
             )
         ).scalars()
     )
-    found: list[str] = []
-    last: str | None = None
-    while True:
-        query = sa.select(sa.func.min(jobs.c.queue)).where(_DUE)
-        if last is not None:
-            query = query.where(jobs.c.queue > last)
-        last = conn.execute(query).scalar()
-        if last is None:
-            return found
-        if last in paused:
-            continue
-        first_due = conn.execute(
-            sa.select(sa.func.min(jobs.c.next_attempt_at)).where(jobs.c.queue == last, _DUE)
-        ).scalar()
-        if first_due is not None and first_due <= now:
-            found.append(last)
+    return [q for q in conn.execute(_DUE_QUEUES, {"now": now}).scalars() if q not in paused]
+
+
+# The loose index scan as one statement (both databases have recursive CTEs): a round trip for
+# 200 queues instead of 400, about 2 ms instead of 200 on a busy machine (bench/scale.py).
+_DUE_QUEUES = sa.text(
+    f"""
+    WITH RECURSIVE walk(queue) AS (
+        SELECT (SELECT min(j.queue) FROM dispatcher_jobs AS j WHERE {DUE_WHERE})
+        UNION ALL
+        SELECT (SELECT min(j.queue) FROM dispatcher_jobs AS j
+                WHERE {DUE_WHERE} AND j.queue > walk.queue)
+        FROM walk WHERE walk.queue IS NOT NULL
+    )
+    SELECT walk.queue FROM walk
+    WHERE walk.queue IS NOT NULL
+      AND (SELECT min(j.next_attempt_at) FROM dispatcher_jobs AS j
+           WHERE j.queue = walk.queue AND {DUE_WHERE}) <= :now
+    """
+).bindparams(sa.bindparam("now", type_=jobs.c.next_attempt_at.type))
 
 
 # --------------------------------------------------------------------------- finished counts

@@ -196,7 +196,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
 
     Nothing here reads the finished history, so it costs the same with ten million delivered
     rows as with ten: live counts and the lag are one grouped index-only scan of
-    ``ix_dispatcher_jobs_live`` (live rows only: the backlog), finished counts are the rows of
+    ``ix_dispatcher_jobs_live`` (live rows only: the backlog), finished counts the rows of
     ``dispatcher_counts`` (kept exact by the transactions that finish, replay or purge jobs), the
     rest comes from the queues table."""
     now = check_time("now", now)
@@ -223,7 +223,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
         sa.null().label("due"),
     ).where(finished_counts.c.jobs != 0)
     with connected(bind) as conn:
-        rows = [*conn.execute(grouped), *conn.execute(finished)]
+        rows = [*conn.execute(live), *conn.execute(finished)]
         switches = {r.name: r for r in conn.execute(sa.select(queues))}
     counts: dict[str, dict[str, int]] = {}
     oldest: dict[str, datetime] = {}

@@ -46,15 +46,16 @@ def upgrade() -> None:
             op.create_index(
                 "ix_dispatcher_jobs_live",
                 "dispatcher_jobs",
-                ["queue", "status", "next_attempt_at"],
+                ["status", "queue"],
                 postgresql_where=sa.text(LIVE_WHERE),
+                postgresql_include=["next_attempt_at"],
                 postgresql_concurrently=True,
             )
     else:
         op.create_index(
             "ix_dispatcher_jobs_live",
             "dispatcher_jobs",
-            ["queue", "status", "next_attempt_at"],
+            ["status", "queue"],
             sqlite_where=sa.text(LIVE_WHERE),
         )
 

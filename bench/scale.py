@@ -1,0 +1,495 @@
+"""Scale figures (issue 16): what operators read at 10k and 10M rows, drain with a big outbox,
+purge under load, many queues, and scaling out with worker processes.
+
+    python bench/scale.py                   # every figure, 10M rows (about 15 minutes)
+    python bench/scale.py --rows 2000000    # smaller history
+    python bench/scale.py --only reads,workers
+
+PostgreSQL from ``DISPATCHER_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/
+postgres``); every database it makes is named ``dispatcher_scale_*`` and dropped at the end.
+
+The API is :class:`dispatcher.testing.StubSender` (a 201 at once, in process), so the drain
+figures are the outbox's own ceiling, the database and the worker's Python, not the network's;
+the HTTP side is measured by ``bench/run.py``. History is generated with ``generate_series``
+at the schema of revision 0004 (secondary indexes dropped while it is written, rebuilt after),
+then migrated to 0005, whose backfill counts it through the product's ``outbox.recount``.
+Times are the best of 5 after a warm-up (medians beside them); the machine is shared, so compare
+the ratios, each measured within one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+
+from dispatcher import admin, outbox
+from dispatcher.config import Secret, Settings
+from dispatcher.db import dispose_engines, get_engine, utcnow
+from dispatcher.migrate import upgrade
+
+BASE = os.environ.get(
+    "DISPATCHER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PREFIX = "dispatcher_scale"
+RESULTS: list[tuple[str, str, str, str]] = []  # (figure, value, target, verdict)
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def figure(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    verdict = "" if ok is None else ("met" if ok else "MISSED")
+    RESULTS.append((name, value, target, verdict))
+    log(f"{name}: {value} {target} {verdict}")
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def url_of(name: str) -> str:
+    return sa.make_url(BASE).set(database=name).render_as_string(hide_password=False)
+
+
+def server() -> sa.Engine:
+    return sa.create_engine(BASE, isolation_level="AUTOCOMMIT")
+
+
+def make_db(name: str, revision: str = "head") -> str:
+    with server().connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = url_of(name)
+    upgrade(url, revision)
+    return url
+
+
+def drop_all() -> None:
+    dispose_engines()
+    with server().connect() as conn:
+        names = conn.exec_driver_sql(
+            f"SELECT datname FROM pg_database WHERE datname LIKE '{PREFIX}%%'"
+        ).scalars()
+        for name in list(names):
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def raw(url: str, *statements: str, autocommit: bool = False) -> None:
+    """Plain SQL through psycopg without parameters (``%`` is literal)."""
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=autocommit) as pg:
+        for statement in statements:
+            pg.execute(statement)
+
+
+def generate(url: str, rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -> float:
+    """``rows`` jobs spread over ``days`` (one attempt each; the newest ``live`` still waiting),
+    written at revision 0004 with its secondary indexes and foreign key dropped and rebuilt
+    after; then 0005 (backfill through outbox.recount, the live index). Seconds taken."""
+    started = time.perf_counter()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        defs = conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+            "('dispatcher_jobs', 'dispatcher_attempts') AND indexname NOT LIKE 'pk_%%'"
+        ).all()
+        fk = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'dispatcher_attempts'::regclass AND contype = 'f'"
+        ).all()
+    engine.dispose()
+    now = utcnow().replace(microsecond=0)
+    raw(
+        url,
+        *(f"ALTER TABLE dispatcher_attempts DROP CONSTRAINT {name}" for name, _ in fk),
+        *(f"DROP INDEX {name}" for name, _ in defs),
+        f"""
+        INSERT INTO dispatcher_jobs (id, queue, endpoint, custom_event_id, customer_email,
+            payload, status, attempts, next_attempt_at, created_at, updated_at, delivered_at,
+            last_status_code)
+        SELECT i, 'q' || (i % {queues}), '/scenariocustomevents', 100 + i % 50,
+            'c' || (i % 100000) || '@example.com', '{{"customEventId":101}}',
+            CASE WHEN i > {rows - live} THEN (CASE WHEN i % 3 = 0 THEN 'retrying' ELSE 'pending'
+                                              END)
+                 WHEN i % 50 = 0 THEN 'dead' ELSE 'delivered' END,
+            1, t, t, t, CASE WHEN i % 50 <> 0 AND i <= {rows - live} THEN t END,
+            CASE WHEN i % 50 = 0 THEN 400 ELSE 201 END
+        FROM (SELECT i, TIMESTAMPTZ '{now.isoformat()}'
+                        - interval '{days} days' * (1 - i::float8 / {rows}) AS t
+              FROM generate_series(1, {rows}) AS i) AS g
+        """,
+        """
+        INSERT INTO dispatcher_attempts (id, job_id, started_at, duration_ms, status_code,
+            outcome, counted)
+        SELECT id, id, created_at, 20 + id % 180, last_status_code,
+            CASE status WHEN 'delivered' THEN 'delivered' WHEN 'dead' THEN 'dead'
+                        ELSE 'retry' END, true
+        FROM dispatcher_jobs
+        """,
+        f"SELECT setval(pg_get_serial_sequence('dispatcher_jobs', 'id'), {rows})",
+        f"SELECT setval(pg_get_serial_sequence('dispatcher_attempts', 'id'), {rows})",
+    )
+    raw(
+        url,
+        "SET maintenance_work_mem = '512MB'",
+        *(definition for _, definition in defs),
+        *(f"ALTER TABLE dispatcher_attempts ADD CONSTRAINT {n} {d}" for n, d in fk),
+    )
+    upgrade(url)  # 0005: the counts from the rows just written, and the live index
+    raw(url, "VACUUM ANALYZE dispatcher_jobs, dispatcher_attempts", autocommit=True)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def timed(call: Callable[[], Any], rounds: int = 5) -> tuple[float, float]:
+    call()
+    seen = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        seen.append((time.perf_counter() - started) * 1000)
+    return min(seen), statistics.median(seen)
+
+
+def views(url: str) -> dict[str, Callable[[], Any]]:
+    from dispatcher.web.metrics import Metrics
+
+    engine = get_engine(url)
+    now = utcnow()
+    metrics = Metrics(engine, ttl_seconds=0.0)
+    return {
+        "stats (CLI, /api/queues)": lambda: admin.stats(engine, now),
+        "/metrics gauges (refresh)": metrics.refresh,
+        "overview page queries": lambda: (
+            admin.stats(engine, now),
+            admin.delivered_per_minute(engine, now),
+        ),
+        "queue page: stats + 1h chart": lambda: (
+            admin.stats(engine, now),
+            admin.activity(engine, "q1", now, "1h"),
+        ),
+        "queue page: 24h chart": lambda: admin.activity(engine, "q1", now, "24h"),
+        "history by email": lambda: admin.history(
+            engine, admin.Filter(customer_email="c42@example.com")
+        ),
+        "history by event id": lambda: admin.history(engine, admin.Filter(event_id=117)),
+        "history of dead jobs": lambda: admin.history(engine, admin.Filter(status="dead")),
+    }
+
+
+def bench_reads(rows: int) -> str:
+    small = make_db(f"{PREFIX}_small", "0004")
+    log("generating 10k rows")
+    generate(small, 10_000, live=1_000)
+    big = make_db(f"{PREFIX}_big", "0004")
+    log(f"generating {rows} rows")
+    took = generate(big, rows)
+    figure("generate + migrate", f"{rows:,} rows in {took:.0f} s")
+    at_small = {name: timed(call) for name, call in views(small).items()}
+    at_big = {name: timed(call) for name, call in views(big).items()}
+    for name in at_small:
+        (s_best, _), (b_best, b_median) = at_small[name], at_big[name]
+        figure(
+            f"{name} ms",
+            f"{s_best:.1f} at 10k, {b_best:.1f} (median {b_median:.1f}) at {rows / 1e6:g}M",
+            "<= 50 ms at 10M",
+            b_best <= 50,
+        )
+    return big
+
+
+# --------------------------------------------------------------------------- draining
+
+
+class _AnyKey(dict):  # type: ignore[type-arg]
+    def get(self, key: object, default: object = None) -> Secret:
+        return Secret("bench")
+
+
+def settings(url: str, **changes: Any) -> Settings:
+    import dataclasses
+
+    from dispatcher.config import get_settings
+
+    os.environ["DISPATCHER_DATABASE_URL"] = url
+    os.environ["ECDP_API_KEY"] = "bench"
+    get_settings.cache_clear()
+    return dataclasses.replace(get_settings(), api_keys=_AnyKey(), **changes)
+
+
+def enqueue(url: str, per_queue: dict[str, int]) -> int:
+    """Pending jobs through the product's insert (``outbox.insert_jobs``), 1000 per statement."""
+    engine = get_engine(url)
+    rows = [
+        outbox.NewJob(q, "/scenariocustomevents", 101, f"c{i}@example.com", '{"a":1}')
+        for q, n in per_queue.items()
+        for i in range(n)
+    ]
+    with engine.begin() as conn:
+        for i in range(0, len(rows), 1000):
+            outbox.insert_jobs(conn, rows[i : i + 1000], utcnow())
+    return len(rows)
+
+
+def live(url: str) -> int:
+    with get_engine(url).connect() as conn:
+        return int(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM dispatcher_jobs "
+                "WHERE status IN ('pending', 'in_flight', 'retrying')"
+            ).scalar_one()
+        )
+
+
+def _worker(url: str, queues: list[str] | None, until: float, out: Any) -> None:
+    """One worker process: drain what is due (each queue in turn, as signals would ask) until
+    nothing is left or ``until`` passes. Reports how many it delivered."""
+    from dispatcher.delivery import Deliverer
+    from dispatcher.testing import StubSender
+
+    s = settings(url)
+    d = Deliverer(s, client=StubSender())
+    engine = get_engine(url)
+    done = 0
+    try:
+        while time.time() < until:
+            with engine.connect() as conn:
+                names = queues or outbox.due_queues(conn, utcnow())
+            if not names:
+                break
+            moved = 0
+            for name in names:
+                summary = d.drain(name, max_seconds=2.0)
+                moved += summary.outcomes.get("delivered", 0)
+            done += moved
+            if not moved and queues:
+                break
+    finally:
+        d.close()
+    out.put(done)
+
+
+def drain(url: str, processes: int, queues: list[str] | None = None, limit: float = 120) -> float:
+    """Jobs delivered per second by ``processes`` worker processes until the backlog is gone."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    until = time.time() + limit
+    started = time.perf_counter()
+    procs = [ctx.Process(target=_worker, args=(url, queues, until, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=limit + 60) for _ in procs)
+    elapsed = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    return total / elapsed
+
+
+def bench_drain(big: str | None, n: int) -> None:
+    empty = make_db(f"{PREFIX}_empty")
+    enqueue(empty, {"q1": n})
+    on_empty = drain(empty, 1, ["q1"])
+    figure("drain, empty outbox (1 process)", f"{on_empty:,.0f} jobs/s")
+    if big is not None:
+        enqueue(big, {"q1": n})
+        raw(big, "ANALYZE dispatcher_jobs")
+        on_big = drain(big, 1, ["q1"])
+        figure(
+            "drain with 10M rows in the outbox",
+            f"{on_big:,.0f} jobs/s ({on_big / on_empty:.2f}x empty)",
+            ">= 0.9x",
+            on_big >= 0.9 * on_empty,
+        )
+
+
+def bench_workers(n: int) -> None:
+    url = make_db(f"{PREFIX}_workers")
+    rates = {}
+    for processes in (1, 2, 4):
+        raw(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts")
+        enqueue(url, {"q1": n})
+        rates[processes] = drain(url, processes, ["q1"])
+    figure(
+        "drain by 1 / 2 / 4 worker processes",
+        " / ".join(f"{r:,.0f}" for r in rates.values())
+        + f" jobs/s ({rates[2] / rates[1]:.2f}x, {rates[4] / rates[1]:.2f}x; 2 cores)",
+    )
+    statements_per_second(url)
+
+
+def _claim_record(url: str, batch: int, seconds: float, out: Any) -> None:
+    from dispatcher.policy import Decision, Outcome
+
+    engine = get_engine(url)
+    ok = Decision(Outcome.DELIVERED, True, None, None)
+    pairs = 0
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        now = utcnow()
+        with engine.begin() as conn:
+            claimed = outbox.claim(conn, "q1", batch, now, 60.0)
+        if not claimed:
+            break
+        with engine.begin() as conn:
+            outbox.record(
+                conn, [outbox.AttemptResult(c, now, 1, 201, None, None, ok) for c in claimed], now
+            )
+        pairs += 1
+    out.put(pairs)
+
+
+def statements_per_second(url: str, seconds: float = 5.0) -> None:
+    """claim + record transaction pairs per second one PostgreSQL takes (no HTTP, no Python
+    delivery loop): batches of 1 (the statements' ceiling) and 100 (the default batch)."""
+    ctx = mp.get_context("spawn")
+    for batch in (1, 100):
+        for processes in (1, 4):
+            raw(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts")
+            enqueue(url, {"q1": 200_000 if batch == 100 else 60_000})
+            out = ctx.Queue()
+            procs = [
+                ctx.Process(target=_claim_record, args=(url, batch, seconds, out))
+                for _ in range(processes)
+            ]
+            started = time.perf_counter()
+            for p in procs:
+                p.start()
+            pairs = sum(out.get(timeout=seconds + 60) for _ in procs)
+            elapsed = time.perf_counter() - started - 1.0  # about a second of process start
+            for p in procs:
+                p.join()
+            figure(
+                f"claim+record pairs/s, batch {batch}, {processes} proc",
+                f"{pairs / elapsed:,.0f} pairs/s = {pairs * batch / elapsed:,.0f} events/s",
+            )
+
+
+def bench_queues(n_queues: int, per_queue: int, processes: int = 2) -> None:
+    url = make_db(f"{PREFIX}_queues")
+    names = [f"bu{i:03d}" for i in range(n_queues)]
+    enqueue(url, {"q1": n_queues * per_queue})
+    one = drain(url, processes, ["q1"])
+    raw(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts")
+    enqueue(url, dict.fromkeys(names, per_queue))
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        took, _ = timed(lambda: outbox.due_queues(conn, utcnow()))
+        found = len(outbox.due_queues(conn, utcnow()))
+    from dispatcher.sweeper import sweep_once
+
+    sweep, _ = timed(lambda: sweep_once(engine, lambda q: None))
+    started = utcnow()
+    many = drain(url, processes)
+    with engine.connect() as conn:
+        firsts = conn.exec_driver_sql(
+            "SELECT j.queue, min(a.started_at) FROM dispatcher_attempts a "
+            "JOIN dispatcher_jobs j ON j.id = a.job_id GROUP BY j.queue"
+        ).all()
+    waits = sorted((first - started).total_seconds() for _, first in firsts)
+    figure(f"due_queues at {n_queues} queues", f"{took:.1f} ms ({found} found)")
+    figure(f"sweeper pass at {n_queues} queues", f"{sweep:.1f} ms")
+    figure(
+        f"{n_queues} queues: first delivery per queue",
+        f"median {statistics.median(waits):.2f} s, worst {waits[-1]:.2f} s "
+        f"({len(waits)} queues served)",
+        "within a few seconds",
+        len(waits) == n_queues and waits[-1] <= 5.0,
+    )
+    figure(
+        f"{n_queues} queues: total drain ({processes} proc)",
+        f"{many:,.0f} jobs/s vs one queue {one:,.0f} ({many / one:.2f}x)",
+        ">= 0.8x",
+        many >= 0.8 * one,
+    )
+
+
+def _purger(url: str, seconds: float, out: Any) -> None:
+    removed = [0]
+    deadline = time.perf_counter() + seconds
+
+    class Enough(Exception):
+        pass
+
+    def progress(jobs: int, _: int) -> None:
+        removed[0] = jobs
+        if time.perf_counter() > deadline:
+            raise Enough
+
+    with contextlib.suppress(Enough):
+        admin.purge(get_engine(url), older_than=timedelta(days=1), now=utcnow(), progress=progress)
+    out.put(removed[0])
+
+
+def bench_purge(big: str, n: int) -> None:
+    """A drain alone, then the same drain while ``admin.purge`` deletes the old history."""
+    enqueue(big, {"q1": n})
+    alone = drain(big, 1, ["q1"])
+    enqueue(big, {"q1": n})
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    purger = ctx.Process(target=_purger, args=(big, 60.0, out))
+    purger.start()
+    time.sleep(3)  # purging for real before the drain starts
+    started = time.perf_counter()
+    during = drain(big, 1, ["q1"])
+    removed = out.get(timeout=180)
+    purged_for = time.perf_counter() - started + 3
+    purger.join()
+    figure(
+        "drain while purging the history",
+        f"{during:,.0f} jobs/s vs {alone:,.0f} alone ({during / alone:.2f}x); purge removed "
+        f"{removed:,} jobs in ~{purged_for:.0f} s ({removed / purged_for:,.0f}/s)",
+        ">= 0.8x",
+        during >= 0.8 * alone,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain")
+    parser.add_argument("--only", default="reads,drain,purge,workers,queues")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    started = time.perf_counter()
+    try:
+        big = bench_reads(args.rows) if only & {"reads", "drain", "purge"} else None
+        if "drain" in only:
+            bench_drain(big, args.jobs)
+        if "purge" in only and big is not None:
+            bench_purge(big, args.jobs)
+        if "workers" in only:
+            bench_workers(args.jobs)
+        if "queues" in only:
+            bench_queues(200, max(1, args.jobs // 200))
+    finally:
+        drop_all()
+    print(
+        f"\nScale figures ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    width = max(len(r[0]) for r in RESULTS) if RESULTS else 10
+    for name, value, target, verdict in RESULTS:
+        print(f"  {name:<{width}}  {value}  {target}  {verdict}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
