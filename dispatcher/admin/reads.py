@@ -206,7 +206,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
             jobs.c.next_attempt_at,
         ),
     )
-    grouped = (
+    live = (
         sa.select(
             jobs.c.queue,
             jobs.c.status,
