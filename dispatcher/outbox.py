@@ -1012,7 +1012,8 @@ def pause(conn: sa.Connection, queue: str, reason: str, now: datetime) -> bool:
         set_={"paused": True, "pause_reason": reason, "paused_at": now, "updated_at": now},
         where=queues.c.paused.is_(False),
     )
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: SQLAlchemy 2.1 reports -1 for an upsert's rowcount on psycopg.
+    return conn.execute(stmt.returning(queues.c.name)).first() is not None
 
 
 def resume(conn: sa.Connection, queue: str, now: datetime) -> bool:
