@@ -6,6 +6,7 @@ SQLite file and a sweeper without its broker say so once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +18,14 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.orm import Session
 
-from dispatcher import CustomEvent, OutboxSchemaMissing, enqueue, enqueue_many, problems
+from dispatcher import (
+    CustomEvent,
+    OutboxSchemaMissing,
+    enqueue,
+    enqueue_async,
+    enqueue_many,
+    problems,
+)
 from dispatcher.cli import main
 from dispatcher.config import get_settings
 from dispatcher.db import dispose_engines, get_engine
@@ -185,6 +193,8 @@ def _keyed_and_not(url: str) -> list[Callable[[], object]]:
     return [
         lambda: enqueue(event),
         lambda: enqueue(event, dedupe_key="order-1"),
+        lambda: asyncio.run(enqueue_async(event)),
+        lambda: asyncio.run(enqueue_async(event, dedupe_key="order-3")),
         lambda: enqueue_many([event, event], dedupe_keys=["a", None]),
         in_session(),
         in_session(dedupe_key="order-2"),

@@ -220,3 +220,28 @@ def test_addresses_in_free_text_are_masked() -> None:
     shown = mask_emails(text) or ""
     assert "brien" not in shown and "user@" not in shown
     assert "o***@example.com" in shown and "u***@[127.0.0.1]" in shown
+
+
+# --------------------------------------------------------------------------- history by cursor
+
+
+def test_the_history_page_pages_by_cursor(client: httpx.Client, engine: Any) -> None:
+    import re
+
+    from dispatcher import CustomEvent, enqueue_many
+
+    ids = [int(i) for i in enqueue_many([CustomEvent(9, customer_id=n) for n in range(120)])]
+    first = client.get("/jobs", headers=AUTH)
+    shown = [int(i) for i in re.findall(r'id="job-(\d+)"', first.text)]
+    assert shown == sorted(ids, reverse=True)[:50]
+    older = re.search(r'href="([^"]*)" id="older"', first.text)
+    assert older is not None and f"before={shown[-1]}" in older[1]
+    second = client.get(older[1].replace("&amp;", "&"), headers=AUTH)
+    assert [int(i) for i in re.findall(r'id="job-(\d+)"', second.text)] == sorted(
+        ids, reverse=True
+    )[50:100]
+    assert 'id="newer"' in second.text  # back to the newest
+    # An offset is not a thing any more: page=20 shows the newest, not a deep scan.
+    assert re.findall(r'id="job-(\d+)"', client.get("/jobs?page=20", headers=AUTH).text)[0] == str(
+        max(ids)
+    )
