@@ -21,7 +21,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from dispatcher.scrub import scrub
+from dispatcher.scrub import scrub, terminal_safe
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -56,10 +56,12 @@ def redact(text: str | None) -> str | None:
 
 
 class TextFormatter(logging.Formatter):
-    """``TEXT_FORMAT``, with any database or broker password redacted (tracebacks included)."""
+    """``TEXT_FORMAT``, with any database or broker password redacted (tracebacks included) and
+    control characters shown escaped (an API's words cannot drive the terminal that shows the
+    log; a traceback keeps its lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        return terminal_safe(scrub(super().format(record)), newlines=True)
 
 
 class JsonFormatter(logging.Formatter):

@@ -83,3 +83,11 @@ def test_terminal_control_characters_are_escaped() -> None:
     multi = terminal_safe(hostile, newlines=True)
     assert "\n" in multi and "\t" in multi and "\x1b" not in multi and "\r" not in multi
     assert terminal_safe("plain text, é and 日本") == "plain text, é and 日本"
+
+
+def test_text_log_lines_escape_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure(fmt="text")
+    logging.getLogger("dispatcher.test").warning("reason=%s", "\x1b]0;pwned\x07\rOK")
+    err = capsys.readouterr().err
+    assert "reason=\\x1b]0;pwned\\x07\\x0dOK" in err and "\x1b" not in err
+    logging.getLogger().handlers.clear()
