@@ -62,12 +62,22 @@ def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an opera
     check_queue(queue)
     if not isinstance(reason, str) or not reason.strip():
         raise AdminError("reason", "say why (it is shown wherever the pause is)")
+    if "\x00" in reason or not _encodable(reason):  # PostgreSQL text holds neither
+        raise AdminError("reason", "NUL characters and lone surrogates are not text we can keep")
     with engine.begin() as conn:
         changed = outbox.pause(conn, queue, reason, utcnow())
     time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
     if changed:
         log.info("admin: paused queue %s: %s", queue, reason, extra={"queue": queue})
     return changed
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resume_queue(engine: sa.Engine, queue: str) -> bool:

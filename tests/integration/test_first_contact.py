@@ -362,4 +362,7 @@ def test_a_valid_but_unused_queue_is_paused_ahead_of_use_and_says_so(
     used = cli(db_url, "pause", "default")
     assert used.exit_code == 0 and "ahead of use" not in used.stderr
     again = cli(db_url, "pause", "eu-shop")  # its row exists now
-    assert again.exit_code == 0 and "ahead of use" not in again.stderr
+    assert "was already paused" in again.stdout and "ahead of use" not in again.stderr
+    for hostile in ("a\x00b", "\ud800"):  # neither fits a text column: refused, not a 500
+        refused = cli(db_url, "pause", "us-shop", "--reason", hostile)
+        assert refused.exit_code == problems.EXIT_USAGE and "--reason" in refused.stderr
