@@ -70,11 +70,17 @@ class OutboxSchemaMissing(OutboxUnavailable):
     ``dispatcher migrate``. Raised alike with or without a ``session`` or ``dedupe_key``, whatever
     the driver; in the caller's transaction, that transaction is left failed (roll it back)."""
 
-    def __init__(self, url: sa.URL | str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        url: sa.URL | str,
+        cause: BaseException | None = None,
+        *,
+        fix: str = "dispatcher migrate",
+    ) -> None:
         RuntimeError.__init__(
             self,
             f"the outbox tables do not exist in {redact_url(url)} (or are older than this "
-            "version): run `dispatcher migrate` first; nothing was written",
+            f"version): run `{fix}` first; nothing was written",
         )
 
 

@@ -401,3 +401,49 @@ def test_dispatcher_migrate_refuses_an_in_memory_database(tmp_path: Path) -> Non
     )
     assert done.returncode != 0
     assert "in-memory SQLite database has no outbox" in done.stderr
+
+
+UNMIGRATED_SCENARIO = """
+import json
+
+import django
+
+django.setup()
+
+from django.db import transaction
+
+from dispatcher import CustomEvent, OutboxSchemaMissing
+from dispatcher.contrib.django import enqueue, enqueue_many
+
+out = []
+for call in (
+    lambda: enqueue(CustomEvent(9, customer_id=1)),
+    lambda: enqueue(CustomEvent(9, customer_id=1), dedupe_key="order-1"),
+    lambda: enqueue_many([CustomEvent(9, customer_id=2)] * 2),
+):
+    for atomic in (False, True):
+        try:
+            if atomic:
+                with transaction.atomic():
+                    call()
+            else:
+                call()
+        except OutboxSchemaMissing as exc:
+            out.append(str(exc))
+        except Exception as exc:
+            out.append(type(exc).__name__)
+print(json.dumps(out))
+"""
+
+
+def test_django_enqueue_before_dispatcher_migrate_raises_outbox_schema_missing(
+    tmp_path: Path,
+) -> None:
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "fresh.db")}
+    out = run_project(tmp_path, database, {}, scenario=UNMIGRATED_SCENARIO)
+    assert len(out) == 6
+    assert all(
+        "the outbox tables do not exist in the Django database 'default'" in line
+        and "python manage.py dispatcher_migrate" in line
+        for line in out
+    ), out

@@ -29,7 +29,8 @@ from dispatcher.config import DEFAULT_QUEUE
 from dispatcher.db import utcnow
 from dispatcher.events import Event, ValidationError
 from dispatcher.outbox import NewJob, insert_jobs_dbapi
-from dispatcher.producer import _to_row, _to_rows, signal_workers
+from dispatcher.problems import is_schema_missing
+from dispatcher.producer import OutboxSchemaMissing, _to_row, _to_rows, signal_workers
 
 __all__ = ["enqueue", "enqueue_many"]
 
@@ -73,9 +74,16 @@ def _write(rows: Sequence[NewJob], using: str) -> list[int]:
     queues = {r.queue for r in rows}
     # savepoint=False: inside the caller's atomic() block this adds nothing; outside one it makes
     # the rows (and a batch's several statements) one transaction of their own.
-    with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
-        ids = insert_jobs_dbapi(cursor, rows, utcnow(), sqlite=connection.vendor == "sqlite")
-        _signal_on_commit(connection, queues, using)
+    try:
+        with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
+            ids = insert_jobs_dbapi(cursor, rows, utcnow(), sqlite=connection.vendor == "sqlite")
+            _signal_on_commit(connection, queues, using)
+    except Exception as exc:
+        if is_schema_missing(exc):  # the same exception as dispatcher.enqueue's
+            raise OutboxSchemaMissing(
+                f"the Django database {using!r}", exc, fix="python manage.py dispatcher_migrate"
+            ) from exc
+        raise
     return ids
 
 
