@@ -165,3 +165,31 @@ counts = sa.Table(
     sa.Column("status", sa.String(16), primary_key=True),
     sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
 )
+
+# The admin page's charts (dispatcher.admin.activity) keep each bucket of a queue's attempts once
+# it has settled (no attempt can still arrive in it): a page view then reads the window's settled
+# buckets here and measures only the newest from the attempts table, so its cost no longer grows
+# with a day's traffic. ``dispatcher_activity_marks`` says which range of buckets is kept
+# ([since, through), per queue and bucket width); a bucket in it without a row had no attempt.
+activity_buckets = sa.Table(
+    "dispatcher_activity",
+    metadata,
+    sa.Column("queue", sa.String(64), primary_key=True),
+    sa.Column("step_seconds", sa.Integer, primary_key=True),
+    sa.Column("start", UTCDateTime, primary_key=True),
+    sa.Column("delivered", sa.Integer, nullable=False),
+    sa.Column("retried", sa.Integer, nullable=False),
+    sa.Column("dead", sa.Integer, nullable=False),
+    sa.Column("paused", sa.Integer, nullable=False),
+    sa.Column("p50_ms", sa.Float),
+    sa.Column("p99_ms", sa.Float),
+)
+
+activity_marks = sa.Table(
+    "dispatcher_activity_marks",
+    metadata,
+    sa.Column("queue", sa.String(64), primary_key=True),
+    sa.Column("step_seconds", sa.Integer, primary_key=True),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("through", UTCDateTime, nullable=False),
+)

@@ -36,7 +36,14 @@ from dispatcher.sandbox import Sandbox  # noqa: E402
 PG_URL = os.environ.get("DISPATCHER_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("DISPATCHER_TEST_REDIS_URL")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TABLES = ("dispatcher_attempts", "dispatcher_jobs", "dispatcher_queues", "dispatcher_counts")
+TABLES = (
+    "dispatcher_attempts",
+    "dispatcher_jobs",
+    "dispatcher_queues",
+    "dispatcher_counts",
+    "dispatcher_activity",
+    "dispatcher_activity_marks",
+)
 
 
 def require(url: str | None, what: str) -> str:

@@ -329,3 +329,48 @@ def test_what_operators_read_does_not_scan_history(million: str) -> None:
         if name.startswith("stats"):  # live rows from their own index, without the heap
             assert any("Index Only Scan using ix_dispatcher_jobs_live" in p for p in planned)
         print(f"{name:40} {timed(call):8.1f} ms at {ROWS} rows ({len(seen)} statements)")
+
+
+def test_settled_chart_buckets_are_kept_and_read_back(engine: sa.Engine) -> None:
+    from dispatcher.db import utcnow
+    from dispatcher.schema import activity_buckets, activity_marks
+
+    now = utcnow()
+    with engine.begin() as conn:
+        outbox.insert_jobs(
+            conn, [outbox.NewJob("shop", "/scenariocustomevents", 1, None, "{}")] * 40, now
+        )
+    with engine.begin() as conn:
+        claimed = outbox.claim(conn, "shop", 40, now, 30.0)
+    outcomes = [Outcome.DELIVERED, Outcome.RETRY, Outcome.DEAD, Outcome.DELIVERED]
+    with engine.begin() as conn:
+        outbox.record(
+            conn,
+            [
+                outbox.AttemptResult(
+                    c,
+                    now - timedelta(minutes=37 * n),
+                    10 + n,
+                    201,
+                    None,
+                    None,
+                    answer(outcomes[n % 4]),
+                )
+                for n, c in enumerate(claimed)
+            ],
+            now,
+        )
+    for window in ("1h", "24h"):
+        with engine.connect() as conn:
+            measured = admin.activity(conn, "shop", now, window)  # a Connection: nothing kept
+        first = admin.activity(engine, "shop", now, window)  # measures, keeps what settled
+        again = admin.activity(engine, "shop", now, window)  # reads those back
+        assert measured == first == again
+        assert sum(b.attempts for b in again.buckets) > 0
+    with engine.connect() as conn:
+        marks = conn.execute(sa.select(activity_marks)).all()
+        assert {m.step_seconds for m in marks} == {60, 900}
+        assert conn.execute(sa.select(sa.func.count()).select_from(activity_buckets)).scalar()
+        # a view of an earlier moment is measured, never served from buckets kept later
+        earlier = admin.activity(conn, "shop", now - timedelta(hours=3), "24h")
+    assert earlier == admin.activity(engine, "shop", now - timedelta(hours=3), "24h")

@@ -4,6 +4,7 @@
 transactions that change them: see dispatcher.outbox.add_counts), and ``ix_dispatcher_jobs_live``
 covers pending, in-flight and retrying rows only, so ``dispatcher stats``, ``/metrics`` and the
 pages never scan the finished history. The counts are backfilled here (``outbox.recount``).
+``dispatcher_activity`` keeps the admin page's settled chart buckets (filled as pages are viewed).
 
 On PostgreSQL the index is built ``CONCURRENTLY``, outside the migration's transaction, so
 producers and workers keep writing while it is built (a minute or so per ten million rows);
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from dispatcher.db import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"
@@ -39,6 +42,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("queue", "status", name="pk_dispatcher_counts"),
     )
     recount(op.get_bind())
+    op.create_table(
+        "dispatcher_activity",
+        sa.Column("queue", sa.String(64), nullable=False),
+        sa.Column("step_seconds", sa.Integer, nullable=False),
+        sa.Column("start", UTCDateTime, nullable=False),
+        sa.Column("delivered", sa.Integer, nullable=False),
+        sa.Column("retried", sa.Integer, nullable=False),
+        sa.Column("dead", sa.Integer, nullable=False),
+        sa.Column("paused", sa.Integer, nullable=False),
+        sa.Column("p50_ms", sa.Float),
+        sa.Column("p99_ms", sa.Float),
+        sa.PrimaryKeyConstraint("queue", "step_seconds", "start", name="pk_dispatcher_activity"),
+    )
+    op.create_table(
+        "dispatcher_activity_marks",
+        sa.Column("queue", sa.String(64), nullable=False),
+        sa.Column("step_seconds", sa.Integer, nullable=False),
+        sa.Column("since", UTCDateTime, nullable=False),
+        sa.Column("through", UTCDateTime, nullable=False),
+        sa.PrimaryKeyConstraint("queue", "step_seconds", name="pk_dispatcher_activity_marks"),
+    )
     postgresql = op.get_bind().dialect.name == "postgresql"
     if postgresql:
         with op.get_context().autocommit_block():
@@ -62,4 +86,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_dispatcher_jobs_live", table_name="dispatcher_jobs")
+    op.drop_table("dispatcher_activity_marks")
+    op.drop_table("dispatcher_activity")
     op.drop_table("dispatcher_counts")
