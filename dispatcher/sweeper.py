@@ -48,7 +48,9 @@ class Health:
         code = problem.code if problem is not None else None
         if code == EXIT_BROKER or _is_connection_error(exc):
             return "broker"
-        if code in (EXIT_DATABASE, EXIT_SCHEMA):
+        if code == EXIT_SCHEMA:
+            return "schema"
+        if code == EXIT_DATABASE:
             return "database"
         return type(exc).__name__
 
@@ -58,13 +60,15 @@ class Health:
             what = {
                 "broker": "the broker is unreachable",
                 "database": "the outbox database is unavailable",
+                "schema": "the outbox tables do not exist (run `dispatcher migrate`)",
             }.get(kind, "sweep failed")
             log.error(
                 "%s: %s; retrying every %gs quietly until it is back",
                 what,
                 scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else kind),
                 interval,
-                exc_info=log.isEnabledFor(logging.DEBUG) or kind not in ("broker", "database"),
+                exc_info=log.isEnabledFor(logging.DEBUG)
+                or kind not in ("broker", "database", "schema"),
             )
             self.failing = kind
         else:
@@ -72,9 +76,11 @@ class Health:
 
     def ok(self) -> None:
         if self.failing is not None:
-            what = {"broker": "the broker", "database": "the outbox database"}.get(
-                self.failing, "sweeping"
-            )
+            what = {
+                "broker": "the broker",
+                "database": "the outbox database",
+                "schema": "the outbox schema",
+            }.get(self.failing, "sweeping")
             log.warning("%s is back: sweeping again", what)
             self.failing = None
 

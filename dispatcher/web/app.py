@@ -51,9 +51,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
-    """The database is unreachable or refused us (restart, too many clients, lock timeout)."""
-    log.warning("admin: database unavailable: %s", type(exc).__name__)
-    message = "the outbox database is unavailable or busy: try again shortly"
+    """The database is unreachable or refused us (restart, too many clients, lock timeout), or
+    its outbox tables are missing (before ``dispatcher migrate``)."""
+    from dispatcher.problems import is_schema_missing
+
+    if is_schema_missing(exc):
+        log.warning("admin: the outbox tables do not exist: run dispatcher migrate")
+        message = "the outbox tables do not exist in this database: run `dispatcher migrate`"
+    elif isinstance(exc, sa.exc.ProgrammingError):
+        raise exc  # a bug, not the database's state: a 500 with its traceback in the log
+    else:
+        log.warning("admin: database unavailable: %s", type(exc).__name__)
+        message = "the outbox database is unavailable or busy: try again shortly"
     if is_api(request):
         return error(503, message, **{"Retry-After": "5"})
     return site_of(request).templates.TemplateResponse(
@@ -83,6 +92,7 @@ def create_app(
             HTTPException: _http_error,
             sa.exc.OperationalError: _database_down,
             sa.exc.TimeoutError: _database_down,
+            sa.exc.ProgrammingError: _database_down,  # only a missing table; others re-raised
         },
         max_body_size=MAX_BODY_BYTES,
     )

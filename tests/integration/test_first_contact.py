@@ -366,3 +366,39 @@ def test_a_valid_but_unused_queue_is_paused_ahead_of_use_and_says_so(
     for hostile in ("a\x00b", "\ud800"):  # neither fits a text column: refused, not a 500
         refused = cli(db_url, "pause", "us-shop", "--reason", hostile)
         assert refused.exit_code == problems.EXIT_USAGE and "--reason" in refused.stderr
+
+
+def test_a_sweeper_before_migrate_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatcher import sweeper
+
+    engine = get_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    with caplog.at_level(logging.INFO, logger="dispatcher.sweeper"):
+        sweeper.run(engine, lambda queues: None, 0.01, stop=stop)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("the outbox tables do not exist (run `dispatcher migrate`)")
+
+
+def test_the_web_before_migrate_answers_503_naming_migrate(tmp_path: Path) -> None:
+    import httpx
+
+    from dispatcher.config import Settings
+    from dispatcher.web import create_app
+
+    for url in _unmigrated_urls(tmp_path):
+        dispose_engines()
+        app = create_app(Settings(database_url=url), engine=get_engine(url))
+
+        async def get(path: str, app: Any = app) -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                return await c.get(path)
+
+        for path in ("/api/queues", "/api/jobs", "/"):
+            response = asyncio.run(get(path))
+            assert response.status_code == 503, (url, path, response.text[:300])
+            assert "dispatcher migrate" in response.text
+    dispose_engines()
