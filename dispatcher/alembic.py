@@ -2,9 +2,9 @@
 
 The outbox has its own migrations (``dispatcher migrate``, version table
 ``dispatcher_alembic_version``). An application that shares the database and runs
-``alembic revision --autogenerate`` would otherwise be offered a migration that drops
-``dispatcher_jobs``, ``dispatcher_attempts``, ``dispatcher_queues`` and that version table. In the
-application's ``env.py``::
+``alembic revision --autogenerate`` would otherwise be offered a migration that drops the
+outbox's tables (``dispatcher_jobs``, ``dispatcher_attempts``, ``dispatcher_queues``, …) and that
+version table. In the application's ``env.py``::
 
     from dispatcher.alembic import include_name
 
@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-TABLES = frozenset(
-    {"dispatcher_jobs", "dispatcher_attempts", "dispatcher_queues", "dispatcher_alembic_version"}
-)
+from dispatcher.migrate import VERSION_TABLE
+from dispatcher.schema import metadata
+
+# Every table of the outbox's model (so a table added later is covered without a change here),
+# and the version table of its own migrations.
+TABLES = frozenset({*metadata.tables, VERSION_TABLE})
 
 
 def is_dispatcher_table(name: str | None) -> bool:
