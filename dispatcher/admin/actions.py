@@ -348,6 +348,7 @@ def purge(
 
     total_jobs = total_attempts = 0
     while True:
+        started = time.monotonic()
         with engine.begin() as conn:
             done = outbox.purge_batch(conn, cutoff, batch_size, targets)
         total_jobs += done.jobs
