@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from dispatcher import CustomEvent, enqueue_many, problems
 from dispatcher.cli import main
-from dispatcher.db import utcnow
+from dispatcher.db import get_engine, utcnow
 from dispatcher.schema import jobs
 
 MANY = 1001  # one more than the confirmation threshold
@@ -162,9 +162,13 @@ def _peak_rss_kib(db: str, path: Path, tmp_path: Path) -> tuple[int, str]:
     return int(peak), done.stderr
 
 
-def test_enqueue_file_streams_memory_flat_in_file_size(
-    db_url: str, engine: sa.Engine, tmp_path: Path
-) -> None:
+@pytest.mark.postgres  # memory is the reader's, not the database's: one database is enough
+def test_enqueue_file_streams_memory_flat_in_file_size(pg_test_url: str, tmp_path: Path) -> None:
+    db_url, engine = pg_test_url, get_engine(pg_test_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE dispatcher_attempts, dispatcher_jobs RESTART IDENTITY CASCADE"
+        )
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
     _write_events(small, 10_000)
     _write_events(big, 300_000)
