@@ -128,6 +128,7 @@ def serve(
         port=port,
         server_header=False,
         access_log=False,
+        log_config=None,  # uvicorn's records go through dispatcher.logs (text or JSON lines)
         proxy_headers=True,
         forwarded_allow_ips=forwarded_allow_ips,
     )

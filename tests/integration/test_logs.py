@@ -96,3 +96,37 @@ def test_every_line_a_json_worker_writes_parses(
     text = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert EMAIL not in text
     assert system["ECDP_API_KEY"] not in text
+
+
+def test_the_web_process_and_the_cli_write_json_lines_too(db_url: str, tmp_path: Path) -> None:
+    import os
+    import urllib.request
+
+    from tests.support import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_LOG_FORMAT": "json",
+        "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.2",
+    }
+    web = start(env, "web", "--port", str(port), log=tmp_path / "web.log")
+    try:
+        wait_until(
+            lambda: b"Uvicorn running" in (tmp_path / "web.log").read_bytes(), "the web server"
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        stop(web)
+    cli = start(env, "pause", "eu-shop", "--reason", "json test", log=tmp_path / "cli.log")
+    assert cli.wait(timeout=60) == 0
+    web_records = [json.loads(line) for line in (tmp_path / "web.log").read_text().splitlines()]
+    assert any(r["logger"].startswith("uvicorn") for r in web_records), "uvicorn's own records"
+    # The CLI's answer ("queue eu-shop paused", a note) is its output; its log records are JSON.
+    cli_lines = (tmp_path / "cli.log").read_text().splitlines()
+    records = [json.loads(line) for line in cli_lines if line.startswith("{")]
+    assert [r["message"] for r in records] == ["admin: paused queue eu-shop: json test"]
+    for r in (*web_records, *records):
+        assert {"ts", "level", "logger", "message"} <= r.keys(), r
