@@ -40,6 +40,7 @@ from dispatcher import admin, outbox
 from dispatcher.config import Secret, Settings
 from dispatcher.db import dispose_engines, get_engine, utcnow
 from dispatcher.migrate import upgrade
+from dispatcher.schema import JobStatus
 
 BASE = os.environ.get(
     "DISPATCHER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -195,7 +196,7 @@ def views(url: str) -> dict[str, Callable[[], Any]]:
             engine, admin.Filter(customer_email="c42@example.com")
         ),
         "history by event id": lambda: admin.history(engine, admin.Filter(event_id=117)),
-        "history of dead jobs": lambda: admin.history(engine, admin.Filter(status="dead")),
+        "history of dead jobs": lambda: admin.history(engine, admin.Filter(status=JobStatus.DEAD)),
     }
 
 
@@ -321,7 +322,7 @@ def drain(url: str, processes: int, queues: list[str] | None = None, limit: floa
         first, last = conn.exec_driver_sql(
             f"SELECT min(started_at), max(started_at) FROM dispatcher_attempts WHERE id > {after}"
         ).one()
-    return total / max((last - first).total_seconds(), 1e-3)
+    return float(total / max((last - first).total_seconds(), 1e-3))
 
 
 def bench_drain(big: str | None, n: int) -> None:
