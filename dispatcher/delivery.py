@@ -48,6 +48,7 @@ Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answe
 Breaker = Window[tuple[int, datetime]]  # keyed by (job id, attempt started at): see open_circuit
 LATENCY_SAMPLES = 100  # answers that _window() looks back over
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
+IN_FLIGHT_PER_MS = 4  # requests kept in flight per millisecond of the API's answer time
 POLL_SECONDS = 0.1  # how often a worker waiting for answers looks at its leases and the stop flag
 
 
@@ -313,15 +314,19 @@ class Deliverer:
 
     def _window(self) -> int:
         """How many requests to keep in flight. Little's law: R requests/s at latency L need
-        R x L in flight; a process sends on the order of a thousand a second, so about two per
-        millisecond of latency, at least 2, at most ``max_in_flight``.
+        R x L in flight; a process sends a few thousand a second, so about four per millisecond
+        of latency, at least 2, at most ``max_in_flight`` (measured, ``bench/run.py``: with two,
+        an API 50 ms away got 0.52 x the drain of a nearby one; with four, 0.98 x).
 
         L is the quickest of the recent answers, not their average: what the API takes when it is
         not queueing our own requests. An average would read an API slowed down by our load as
         a reason to send it more at once (and a revoked key would cost a hundred 401s instead of
         a few); the minimum stays a few ms against a nearby API and ~50 against one 50 ms away.
         """
-        return min(self.settings.max_in_flight, max(2, 2 * min(self._latencies_ms, default=5)))
+        return min(
+            self.settings.max_in_flight,
+            max(2, IN_FLIGHT_PER_MS * min(self._latencies_ms, default=5)),
+        )
 
     def _send(self, job: Claimed, d: _Drain) -> None:
         answered = d.answered

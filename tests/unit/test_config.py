@@ -114,7 +114,7 @@ def test_the_old_name_of_max_in_flight_is_refused_with_the_new_one() -> None:
 
 
 def test_max_in_flight() -> None:
-    assert Settings.from_env({}).max_in_flight == 128
+    assert Settings.from_env({}).max_in_flight == 256
     assert Settings.from_env({"DISPATCHER_MAX_IN_FLIGHT": "16"}).max_in_flight == 16
     with pytest.raises(ConfigError, match="DISPATCHER_MAX_IN_FLIGHT"):
         Settings.from_env({"DISPATCHER_MAX_IN_FLIGHT": "0"})
