@@ -99,7 +99,7 @@ class Settings:
     lease_seconds: float = 120.0
     # On SIGTERM a worker waits this long for the answers in flight, then gives the rest back.
     shutdown_grace_seconds: float = 8.0
-    batch_size: int = 250
+    batch_size: int = 100
     max_in_flight: int = 256  # requests in flight per worker process, at most
     # https_proxy, http_proxy, all_proxy and no_proxy as found (either case); see proxy_url().
     proxy_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -267,7 +267,7 @@ class Settings:
             breaker=breaker,
             shutdown_grace_seconds=num("DISPATCHER_SHUTDOWN_GRACE_SECONDS", 8.0),
             lease_seconds=num("DISPATCHER_LEASE_SECONDS", 120.0, minimum=1.0),
-            batch_size=int(num("DISPATCHER_BATCH_SIZE", 250, minimum=1)),
+            batch_size=int(num("DISPATCHER_BATCH_SIZE", 100, minimum=1)),
             max_in_flight=int(num("DISPATCHER_MAX_IN_FLIGHT", 256, minimum=1)),
             proxy_env=proxy_env,
             rate_limits=per_queue("DISPATCHER_RATE_LIMIT", float),
