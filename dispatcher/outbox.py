@@ -461,6 +461,22 @@ def claim(
     whole UPDATE runs under the write lock and two workers cannot both win a row.
     """
     token = uuid.uuid4().hex
+    rows = conn.execute(_lease(queue, limit, now, lease_seconds, token, ~_held(queue, now))).all()
+    claimed = [_claimed(r, queue, token) for r in rows]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+def _lease(
+    queue: str,
+    limit: int,
+    now: datetime,
+    lease_seconds: float,
+    token: str,
+    *where: sa.ColumnElement[bool],
+) -> sa.UpdateBase:
+    """``UPDATE … RETURNING`` that leases up to ``limit`` of ``queue``'s due jobs, oldest first,
+    under ``token`` (``where``: what else must hold)."""
     due = (
         sa.select(jobs.c.id)
         .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
@@ -469,9 +485,9 @@ def claim(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    stmt = (
+    return (
         sa.update(jobs)
-        .where(jobs.c.id.in_(due), ~_held(queue, now))
+        .where(jobs.c.id.in_(due), *where)
         .values(
             status=JobStatus.IN_FLIGHT,
             lease_token=token,
@@ -480,10 +496,6 @@ def claim(
         )
         .returning(*_CLAIMED)
     )
-    rows = conn.execute(stmt).all()
-    claimed = [_claimed(r, queue, token) for r in rows]
-    claimed.sort(key=lambda c: c.id)
-    return claimed
 
 
 def renew(conn: sa.Connection, tokens: Iterable[str], now: datetime, lease_seconds: float) -> int:
@@ -529,25 +541,7 @@ def claim_probe(
     if not won:
         return []
     token = uuid.uuid4().hex
-    due = (
-        sa.select(jobs.c.id)
-        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
-        .order_by(jobs.c.next_attempt_at, jobs.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    row = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == due)
-        .values(
-            status=JobStatus.IN_FLIGHT,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(*_CLAIMED)
-    ).first()
+    row = conn.execute(_lease(queue, 1, now, lease_seconds, token)).first()
     if row is None:  # nothing to probe with: stay open, try again when work arrives
         conn.execute(
             sa.update(queues)
