@@ -6,6 +6,7 @@ number of requests the API received (``pytest -m faults -s`` prints them).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -292,7 +293,11 @@ def test_half_broken_api_does_not_starve_the_queue(rig: Rig) -> None:
     result = drain_and_account(rig)
     print(f"delivered/s every 2 s with half the answers 503: {samples}; circuit then: {opened}")
     assert result.delivered == 3000 and result.dead == 0
-    assert all(rate > 0 for rate in samples), "a 2-second stretch delivered nothing"
+    # A rare early trip (16 of the first 20 answers failing: about 1 %) may hold the queue for
+    # one probe interval; starvation would be stretches of nothing, one after another.
+    stalls = [a == b == 0 for a, b in itertools.pairwise(samples)]
+    assert not any(stalls), "four seconds in a row delivered nothing"
+    assert sum(samples) > 0
 
 
 # --------------------------------------------------------------------------- shutdown
