@@ -114,6 +114,40 @@ def migrate(revision: str) -> None:
     echo(f"outbox schema at {revision}")
 
 
+@main.command()
+@click.option(
+    "--months-ahead",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 24),
+    help="Months of partitions to create past the current one.",
+)
+@click.option(
+    "--lock-timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 60),
+    help="Seconds a lock may keep producers waiting before the step retries.",
+)
+def partition(months_ahead: int, lock_timeout: float) -> None:
+    """Convert the outbox to the partitioned layout (PostgreSQL; README: "Scaling out").
+
+    Jobs and attempts become one partition per month, retention drops whole months. Producers
+    and workers go on meanwhile: only catalog changes lock the tables, briefly. Running it on a
+    partitioned outbox does nothing.
+    """
+    from dispatcher import partitions
+
+    try:
+        done = partitions.convert(
+            _engine(), months_ahead=months_ahead, lock_timeout=lock_timeout, say=echo
+        )
+    except partitions.NotSupported as exc:
+        fail(str(exc))
+    if not done.done:
+        echo("already partitioned: nothing to do")
+
+
 # --------------------------------------------------------------------------- producing
 
 
@@ -377,6 +411,7 @@ def sweeper(interval: float | None) -> None:
     settings = get_settings()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from dispatcher.partitions import Maintainer
     from dispatcher.retention import Retention
 
     retention = Retention(_engine(), settings.retention) if settings.retention else None
@@ -393,6 +428,7 @@ def sweeper(interval: float | None) -> None:
             interval or settings.sweep_interval_seconds,
             stop=stop,
             retention=retention,
+            partitions=Maintainer(_engine(), settings.retention),
         )
 
 

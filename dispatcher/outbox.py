@@ -23,7 +23,6 @@ from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
 from dispatcher.config import QueueLimits
 from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, QueueEffect
 from dispatcher.schema import (
-    DEDUPE_WHERE,
     DUE_WHERE,
     FINISHED_STATUSES,
     LEASED_WHERE,
@@ -173,13 +172,9 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
     # Keyed rows go one by one: ON CONFLICT DO NOTHING ... RETURNING yields no row for a skipped
     # insert, so a batch could not tell which id belongs to which row. Keyed enqueues are the
     # producer-retry path, not the bulk path.
-    keyed = (
-        _insert_for(conn.dialect.name)(jobs)
-        .on_conflict_do_nothing(
-            index_elements=["queue", "dedupe_key"], index_where=sa.text("dedupe_key IS NOT NULL")
-        )
-        .returning(jobs.c.id)
-    )
+    # ON CONFLICT without a target: the same statement serves both layouts (a partitioned table
+    # has no unique index on the key; its trigger skips a taken key: see dispatcher.partitions).
+    keyed = _insert_for(conn.dialect.name)(jobs).on_conflict_do_nothing().returning(jobs.c.id)
     plain = jobs.insert().returning(jobs.c.id)
     seen: dict[tuple[object, object], int] = {}
     ids: list[int] = []
@@ -221,10 +216,7 @@ _PG_INSERT = (
     f"INSERT INTO dispatcher_jobs ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
 )
-_PG_INSERT_KEYED = (
-    _PG_INSERT.removesuffix(" RETURNING id")
-    + f" ON CONFLICT (queue, dedupe_key) WHERE {DEDUPE_WHERE} DO NOTHING RETURNING id"
-)
+_PG_INSERT_KEYED = _PG_INSERT.removesuffix(" RETURNING id") + " ON CONFLICT DO NOTHING RETURNING id"
 _PG_SELECT_KEYED = "SELECT id FROM dispatcher_jobs WHERE queue = %s AND dedupe_key = %s"
 ASYNCPG_INSERT = _PG_INSERT.replace("%s", "{}").format(
     *(f"${i}" for i in range(1, len(_COLUMNS) + 1))
@@ -970,13 +962,19 @@ def purge_batch(
     cutoff: datetime,
     limit: int,
     statuses: Sequence[str] = FINISHED_STATUSES,
+    *,
+    created_before: datetime | None = None,
 ) -> Purged:
     """Delete up to ``limit`` finished jobs (``statuses``, never a live one) last changed before
     ``cutoff``, with their attempts. Rows another transaction holds are skipped, not waited for.
+    ``created_before`` keeps to older jobs (partitioned: the legacy partition, see partitions.py).
     """
+    where = [jobs.c.status.in_(statuses), jobs.c.updated_at < cutoff]
+    if created_before is not None:
+        where.append(jobs.c.created_at < created_before)
     chosen = conn.execute(
         sa.select(jobs.c.id, jobs.c.queue, jobs.c.status)
-        .where(jobs.c.status.in_(statuses), jobs.c.updated_at < cutoff)
+        .where(*where)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from dispatcher import outbox
+from dispatcher import outbox, partitions
 from dispatcher.db import utcnow
 
 log = logging.getLogger("dispatcher.retention")
@@ -54,7 +54,14 @@ class Retention:
             return None
         cutoff = self._clock() - self.max_age
         with self.engine.begin() as conn:
-            purged = outbox.purge_batch(conn, cutoff, self.batch)
+            # Partitioned: months go whole (partitions.Maintainer); rows are deleted only from
+            # the legacy partition, and not at all once it is gone.
+            run, created_before = partitions.batched_scope(conn)
+            purged = (
+                outbox.purge_batch(conn, cutoff, self.batch, created_before=created_before)
+                if run
+                else outbox.Purged(0, 0)
+            )
         if purged.jobs:
             log.info(
                 "retention: removed %d finished jobs and %d attempts last changed before %s",

@@ -4,7 +4,8 @@ Every ``DISPATCHER_SWEEP_INTERVAL_SECONDS`` it (1) returns ``in_flight`` jobs wh
 (their worker died between claim and record) to ``pending`` and (2) signals every unpaused queue
 that has a job due, which covers retries whose time has come, signals lost in a broker flush, and
 jobs enqueued through a bare ``Connection`` (no after-commit hook); (3) applies the retention
-(:mod:`dispatcher.retention`). Run exactly one or several: it only issues idempotent statements
+(:mod:`dispatcher.retention`) and (4) on the partitioned layout, keeps the months
+(:mod:`dispatcher.partitions`). Run exactly one or several: it only issues idempotent statements
 and hints.
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher import health, outbox
 from dispatcher.db import utcnow
+from dispatcher.partitions import Maintainer
 from dispatcher.retention import Retention
 from dispatcher.scrub import scrub
 
@@ -112,9 +114,10 @@ def run(
     interval: float,
     stop: threading.Event | None = None,
     retention: Retention | None = None,
+    partitions: Maintainer | None = None,
 ) -> None:
-    """Sweep (and apply the retention, if any) until ``stop`` is set; errors (database or broker
-    down) are logged and retried."""
+    """Sweep (and apply the retention, if any, and keep the partitions) until ``stop`` is set;
+    errors (database or broker down) are logged and retried."""
     stop = stop or threading.Event()
     health_state = Health()
     while not stop.is_set():
@@ -122,6 +125,8 @@ def run(
             sweep_once(engine, notify)
             if retention is not None:
                 retention.run_once()
+            if partitions is not None:
+                partitions.run_once()
         except Exception as exc:
             health_state.failed(exc, interval)
         else:
