@@ -20,6 +20,7 @@ the ratios, each measured within one invocation.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import statistics
@@ -33,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # services, sinks
 
 import contextlib
 
@@ -47,6 +49,7 @@ BASE = os.environ.get(
 )
 PREFIX = "dispatcher_scale"
 RESULTS: list[tuple[str, str, str, str]] = []  # (figure, value, target, verdict)
+KEYS = ("figure", "value", "target", "verdict")
 
 
 def log(message: str) -> None:
@@ -266,17 +269,26 @@ def live(url: str) -> int:
 
 
 def _worker(
-    url: str, queues: list[str] | None, until: float, out: Any, k: int = 0, of: int = 1
+    url: str,
+    queues: list[str] | None,
+    until: float,
+    out: Any,
+    k: int = 0,
+    of: int = 1,
+    api: str | None = None,
 ) -> None:
     """One worker process: drain what is due (each queue in turn, as signals would ask) until
     nothing is left or ``until`` passes. Reports how many it delivered. Worker ``k`` of ``of``
     starts its round at its own ``k/of`` of the due queues, as Celery hands each queue's signal
-    to one worker."""
+    to one worker. ``api``: send over HTTP to that base URL with the product's client; without
+    it, the in-process stub answers."""
     from dispatcher.delivery import Deliverer
     from dispatcher.testing import StubSender
 
-    s = settings(url)
-    d = Deliverer(s, client=StubSender())
+    if api is None:
+        d = Deliverer(settings(url), client=StubSender())
+    else:
+        d = Deliverer(settings(url, base_url=api))
     engine = get_engine(url)
     done = 0
     try:
@@ -299,8 +311,15 @@ def _worker(
     out.put(done)
 
 
-def drain(url: str, processes: int, queues: list[str] | None = None, limit: float = 120) -> float:
-    """Jobs delivered per second by ``processes`` worker processes until the backlog is gone."""
+def drain(
+    url: str,
+    processes: int,
+    queues: list[str] | None = None,
+    limit: float = 120,
+    api: str | None = None,
+) -> float:
+    """Jobs delivered per second by ``processes`` worker processes until the backlog is gone
+    (``api``: over HTTP to that base URL, see :func:`_worker`)."""
     with get_engine(url).connect() as conn:
         floor = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM dispatcher_attempts")
         after = int(floor.scalar_one())
@@ -308,7 +327,7 @@ def drain(url: str, processes: int, queues: list[str] | None = None, limit: floa
     out = ctx.Queue()
     until = time.time() + limit
     procs = [
-        ctx.Process(target=_worker, args=(url, queues, until, out, k, processes))
+        ctx.Process(target=_worker, args=(url, queues, until, out, k, processes, api))
         for k in range(processes)
     ]
     for p in procs:
@@ -353,18 +372,40 @@ def bench_drain(big: str | None, n: int) -> None:
 
 
 def bench_workers(n: int) -> None:
+    """Drains by 1, 2 and 4 worker processes: with the in-process stub (the outbox's side
+    alone), then over HTTP to nginx on loopback with the product's client (both sides)."""
     url = make_db(f"{PREFIX}_workers")
-    rates = {}
-    for processes in (1, 2, 4):
-        raw(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts")
-        enqueue(url, {"q1": n})
-        rates[processes] = drain(url, processes, ["q1"])
-    figure(
-        "drain by 1 / 2 / 4 worker processes",
-        " / ".join(f"{r:,.0f}" for r in rates.values())
-        + f" jobs/s ({rates[2] / rates[1]:.2f}x, {rates[4] / rates[1]:.2f}x; 2 cores)",
-    )
+    for name, api in (("stub API", None), ("HTTP to nginx", "nginx")):
+        with sink() if api else contextlib.nullcontext() as base:
+            rates = {}
+            for processes in (1, 2, 4):
+                raw(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts")
+                enqueue(url, {"q1": n})
+                rates[processes] = drain(url, processes, ["q1"], api=base)
+        figure(
+            f"drain by 1 / 2 / 4 worker processes ({name})",
+            " / ".join(f"{r:,.0f}" for r in rates.values())
+            + f" jobs/s ({rates[2] / rates[1]:.2f}x, {rates[4] / rates[1]:.2f}x; "
+            f"{os.cpu_count()} cores)",
+        )
     statements_per_second(url)
+
+
+@contextlib.contextmanager
+def sink() -> Any:
+    """nginx answering 201 at once on loopback (bench/run.py's sink): its base URL."""
+    import tempfile
+
+    from services import ensure_nginx
+    from sinks import Nginx
+
+    ensure_nginx(install=True)
+    with tempfile.TemporaryDirectory(prefix="ecdp-scale-") as tmp:
+        nginx = Nginx(Path(tmp), Path(tmp), 0.0, use_echo=False)
+        try:
+            yield nginx.fast.url
+        finally:
+            nginx.proc.stop()
 
 
 def _claim_record(url: str, batch: int, seconds: float, out: Any, queue: str = "q1") -> None:
@@ -532,16 +573,61 @@ def bench_purge(big: str, n: int, rounds: int = 3) -> None:
         )
 
 
+def _purge_all(url: str, older_than_days: float, out: Any) -> None:
+    """``dispatcher purge --older-than`` (admin.purge) to the end: (jobs removed, seconds)."""
+    started = time.perf_counter()
+    result = admin.purge(get_engine(url), older_than=timedelta(days=older_than_days), now=utcnow())
+    out.put((result.jobs, time.perf_counter() - started))
+
+
+def bench_full_purge(big: str, n: int) -> None:
+    """A whole purge of the older half of the history (5M rows at 10M), start to finish, with a
+    drain of ``n`` jobs after another beside it for as long as it runs; against the same drain
+    alone before and after. Medians, not the best: every drain of the purge counts."""
+    ctx = mp.get_context("spawn")
+    alone: list[float] = []
+    for _ in range(2):
+        enqueue(big, {"q1": n})
+        alone.append(drain(big, 1, ["q1"]))
+    out = ctx.Queue()
+    purger = ctx.Process(target=_purge_all, args=(big, 15.0, out))
+    purger.start()
+    during: list[float] = []
+    while purger.is_alive():
+        enqueue(big, {"q1": n})
+        during.append(drain(big, 1, ["q1"]))
+    removed, took = out.get(timeout=60)
+    purger.join()
+    for _ in range(2):
+        enqueue(big, {"q1": n})
+        alone.append(drain(big, 1, ["q1"]))
+    before = statistics.median(alone)
+    mid = statistics.median(during)
+    figure(
+        f"whole purge of {removed / 1e6:.1f}M jobs",
+        f"{took:.0f} s ({removed / took:,.0f} jobs/s)",
+    )
+    figure(
+        "drain during the whole purge",
+        f"median {mid:,.0f} jobs/s over {len(during)} drains (worst {min(during):,.0f}) vs "
+        f"{before:,.0f} alone ({mid / before:.2f}x)",
+        ">= 0.8x",
+        mid >= 0.8 * before,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain")
-    parser.add_argument("--only", default="reads,drain,purge,workers,queues")
+    parser.add_argument("--only", default="reads,drain,purge,workers,queues,full_purge")
+    parser.add_argument("--json", type=Path, help="also write the figures there")
     args = parser.parse_args()
     only = set(args.only.split(","))
     started = time.perf_counter()
     try:
-        big = bench_reads(args.rows) if only & {"reads", "drain", "purge"} else None
+        needs_big = {"reads", "drain", "purge", "full_purge"}
+        big = bench_reads(args.rows) if only & needs_big else None
         if "drain" in only:
             bench_drain(big, args.jobs)
         if "purge" in only and big is not None:
@@ -550,6 +636,8 @@ def main() -> None:
             bench_workers(args.jobs)
         if "queues" in only:
             bench_queues(200, max(1, args.jobs // 200))
+        if "full_purge" in only and big is not None:  # last: it halves the history
+            bench_full_purge(big, args.jobs)
     finally:
         drop_all()
     print(
@@ -559,6 +647,13 @@ def main() -> None:
     width = max(len(r[0]) for r in RESULTS) if RESULTS else 10
     for name, value, target, verdict in RESULTS:
         print(f"  {name:<{width}}  {value}  {target}  {verdict}".rstrip())
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [dict(zip(KEYS, r, strict=True)) for r in RESULTS],
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":
