@@ -133,15 +133,45 @@ def history(
 ) -> list[JobSummary]:
     """Jobs matching ``f`` (every job without one), newest first, at most ``limit``; with
     ``before`` (a job id, the cursor), only older ones."""
-    conditions = where(f or Filter())
+    f = f or Filter()
+    conditions = where(f)
     limit = check_int("limit", limit, 1, MAX_LIMIT)
     if before is not None:
         conditions.append(jobs.c.id < check_int("before", before, 1, MAX_ID))
-    # Newest first by id (the order they were enqueued in): the primary key serves both the
-    # order and the cursor, so a deep page is an index range scan, as cheap as the first.
-    query = sa.select(*_SUMMARY_COLUMNS).where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
     with connected(bind) as conn:
+        conditions += _window_ids(conn, f)
+        # Newest first by id (the order they were enqueued in): the primary key serves both the
+        # order and the cursor, so a deep page is an index range scan, as cheap as the first.
+        query = (
+            sa.select(*_SUMMARY_COLUMNS).where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
+        )
         return [JobSummary(**_summary_fields(row)) for row in conn.execute(query)]
+
+
+# Jobs' ids follow their created_at within this: created_at is the producer's clock, taken just
+# before its INSERT (which may wait for a pooled connection, 30 s at most, and retry once), and
+# producers on different machines differ by their clocks' skew (NTP keeps it far below a second).
+# An hour allows for a clock set minutes wrong; a wider skew would only hide jobs from a window.
+CREATED_MARGIN = timedelta(hours=1)
+
+
+def _window_ids(conn: sa.Connection, f: Filter) -> list[sa.ColumnElement[bool]]:
+    """The id range that holds ``f``'s time window (see :func:`_id_split`), so that the newest
+    first scan of the primary key starts a margin above the window and stops a margin below it
+    instead of walking every newer job (there is no index on ``created_at`` alone). The exact
+    ``created_at`` conditions stay. None for a lookup by email or event id: their own indexes
+    find the few rows, and the window only filters those."""
+    if f.customer_email is not None or f.event_id is not None:
+        return []
+    found: list[sa.ColumnElement[bool]] = []
+    if f.since is not None:
+        early, _ = _id_split(conn, jobs, jobs.c.created_at, f.since - CREATED_MARGIN)
+        found.append(jobs.c.id > early)
+    if f.until is not None:
+        _, late = _id_split(conn, jobs, jobs.c.created_at, f.until + CREATED_MARGIN)
+        if late is not None:
+            found.append(jobs.c.id < late)
+    return found
 
 
 def history_page(bind: Bind, f: Filter, page: Page) -> tuple[list[JobSummary], bool]:
@@ -332,33 +362,36 @@ def _window(window: str, now: datetime) -> tuple[int, int, datetime, datetime]:
     return step, count, end - timedelta(seconds=step * count), end
 
 
-def _id_floor(conn: sa.Connection, since: datetime) -> int:
-    """An attempt id below that of every attempt started at or after ``since``, found with a few
-    primary-key lookups (a binary search), so that the chart queries read a range of the primary
-    key instead of the whole table (there is no index on ``started_at``).
+def _id_split(
+    conn: sa.Connection, table: sa.Table, at: sa.Column[datetime], cutoff: datetime
+) -> tuple[int, int | None]:
+    """``(early, late)``: the id of a row of ``table`` whose ``at`` is before ``cutoff`` (0: the
+    first row's is not) and that of the next row by id, whose ``at`` is not (None: there is no
+    such row), found with a few primary-key lookups (a binary search) instead of an index on
+    ``at``.
 
-    Attempt ids follow insertion order and a row is inserted within ``ARRIVAL_MARGIN`` of its
-    start, so every attempt started before ``since - ARRIVAL_MARGIN`` has a lower id than every
-    attempt started at or after ``since``. The search keeps ``low`` on such an early row."""
-    cutoff = since - ARRIVAL_MARGIN
-    first = conn.execute(sa.select(sa.func.min(attempts.c.id))).scalar()
-    last = conn.execute(sa.select(sa.func.max(attempts.c.id))).scalar()
+    Meant for columns that ids follow within a margin (two rows whose ``at`` differ by more than
+    it are numbered in that order; see the callers): then every row whose ``at`` is at least
+    ``cutoff`` plus the margin has an id above ``early``, and every row whose ``at`` is before
+    ``cutoff`` minus the margin an id below ``late``. Both bounds are rows seen (or 0), so this
+    holds for rows not yet committed too."""
+    first = conn.execute(sa.select(sa.func.min(table.c.id))).scalar()
+    last = conn.execute(sa.select(sa.func.max(table.c.id))).scalar()
     if first is None or last is None:
-        return 0
+        return 0, None
 
     def first_at(number: int) -> tuple[int, datetime]:
         row = conn.execute(
-            sa.select(attempts.c.id, attempts.c.started_at)
-            .where(attempts.c.id >= number)
-            .order_by(attempts.c.id)
-            .limit(1)
+            sa.select(table.c.id, at).where(table.c.id >= number).order_by(table.c.id).limit(1)
         ).one()
-        return int(row.id), row.started_at
+        return int(row[0]), row[1]
 
     low, started = first_at(int(first))
     if started >= cutoff:
-        return low - 1
-    high = int(last) + 1  # the first row at or after `high` (none) counts as late
+        return 0, low
+    # Invariant: the row at `low` is early; the first row at or after `high` is `late` (None:
+    # there is none), and it is late.
+    high, late = int(last) + 1, None
     while high - low > 1:
         middle = (low + high) // 2
         found, started = first_at(middle)
@@ -366,7 +399,19 @@ def _id_floor(conn: sa.Connection, since: datetime) -> int:
             low = found
         else:
             high = middle
-    return low
+            late = found
+    return low, late
+
+
+def _id_floor(conn: sa.Connection, since: datetime) -> int:
+    """An attempt id below that of every attempt started at or after ``since``, so that the
+    chart queries read a range of the primary key instead of the whole table (there is no index
+    on ``started_at``).
+
+    Attempt ids follow insertion order and a row is inserted within ``ARRIVAL_MARGIN`` of its
+    start, so every attempt started before ``since - ARRIVAL_MARGIN`` has a lower id than every
+    attempt started at or after ``since``."""
+    return _id_split(conn, attempts, attempts.c.started_at, since - ARRIVAL_MARGIN)[0]
 
 
 def _bucket_of(conn: sa.Connection, start: datetime, step: int) -> sa.ColumnElement[int]:
