@@ -521,13 +521,21 @@ def drop_behind(
             done.kept[name] = why
     legacy_jobs = have.legacy_jobs
     if legacy_jobs:
-        with engine.begin() as conn:
-            _set_lock_timeout(conn, lock_timeout)
-            conn.exec_driver_sql(f"LOCK TABLE {JOBS}{LEGACY} IN SHARE MODE")
-            if not conn.exec_driver_sql(f"SELECT 1 FROM {JOBS}{LEGACY} LIMIT 1").first():
-                conn.exec_driver_sql(f"DROP TABLE {JOBS}{LEGACY}")
-                done.dropped.append(JOBS + LEGACY)
-                legacy_jobs = False
+        try:
+            with engine.begin() as conn:
+                _set_lock_timeout(conn, lock_timeout)
+                conn.exec_driver_sql(f"LOCK TABLE {JOBS}{LEGACY} IN SHARE MODE")
+                if not conn.exec_driver_sql(f"SELECT 1 FROM {JOBS}{LEGACY} LIMIT 1").first():
+                    conn.exec_driver_sql(f"DROP TABLE {JOBS}{LEGACY}")
+                    legacy_jobs = False
+        except sa.exc.DBAPIError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            legacy_jobs = True
+        if legacy_jobs:
+            done.kept[JOBS + LEGACY] = "not empty yet (the batched retention empties it)"
+        else:
+            done.dropped.append(JOBS + LEGACY)
     drops = [
         partition_name(ATTEMPTS, m)
         for m in attempts_to_drop(have.attempt_months, job_months, legacy_jobs)
