@@ -108,6 +108,24 @@ def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> Sweep
     return SweepResult(released, tuple(queues))
 
 
+CHARTS_SECONDS = 300.0  # how often the charts' settled buckets are kept (see keep_charts)
+
+
+def keep_charts(engine: Engine, due: float, every: float = CHARTS_SECONDS) -> float:
+    """Once ``due`` (a ``time.monotonic()``) has come, keep every queue's settled chart buckets
+    (:func:`dispatcher.admin.reads.keep_activity`), so that the queue page's first view of the
+    day and the overview's sparklines measure only the newest half hour of attempts; when it is
+    due next."""
+    import time
+
+    from dispatcher.admin.reads import keep_activity
+
+    if time.monotonic() < due:
+        return due
+    keep_activity(engine, utcnow())
+    return time.monotonic() + every
+
+
 def run(
     engine: Engine,
     notify: Callable[[Iterable[str]], None],
@@ -120,9 +138,11 @@ def run(
     errors (database or broker down) are logged and retried."""
     stop = stop or threading.Event()
     health_state = Health()
+    charts_due = float("-inf")
     while not stop.is_set():
         try:
             sweep_once(engine, notify)
+            charts_due = keep_charts(engine, charts_due)
             if retention is not None:
                 retention.run_once()
             if partitions is not None:

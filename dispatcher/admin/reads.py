@@ -50,6 +50,7 @@ __all__ = [
     "delivered_per_minute",
     "history",
     "history_page",
+    "keep_activity",
     "show",
     "stats",
 ]
@@ -478,16 +479,72 @@ def activity(bind: Bind, queue: str, now: datetime, window: str = "1h") -> Activ
                 kept[r.start] = ActivityBucket(
                     r.start, r.delivered, r.retried, r.dead, r.paused, r.p50_ms, r.p99_ms
                 )
-        measured = _measure(conn, queue, start, end, step, since) if since < end else {}
+        measured = _measure(conn, queue, start, end, step, since).get(queue, {})
         buckets = []
         for number in range(count):
             at = start + timedelta(seconds=step * number)
             found = kept.get(at) if at < since else measured.get(number)
             buckets.append(found or ActivityBucket(at, 0, 0, 0, 0, None, None))
         if isinstance(bind, sa.Engine):
-            first = mark.since if mark is not None and since > start else start
-            _keep(conn, queue, step, first, since, buckets, settled)
+            _keep(conn, queue, step, start, since, buckets, settled)
     return Activity(queue, window, step, start, end, tuple(buckets))
+
+
+def keep_activity(engine: sa.Engine, now: datetime) -> int:
+    """Measure and keep the settled chart buckets of both windows for every queue (that has a
+    job or a queue row), as a view of each would, in one grouped query per window over the
+    attempts not kept yet; how many queues' buckets it kept. The sweeper calls this every few
+    minutes, so that a page's first view of the day measures only about the newest half hour
+    instead of the day (issue 16: 0.4 s at 333k attempts a day)."""
+    now = check_time("now", now)
+    settled = min(now, utcnow()) - ARRIVAL_MARGIN
+    done = 0
+    with engine.connect() as conn:
+        names = _queue_names(conn)
+        conn.rollback()
+        for window, (step, count) in ACTIVITY_WINDOWS.items():
+            _, _, start, end = _window(window, now)
+            whole = int((settled - start).total_seconds()) // step
+            through = start + timedelta(seconds=step * min(count, whole))
+            marks = {
+                r.queue: r
+                for r in conn.execute(
+                    sa.select(activity_marks).where(activity_marks.c.step_seconds == step)
+                )
+            }
+            since = {}
+            for name in names:
+                mark = marks.get(name)
+                valid = mark is not None and mark.since <= start < mark.through
+                since[name] = min(mark.through, end) if valid and mark is not None else start
+            due = {name: at for name, at in since.items() if at < through}
+            if not due:
+                conn.rollback()
+                continue
+            measured = _measure(conn, None, start, through, step, min(due.values()))
+            for name, at in sorted(due.items()):
+                found = measured.get(name, {})
+                buckets = []
+                for number in range(count):
+                    at_n = start + timedelta(seconds=step * number)
+                    if at <= at_n < through:
+                        empty = ActivityBucket(at_n, 0, 0, 0, 0, None, None)
+                        buckets.append(found.get(number) or empty)
+                _keep(conn, name, step, start, at, buckets, settled)
+                done += 1
+    return done
+
+
+def _queue_names(conn: sa.Connection) -> set[str]:
+    """Every queue with a job (live ones from their partial index, finished ones from the
+    counts) or a row in the queues table: every queue a page can show."""
+    live = sa.select(jobs.c.queue).where(sa.text(LIVE_WHERE)).distinct()
+    finished = sa.select(finished_counts.c.queue).where(finished_counts.c.jobs != 0).distinct()
+    return {
+        *conn.execute(live).scalars(),
+        *conn.execute(finished).scalars(),
+        *conn.execute(sa.select(queues.c.name)).scalars(),
+    }
 
 
 def _keep(
@@ -541,22 +598,30 @@ def _keep(
 
 
 def _measure(
-    conn: sa.Connection, queue: str, start: datetime, end: datetime, step: int, since: datetime
-) -> dict[int, ActivityBucket]:
-    """The buckets of ``[start, end)`` from ``since`` on, by number, measured from the attempts:
-    one grouped query over a primary-key range (see :func:`_id_floor`) joined to the jobs for
-    the queue. Percentiles are exact on both databases: PostgreSQL's ``percentile_cont``; on
-    SQLite the query groups by (bucket, duration in ms) and they are interpolated the same way
-    from that frequency table."""
+    conn: sa.Connection,
+    queue: str | None,
+    start: datetime,
+    end: datetime,
+    step: int,
+    since: datetime,
+) -> dict[str, dict[int, ActivityBucket]]:
+    """The buckets of ``[start, end)`` from ``since`` on, by queue (``queue``'s only, unless
+    None) and number, measured from the attempts: one grouped query over a primary-key range
+    (see :func:`_id_floor`) joined to the jobs. Percentiles are exact on both databases:
+    PostgreSQL's ``percentile_cont``; on SQLite the query groups by (bucket, duration in ms) and
+    they are interpolated the same way from that frequency table."""
+    if since >= end:
+        return {}
     bucket = _bucket_of(conn, start, step).label("b")
+    chosen = [] if queue is None else [jobs.c.queue == queue]
     rows = (
-        sa.select(bucket, attempts.c.outcome, attempts.c.duration_ms)
+        sa.select(jobs.c.queue.label("q"), bucket, attempts.c.outcome, attempts.c.duration_ms)
         .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
         .where(
             attempts.c.id > _id_floor(conn, since),
             attempts.c.started_at >= since,
             attempts.c.started_at < end,
-            jobs.c.queue == queue,
+            *chosen,
         )
         .subquery()
     )
@@ -564,31 +629,34 @@ def _measure(
         name: sa.func.sum(sa.case((rows.c.outcome == outcome, 1), else_=0)).label(name)
         for name, outcome in _TALLIED.items()
     }
-    times: dict[int, tuple[float | None, float | None]] = {}
+    times: dict[tuple[str, int], tuple[float | None, float | None]] = {}
     if conn.dialect.name == "postgresql":
         found = conn.execute(
             sa.select(
+                rows.c.q,
                 rows.c.b,
                 *tallies.values(),
                 sa.func.percentile_cont(0.5).within_group(rows.c.duration_ms).label("p50"),
                 sa.func.percentile_cont(0.99).within_group(rows.c.duration_ms).label("p99"),
-            ).group_by(rows.c.b)
+            ).group_by(rows.c.q, rows.c.b)
         ).all()
-        times = {r.b: (r.p50, r.p99) for r in found}
+        times = {(r.q, r.b): (r.p50, r.p99) for r in found}
     else:
-        found = conn.execute(sa.select(rows.c.b, *tallies.values()).group_by(rows.c.b)).all()
-        spread: dict[int, list[tuple[int, int]]] = {}
+        found = conn.execute(
+            sa.select(rows.c.q, rows.c.b, *tallies.values()).group_by(rows.c.q, rows.c.b)
+        ).all()
+        spread: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for r in conn.execute(
-            sa.select(rows.c.b, rows.c.duration_ms, sa.func.count().label("n"))
-            .group_by(rows.c.b, rows.c.duration_ms)
-            .order_by(rows.c.b, rows.c.duration_ms)
+            sa.select(rows.c.q, rows.c.b, rows.c.duration_ms, sa.func.count().label("n"))
+            .group_by(rows.c.q, rows.c.b, rows.c.duration_ms)
+            .order_by(rows.c.q, rows.c.b, rows.c.duration_ms)
         ):
-            spread.setdefault(r.b, []).append((int(r.duration_ms), int(r.n)))
-        times = {b: (_percentile(c, 0.5), _percentile(c, 0.99)) for b, c in spread.items()}
-    measured: dict[int, ActivityBucket] = {}
+            spread.setdefault((r.q, r.b), []).append((int(r.duration_ms), int(r.n)))
+        times = {k: (_percentile(c, 0.5), _percentile(c, 0.99)) for k, c in spread.items()}
+    measured: dict[str, dict[int, ActivityBucket]] = {}
     for r in found:
-        p50, p99 = times.get(r.b, (None, None))
-        measured[int(r.b)] = ActivityBucket(
+        p50, p99 = times.get((r.q, r.b), (None, None))
+        measured.setdefault(r.q, {})[int(r.b)] = ActivityBucket(
             start=start + timedelta(seconds=step * int(r.b)),
             **{name: int(getattr(r, name, 0) or 0) for name in _TALLIED},
             p50_ms=None if p50 is None else round(float(p50), 1),
@@ -607,17 +675,36 @@ _TALLIED = {
 
 def delivered_per_minute(bind: Bind, now: datetime) -> dict[str, tuple[int, ...]]:
     """Per queue with any attempt in the last hour: jobs delivered in each of its 60 minutes
-    (oldest first), for the overview's sparklines. One grouped query, bounded like
-    :func:`activity`."""
+    (oldest first), for the overview's sparklines. The minutes every queue has kept (see
+    :func:`keep_activity`) are read back; the newer ones are measured in one grouped query,
+    bounded like :func:`activity`."""
     step, count, start, end = _window("1h", now)
     with connected(bind) as conn:
+        names = _queue_names(conn)
+        marks = conn.execute(
+            sa.select(activity_marks).where(activity_marks.c.step_seconds == step)
+        ).all()
+        covered = {m.queue: m.through for m in marks if m.since <= start < m.through}
+        since = min([end, *covered.values()]) if names and names <= covered.keys() else start
+        result: dict[str, list[int]] = {}
+        for r in conn.execute(
+            sa.select(
+                activity_buckets.c.queue, activity_buckets.c.start, activity_buckets.c.delivered
+            ).where(
+                activity_buckets.c.step_seconds == step,
+                activity_buckets.c.start >= start,
+                activity_buckets.c.start < since,
+            )
+        ):
+            number = int((r.start - start).total_seconds()) // step
+            result.setdefault(r.queue, [0] * count)[number] = int(r.delivered)
         bucket = _bucket_of(conn, start, step).label("b")
         rows = (
             sa.select(jobs.c.queue, bucket, attempts.c.outcome)
             .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
             .where(
-                attempts.c.id > _id_floor(conn, start),
-                attempts.c.started_at >= start,
+                attempts.c.id > _id_floor(conn, since),
+                attempts.c.started_at >= since,
                 attempts.c.started_at < end,
             )
             .subquery()
@@ -626,7 +713,6 @@ def delivered_per_minute(bind: Bind, now: datetime) -> dict[str, tuple[int, ...]
         found = conn.execute(
             sa.select(rows.c.queue, rows.c.b, delivered.label("n")).group_by(rows.c.queue, rows.c.b)
         ).all()
-    result: dict[str, list[int]] = {}
     for r in found:
         if 0 <= r.b < count:
             result.setdefault(r.queue, [0] * count)[r.b] = int(r.n or 0)

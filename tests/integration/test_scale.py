@@ -374,3 +374,90 @@ def test_settled_chart_buckets_are_kept_and_read_back(engine: sa.Engine) -> None
         # a view of an earlier moment is measured, never served from buckets kept later
         earlier = admin.activity(conn, "shop", now - timedelta(hours=3), "24h")
     assert earlier == admin.activity(engine, "shop", now - timedelta(hours=3), "24h")
+
+
+def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the sweeper's pass (``keep_activity`` for every queue and both windows), the first
+    view of a queue's day chart and the overview's sparklines measure only what had not settled
+    at the pass (read back: the ``since`` they measure from), with the same figures as
+    measuring everything."""
+    from dispatcher import sweeper
+    from dispatcher.admin import reads
+    from dispatcher.db import utcnow
+    from dispatcher.schema import activity_marks, attempts
+
+    now = utcnow()
+    with engine.begin() as conn:
+        for queue in ("shop", "mail"):
+            job = conn.execute(
+                jobs.insert().values(
+                    queue=queue,
+                    endpoint="/scenariocustomevents",
+                    custom_event_id=1,
+                    payload="{}",
+                    status="delivered",
+                    next_attempt_at=now,
+                    created_at=now - timedelta(days=1),
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                attempts.insert(),
+                [
+                    {
+                        "job_id": job,
+                        "started_at": now - timedelta(minutes=7 * n + len(queue)),
+                        "duration_ms": 10 + n % 37,
+                        "outcome": ("delivered", "retry", "dead", "pause")[n % 4 if n % 3 else 0],
+                        "counted": True,
+                    }
+                    for n in range(24 * 60 // 7)
+                ],
+            )
+        outbox.recount(conn)
+        outbox.insert_jobs(conn, [outbox.NewJob("idle", "/x", 1, None, "{}")], now)
+    with engine.connect() as conn:  # a Connection, nothing kept yet: every figure measured
+        expected = {
+            (q, w): admin.activity(conn, q, now, w)
+            for q in ("shop", "mail", "idle")
+            for w in admin.ACTIVITY_WINDOWS
+        }
+        sparklines = admin.delivered_per_minute(conn, now)
+    assert sparklines.keys() == {"shop", "mail"} and sum(sparklines["shop"]) > 0
+
+    assert sweeper.keep_charts(engine, float("inf")) == float("inf"), "not due: nothing done"
+    assert reads.keep_activity(engine, now) == 6  # three queues, two windows
+    settled = now - reads.ARRIVAL_MARGIN
+    with engine.connect() as conn:
+        marks = {
+            (m.queue, m.step_seconds): m.through for m in conn.execute(sa.select(activity_marks))
+        }
+    assert marks.keys() == {(q, s) for q in ("shop", "mail", "idle") for s in (60, 900)}
+    for (_, step), through in marks.items():
+        assert settled - timedelta(seconds=step) < through <= settled
+
+    measured_from: list[datetime] = []
+    real_measure, real_floor = reads._measure, reads._id_floor
+
+    def measure(*args: Any) -> Any:
+        measured_from.append(args[-1])
+        return real_measure(*args)
+
+    def floor(conn: sa.Connection, since: datetime) -> int:
+        measured_from.append(since)
+        return real_floor(conn, since)
+
+    monkeypatch.setattr(reads, "_measure", measure)
+    for (queue, window), figures in expected.items():
+        measured_from.clear()
+        assert admin.activity(engine, queue, now, window) == figures
+        step = admin.ACTIVITY_WINDOWS[window][0]
+        assert measured_from == [marks[queue, step]], "measured from the pass's mark on"
+    monkeypatch.setattr(reads, "_id_floor", floor)
+    measured_from.clear()
+    assert admin.delivered_per_minute(engine, now) == sparklines
+    assert measured_from == [min(marks[q, 60] for q in ("shop", "mail", "idle"))]
+    # A later pass (the sweeper's own clock) measures only what settled since.
+    assert sweeper.keep_charts(engine, float("-inf")) > 0
