@@ -20,16 +20,21 @@ off the same run.
 The pieces: ``figures.py`` (every figure, its unit and targets, in one table), ``rounds.py`` (one
 run of each figure group), ``sinks.py``, ``services.py`` (processes, PostgreSQL, Redis, nginx,
 copies of the code), ``databases.py``, ``usage.py`` (a process tree's RSS and CPU), ``spy.py``
-(``--py-spy``), ``report.py`` (table and JSON).
+(``--py-spy``), ``report.py`` (table and JSON). After the rounds, ``clients`` runs
+``clients.py`` (HTTP clients side by side) and ``scale`` runs ``scale.py`` (a 10M-row outbox,
+purge, many queues, worker processes; ``--scale-rows``, about 25 minutes at 10M): both print
+their own tables under the main one and go into the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,8 +102,9 @@ GROUPS = (
     "latency",
     "memory",  # after the rounds: one long drain
     "clients",  # after the rounds: bench/clients.py, HTTP clients side by side (issue 13)
+    "scale",  # after the rounds: bench/scale.py, a 10M-row outbox and scaling out (issue 16)
 )
-NOT_QUICK = {"drain_big_table", "memory", "clients"}
+NOT_QUICK = {"drain_big_table", "memory", "clients", "scale"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,6 +118,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--naive-50ms-jobs", type=int, help="tasks for naive_celery_50ms (1000; 200)")
     p.add_argument("--memory-jobs", type=int, help="jobs of the long drain for RSS growth (60000)")
     p.add_argument("--big-rows", type=int, default=1_000_000, help="delivered rows, big table")
+    p.add_argument(
+        "--scale-rows", type=int, default=10_000_000, help="history rows for the scale figures"
+    )
     p.add_argument("--latency-seconds", type=float, help="per round (default 10; --quick: 5)")
     p.add_argument("--latency-rate", type=float, default=100.0, help="events/s for latency")
     p.add_argument("--delay", type=float, default=0.05, help="the slow sink's delay (s)")
@@ -494,9 +503,11 @@ def after_rounds(ctx: Ctx, results: Results) -> dict[str, Any]:
     args, sel = ctx.args, ctx.args.selected
     if "memory" in sel:
         memory_drain(ctx, results)
-    extras: dict[str, Any] = {"profile": None, "clients": None}
+    extras: dict[str, Any] = {"profile": None, "clients": None, "scale": None}
     if "clients" in sel:
         extras["clients"] = clients_side_by_side(ctx)
+    if "scale" in sel:
+        extras["scale"] = scale_figures(ctx)
     if args.py_spy:
         out = Path(tempfile.gettempdir()) / "ecdp-bench-py-spy-drain.txt"  # MBs: not for git
         log("one more drain under py-spy (not counted)")
@@ -535,6 +546,19 @@ def clients_side_by_side(ctx: Ctx) -> dict[str, Any]:
     )
     result["table"] = f"{clients.table(result)}\n\n{clients.verdict(result)}"
     return result
+
+
+def scale_figures(ctx: Ctx) -> list[dict[str, str]]:
+    """bench/scale.py (its own databases, its own processes), its figures as a list."""
+    out = ctx.logdir / "scale.json"
+    argv = [sys.executable, str(BENCH / "scale.py"), "--rows", str(ctx.args.scale_rows)]
+    argv += ["--jobs", str(ctx.args.jobs), "--json", str(out)]
+    log(f"scale figures: {' '.join(argv[1:])}")
+    done = subprocess.run(argv, check=False)
+    if done.returncode:
+        raise BenchError(f"bench/scale.py failed (exit {done.returncode})")
+    figures: list[dict[str, str]] = json.loads(out.read_text())
+    return figures
 
 
 def table_params(ctx: Ctx) -> dict[str, Any]:
@@ -579,6 +603,15 @@ def summary(
         out.append(
             "\nHTTP clients, CPU ms per request and requests/s by sink and requests in flight:\n"
             + extras["clients"]["table"]
+        )
+    if extras["scale"]:
+        width = max(len(f["figure"]) for f in extras["scale"])
+        out.append(
+            f"\nScale (bench/scale.py, {args.scale_rows:,} rows of history):\n"
+            + "\n".join(
+                f"{f['figure']:<{width}}  {f['value']}  {f['target']}  {f['verdict']}".rstrip()
+                for f in extras["scale"]
+            )
         )
     if extras["profile"]:
         out.append("\n" + extras["profile"])

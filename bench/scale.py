@@ -630,14 +630,14 @@ def main() -> None:
         big = bench_reads(args.rows) if only & needs_big else None
         if "drain" in only:
             bench_drain(big, args.jobs)
-        if "purge" in only and big is not None:
+        if "full_purge" in only and big is not None:  # the older half goes
+            bench_full_purge(big, args.jobs)
+        if "purge" in only and big is not None:  # windows of purging what is left
             bench_purge(big, args.jobs)
         if "workers" in only:
             bench_workers(args.jobs)
         if "queues" in only:
             bench_queues(200, max(1, args.jobs // 200))
-        if "full_purge" in only and big is not None:  # last: it halves the history
-            bench_full_purge(big, args.jobs)
     finally:
         drop_all()
     print(
