@@ -313,6 +313,7 @@ def test_what_operators_read_does_not_scan_history(million: str) -> None:
         ),
         "history by event id": lambda: admin.history(engine, admin.Filter(event_id=117), limit=50),
         "history, dead": lambda: admin.history(engine, admin.Filter(status="dead"), limit=50),
+        "history, a day 20 days back": lambda: admin.history(engine, DAY_BACK, limit=50),
     }
     stats = admin.stats(engine, now)
     with engine.connect() as conn:
@@ -329,6 +330,57 @@ def test_what_operators_read_does_not_scan_history(million: str) -> None:
         if name.startswith("stats"):  # live rows from their own index, without the heap
             assert any("Index Only Scan using ix_dispatcher_jobs_live" in p for p in planned)
         print(f"{name:40} {timed(call):8.1f} ms at {ROWS} rows ({len(seen)} statements)")
+
+
+DAY_BACK = admin.Filter(since=NOW - timedelta(days=21), until=NOW - timedelta(days=20))
+
+
+def scanned(plan: dict[str, Any]) -> tuple[int, int]:
+    """(rows read, buffers) of every scan of the jobs table in an EXPLAIN (ANALYZE, BUFFERS,
+    FORMAT JSON) plan: the rows it returned and those its filter removed."""
+    rows = buffers = 0
+    if plan.get("Relation Name") == "dispatcher_jobs":
+        loops = plan.get("Actual Loops", 1)
+        rows += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops
+        buffers += plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+    for child in plan.get("Plans", []):
+        more = scanned(child)
+        rows, buffers = rows + more[0], buffers + more[1]
+    return rows, buffers
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_time_window_reads_its_id_range_only(million: str) -> None:
+    """History by a window alone, a day 20 days back: its first and its last page read the
+    window's page and about a margin's worth of jobs on either side (the id range found by the
+    binary search), not the 20 days of newer jobs (660k rows at a million)."""
+    from dispatcher.admin.reads import CREATED_MARGIN
+    from dispatcher.db import get_engine
+
+    engine = get_engine(million)
+    per_margin = ROWS / (30 * 24 * 3600) * CREATED_MARGIN.total_seconds()
+    with engine.connect() as conn:
+        window = conn.execute(
+            sa.select(sa.func.min(jobs.c.id), sa.func.max(jobs.c.id), sa.func.count()).where(
+                jobs.c.created_at >= DAY_BACK.since, jobs.c.created_at < DAY_BACK.until
+            )
+        ).one()
+    pages = {"first": None, "last": int(window[0]) + 30}
+    for name, before in pages.items():
+        seen = statements(engine, lambda b=before: admin.history(engine, DAY_BACK, before=b))
+        found = admin.history(engine, DAY_BACK, before=before)
+        assert len(found) == min(50, 30 if before else 50)
+        statement, parameters = seen[-1]
+        with engine.connect() as conn:
+            plan = conn.exec_driver_sql(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
+            ).scalar_one()
+        rows, buffers = scanned(plan[0]["Plan"])
+        print(f"\nwindow's {name} page: {rows} rows, {buffers} buffers ({len(seen)} statements)")
+        assert rows <= 50 + 2 * per_margin + 100, plan
+        assert buffers <= 2 * per_margin / 10 + 200, plan
+        assert len(seen) <= 2 * 2 * 30, "two binary searches of a few dozen lookups each"
 
 
 def test_settled_chart_buckets_are_kept_and_read_back(engine: sa.Engine) -> None:
