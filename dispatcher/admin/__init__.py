@@ -53,6 +53,7 @@ from dispatcher.admin.reads import (
     delivered_per_minute,
     history,
     history_page,
+    keep_activity,
     show,
     stats,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "delivered_per_minute",
     "history",
     "history_page",
+    "keep_activity",
     "parse_age",
     "parse_filter",
     "parse_int",
