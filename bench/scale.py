@@ -102,27 +102,11 @@ def raw(url: str, *statements: str, autocommit: bool = False) -> None:
             pg.execute(statement)
 
 
-def generate(url: str, rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -> float:
-    """``rows`` jobs spread over ``days`` (one attempt each; the newest ``live`` still waiting),
-    written at revision 0004 with its secondary indexes and foreign key dropped and rebuilt
-    after; then 0005 (backfill through outbox.recount, the live index). Seconds taken."""
-    started = time.perf_counter()
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        defs = conn.exec_driver_sql(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
-            "('dispatcher_jobs', 'dispatcher_attempts') AND indexname NOT LIKE 'pk_%%'"
-        ).all()
-        fk = conn.exec_driver_sql(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = 'dispatcher_attempts'::regclass AND contype = 'f'"
-        ).all()
-    engine.dispose()
+def history(rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -> list[str]:
+    """The statements writing ``rows`` jobs spread over the last ``days`` (one attempt each; the
+    newest ``live`` still waiting), ids 1..rows, and setting the sequences past them."""
     now = utcnow().replace(microsecond=0)
-    raw(
-        url,
-        *(f"ALTER TABLE dispatcher_attempts DROP CONSTRAINT {name}" for name, _ in fk),
-        *(f"DROP INDEX {name}" for name, _ in defs),
+    return [
         f"""
         INSERT INTO dispatcher_jobs (id, queue, endpoint, custom_event_id, customer_email,
             payload, status, attempts, next_attempt_at, created_at, updated_at, delivered_at,
@@ -148,6 +132,30 @@ def generate(url: str, rows: int, *, queues: int = 5, live: int = 10_000, days: 
         """,
         f"SELECT setval(pg_get_serial_sequence('dispatcher_jobs', 'id'), {rows})",
         f"SELECT setval(pg_get_serial_sequence('dispatcher_attempts', 'id'), {rows})",
+    ]
+
+
+def generate(url: str, rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -> float:
+    """:func:`history` written at revision 0004 with its secondary indexes and foreign key
+    dropped and rebuilt after; then 0005 (backfill through outbox.recount, the live index).
+    Seconds taken."""
+    started = time.perf_counter()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        defs = conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+            "('dispatcher_jobs', 'dispatcher_attempts') AND indexname NOT LIKE 'pk_%%'"
+        ).all()
+        fk = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'dispatcher_attempts'::regclass AND contype = 'f'"
+        ).all()
+    engine.dispose()
+    raw(
+        url,
+        *(f"ALTER TABLE dispatcher_attempts DROP CONSTRAINT {name}" for name, _ in fk),
+        *(f"DROP INDEX {name}" for name, _ in defs),
+        *history(rows, queues=queues, live=live, days=days),
     )
     raw(
         url,
@@ -645,11 +653,104 @@ def bench_full_purge(big: str, n: int) -> None:
     )
 
 
+def _drop_months(url: str, out: Any) -> None:
+    """The partition maintainer's drop pass (what the sweeper runs hourly): (dropped, kept,
+    seconds)."""
+    from dispatcher import partitions
+
+    started = time.perf_counter()
+    done = partitions.drop_behind(get_engine(url), utcnow(), timedelta(days=1))
+    out.put((done.dropped, done.kept, time.perf_counter() - started))
+
+
+def bench_partitioned(rows: int, n: int) -> None:
+    """Retention on the partitioned layout: ``rows`` jobs over the last 60 days in monthly
+    partitions (the older month about half of them); the maintainer drops the month while
+    drains run and a producer inserts one job per transaction. Drains alone before and after."""
+    import threading
+
+    from dispatcher import partitions
+
+    url = make_db(f"{PREFIX}_parted")
+    engine = get_engine(url)
+    partitions.convert(engine, say=log)
+    partitions.drop_behind(engine, utcnow(), timedelta(days=1))  # the empty legacy partitions
+    now = utcnow()
+    partitions.create_months(
+        engine, [partitions.month_of(now - timedelta(days=d)) for d in (62, 31, 0)]
+    )
+    log(f"generating {rows:,} rows into month partitions")
+    started = time.perf_counter()
+    raw(url, *history(rows, days=60))
+    with engine.begin() as conn:
+        outbox.recount(conn)
+    raw(url, "VACUUM ANALYZE dispatcher_jobs, dispatcher_attempts", autocommit=True)
+    with engine.connect() as conn:
+        sizes: dict[str, int] = dict(
+            conn.exec_driver_sql(
+                "SELECT tableoid::regclass::text, count(*) FROM dispatcher_jobs GROUP BY 1"
+            ).all()
+        )
+    log(f"written in {time.perf_counter() - started:.0f} s: {sizes}")
+
+    alone: list[float] = []
+    for _ in range(2):
+        enqueue(url, {"q1": n})
+        alone.append(drain(url, 1, ["q1"]))
+
+    stop, worst, inserted = threading.Event(), [0.0], [0]
+
+    def produce() -> None:
+        job = outbox.NewJob("producer", "/scenariocustomevents", 101, "p@example.com", "{}")
+        while not stop.is_set():
+            began = time.perf_counter()
+            with engine.begin() as conn:
+                outbox.insert_jobs(conn, [job], utcnow())
+            worst[0] = max(worst[0], time.perf_counter() - began)
+            inserted[0] += 1
+            time.sleep(0.01)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    enqueue(url, {"q1": n})
+    dropper = ctx.Process(target=_drop_months, args=(url, out))
+    dropper.start()
+    during = [drain(url, 1, ["q1"])]
+    while dropper.is_alive():
+        enqueue(url, {"q1": n})
+        during.append(drain(url, 1, ["q1"]))
+    dropped, kept, took = out.get(timeout=60)
+    dropper.join()
+    stop.set()
+    producer.join()
+    for _ in range(2):
+        enqueue(url, {"q1": n})
+        alone.append(drain(url, 1, ["q1"]))
+    gone = sum(v for k, v in sizes.items() if k.split(".")[-1] in dropped)
+    before = statistics.median(alone)
+    mid = statistics.median(during)
+    figure(
+        "partitioned: retention drops a month",
+        f"{', '.join(d.split('.')[-1] for d in dropped) or 'nothing'} ({gone:,} jobs + their "
+        f"attempts) in {took:.1f} s; longest producer insert meanwhile {worst[0] * 1000:.0f} ms "
+        f"({inserted[0]} inserts){'; kept ' + str(kept) if kept else ''}",
+    )
+    figure(
+        "partitioned: drain while the month is dropped",
+        f"median {mid:,.0f} jobs/s over {len(during)} drains (worst {min(during):,.0f}) vs "
+        f"{before:,.0f} alone ({mid / before:.2f}x)",
+        ">= 0.8x",
+        mid >= 0.8 * before,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain")
-    parser.add_argument("--only", default="reads,drain,purge,workers,queues,full_purge")
+    parser.add_argument("--only", default="reads,drain,full_purge,purge,workers,queues,partitioned")
     parser.add_argument("--json", type=Path, help="also write the figures there")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -667,6 +768,8 @@ def main() -> None:
             bench_workers(args.jobs)
         if "queues" in only:
             bench_queues(200, max(1, args.jobs // 200))
+        if "partitioned" in only:
+            bench_partitioned(args.rows, args.jobs)
     finally:
         drop_all()
     print(

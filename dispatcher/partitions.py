@@ -214,6 +214,12 @@ def _create_months(conn: sa.Connection, parents: Sequence[str], months: Iterable
             )
 
 
+def create_months(engine: Engine, months: Iterable[date]) -> None:
+    """Create these months of both tables (if missing), e.g. past months to load history into."""
+    with engine.begin() as conn:
+        _create_months(conn, (JOBS, ATTEMPTS), months)
+
+
 # --------------------------------------------------------------------------- dedupe
 
 _DEDUPE_DDL = (
