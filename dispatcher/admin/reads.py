@@ -376,8 +376,7 @@ def _id_split(
     ``cutoff`` plus the margin has an id above ``early``, and every row whose ``at`` is before
     ``cutoff`` minus the margin an id below ``late``. Both bounds are rows seen (or 0), so this
     holds for rows not yet committed too."""
-    first = conn.execute(sa.select(sa.func.min(table.c.id))).scalar()
-    last = conn.execute(sa.select(sa.func.max(table.c.id))).scalar()
+    first, last = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
     if first is None or last is None:
         return 0, None
 
