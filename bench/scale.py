@@ -6,7 +6,7 @@ purge under load, many queues, and scaling out with worker processes.
     python bench/scale.py --only reads,workers
 
 PostgreSQL from ``DISPATCHER_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/
-postgres``); every database it makes is named ``dispatcher_scale_*`` and dropped at the end.
+postgres``); every database it makes is named ``dispatcher_scale_<pid>_*`` and dropped at the end.
 
 The API is :class:`dispatcher.testing.StubSender` (a 201 at once, in process), so the drain
 figures are the outbox's own ceiling, the database and the worker's Python, not the network's;
@@ -47,7 +47,8 @@ from dispatcher.schema import JobStatus
 BASE = os.environ.get(
     "DISPATCHER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-PREFIX = "dispatcher_scale"
+PREFIX = f"dispatcher_scale_{os.getpid()}"  # this run's databases: concurrent runs keep apart
+MADE: list[str] = []
 RESULTS: list[tuple[str, str, str, str]] = []  # (figure, value, target, verdict)
 KEYS = ("figure", "value", "target", "verdict")
 
@@ -74,6 +75,7 @@ def server() -> sa.Engine:
 
 
 def make_db(name: str, revision: str = "head") -> str:
+    MADE.append(name)
     with server().connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -83,12 +85,10 @@ def make_db(name: str, revision: str = "head") -> str:
 
 
 def drop_all() -> None:
+    """Drop the databases this run made (only those: another run may be using its own)."""
     dispose_engines()
     with server().connect() as conn:
-        names = conn.exec_driver_sql(
-            f"SELECT datname FROM pg_database WHERE datname LIKE '{PREFIX}%%'"
-        ).scalars()
-        for name in list(names):
+        for name in MADE:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
