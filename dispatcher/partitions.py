@@ -472,54 +472,207 @@ def ensure_ahead(
     return [partition_name(t, m) for m in months for t in (JOBS, ATTEMPTS)]
 
 
-def _drop_jobs_month(
-    conn: sa.Connection, month: date, cutoff: datetime, lock_timeout: float
-) -> str | None:
-    """Drop one month of jobs if it may go; None if dropped, else why not."""
-    name = partition_name(JOBS, month)
-    _set_lock_timeout(conn, lock_timeout)
-    conn.exec_driver_sql(f"LOCK TABLE {name} IN SHARE MODE")  # no writes to it until we are done
+# Dropping a month. ``DROP TABLE`` of an attached partition, and a ``SHARE`` lock on one to check
+# it, both wait for every transaction using the parent (an UPDATE by id, a claim or a record,
+# locks every month) and meanwhile hold back every producer and worker behind them: under steady
+# traffic the lock is never granted, and each try stalls the outbox for the lock timeout. So a
+# month is first detached with ``DETACH PARTITION ... CONCURRENTLY`` (PostgreSQL 14+), which waits
+# for those transactions without blocking anyone and then takes the month out of what new ones
+# see; then, on the detached table that nobody else reads or writes any more, it is checked,
+# counted and dropped in one transaction, or attached again if a race made it keep (a job
+# replayed just before the detach).
+DETACH_TIMEOUT = 60.0  # seconds the detach may wait for the transactions using the parent
+
+
+def _finish_detaches(conn: sa.Connection) -> None:
+    """Complete a ``DETACH ... CONCURRENTLY`` that was interrupted (it leaves the partition
+    pending: hidden from new queries, still attached)."""
+    for parent, name in conn.exec_driver_sql(
+        "SELECT p.relname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhdetachpending "
+        "AND p.relname IN (%(j)s, %(a)s)",
+        {"j": JOBS, "a": ATTEMPTS},
+    ).all():
+        conn.exec_driver_sql(f"ALTER TABLE {parent} DETACH PARTITION {name} FINALIZE")
+
+
+def _detach(engine: Engine, parent: str, name: str) -> None:
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(f"SET lock_timeout = '{int(DETACH_TIMEOUT * 1000)}ms'")
+        try:
+            _finish_detaches(conn)
+            if name in _children(conn, parent):
+                conn.exec_driver_sql(f"ALTER TABLE {parent} DETACH PARTITION {name} CONCURRENTLY")
+        finally:
+            conn.exec_driver_sql("RESET lock_timeout")
+
+
+def _detached(conn: sa.Connection) -> list[str]:
+    """Our month or legacy tables that are no partition (a drop interrupted after the detach)."""
+    return list(
+        conn.exec_driver_sql(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' "
+            "AND c.relnamespace = current_schema()::regnamespace "
+            "AND (c.relname ~ %(m)s OR c.relname IN (%(jl)s, %(al)s)) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid) ORDER BY 1",
+            {
+                "m": f"^({JOBS}|{ATTEMPTS})_p[0-9]{{4}}_[0-9]{{2}}$",
+                "jl": JOBS + LEGACY,
+                "al": ATTEMPTS + LEGACY,
+            },
+        ).scalars()
+    )
+
+
+def _range_of(conn: sa.Connection, name: str) -> tuple[str | None, str]:
+    """``(low, high)`` of the partition ``name`` (attached or not): a month's from its name, the
+    legacy partition's (low: None, unbounded) from the CHECK the conversion gave it."""
+    table = JOBS if name.startswith(JOBS) else ATTEMPTS
+    month = month_in(table, name)
+    if month is not None:
+        return start_of(month).isoformat(), start_of(add_months(month, 1)).isoformat()
+    check = conn.exec_driver_sql(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %(c)s",
+        {"c": f"ck_{table}_legacy"},
+    ).scalar_one()
+    found = re.search(r"'([^']+)'", check)
+    assert found is not None, check
+    return None, found[1]
+
+
+def _bound_of(conn: sa.Connection, name: str) -> str:
+    """The partition bound to attach ``name`` again with."""
+    low, high = _range_of(conn, name)
+    return f"FOR VALUES FROM ({'MINVALUE' if low is None else repr(low)}) TO ('{high}')"
+
+
+def _why_keep(conn: sa.Connection, name: str, cutoff: datetime | None) -> str | None:
+    """Why the detached jobs table ``name`` must stay (None: it may go). ``cutoff`` None: the
+    legacy partition, which goes only empty."""
+    if cutoff is None:
+        if conn.exec_driver_sql(f"SELECT 1 FROM {name} LIMIT 1").first():
+            return "not empty yet (the batched retention empties it)"
+        return None
     if conn.exec_driver_sql(f"SELECT 1 FROM {name} WHERE {LIVE_WHERE} LIMIT 1").first():
         return "holds a live job"
     if conn.exec_driver_sql(
         f"SELECT 1 FROM {name} WHERE updated_at >= %(c)s LIMIT 1", {"c": cutoff}
     ).first():
         return "a job changed within the retention"
+    return None
+
+
+def _drop_detached_jobs(conn: sa.Connection, name: str, cutoff: datetime | None) -> str | None:
+    """Drop the detached jobs table ``name`` with its counts, or attach it again and say why."""
+    conn.exec_driver_sql(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")  # nobody else uses it
+    why = _why_keep(conn, name, cutoff)
+    if why is not None:
+        conn.exec_driver_sql(f"ALTER TABLE {JOBS} ATTACH PARTITION {name} {_bound_of(conn, name)}")
+        conn.exec_driver_sql(  # the keys taken away before the detach (see _drop_jobs)
+            f"INSERT INTO {DEDUPE} (queue, dedupe_key, job_id, created_at) "
+            f"SELECT queue, dedupe_key, id, created_at FROM {name} WHERE {DEDUPE_WHERE} "
+            "ON CONFLICT DO NOTHING"
+        )
+        return why
     finished = ", ".join(f"'{s}'" for s in FINISHED_STATUSES)
     gone: Counter[tuple[str, str]] = Counter()
     for queue, status, n in conn.exec_driver_sql(
         f"SELECT queue, status, count(*) FROM {name} WHERE status IN ({finished}) GROUP BY 1, 2"
     ):
         gone[(queue, status)] -= n
-    conn.exec_driver_sql(
-        f"DELETE FROM {DEDUPE} WHERE created_at >= %(lo)s AND created_at < %(hi)s",
-        {"lo": start_of(month), "hi": start_of(add_months(month, 1))},
-    )
     conn.exec_driver_sql(f"DROP TABLE {name}")
     outbox.add_counts(conn, gone)  # last: see add_counts
     return None
+
+
+def _drop_jobs(
+    engine: Engine, name: str, cutoff: datetime | None, lock_timeout: float
+) -> str | None:
+    """Detach the jobs partition ``name`` and drop it (None), or say why it stays."""
+    with engine.connect() as conn:  # the common reason to keep a month, from the live index
+        if (
+            cutoff is not None
+            and conn.exec_driver_sql(f"SELECT 1 FROM {name} WHERE {LIVE_WHERE} LIMIT 1").first()
+        ):
+            return "holds a live job"
+        if cutoff is None and conn.exec_driver_sql(f"SELECT 1 FROM {name} LIMIT 1").first():
+            return "not empty yet (the batched retention empties it)"
+    with engine.begin() as conn:
+        # Its keys go first: a producer re-using one meanwhile makes a new job (the old one is
+        # past the retention) instead of finding a key whose job it cannot see. A key's row
+        # carries its job's created_at, so the partition's bound selects them (an index).
+        low, high = _range_of(conn, name)
+        conn.exec_driver_sql(
+            f"DELETE FROM {DEDUPE} WHERE created_at < %(high)s"
+            + ("" if low is None else " AND created_at >= %(low)s"),
+            {"low": low, "high": high},
+        )
+    _detach(engine, JOBS, name)
+    why: str | None = None
+
+    def drop(conn: sa.Connection) -> None:
+        nonlocal why
+        why = _drop_detached_jobs(conn, name, cutoff)
+
+    _with_retries(engine, drop, lock_timeout, 3, f"drop {name}")
+    return why
+
+
+def _drop_table(engine: Engine, parent: str, name: str) -> None:
+    _detach(engine, parent, name)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+MAINTAINER_LOCK = 0x6563647001  # pg_try_advisory_lock: one maintainer drops at a time
 
 
 def drop_behind(
     engine: Engine, now: datetime, retention: timedelta, lock_timeout: float = LOCK_TIMEOUT
 ) -> Maintained:
     """Drop the months of jobs the retention no longer keeps, the attempts whose jobs are all
-    gone, and the legacy partitions once the batched retention has emptied them."""
+    gone, and the legacy partitions once the batched retention has emptied them. Nothing here
+    holds producers or workers back (see ``DETACH_TIMEOUT``'s comment). With several sweepers,
+    one does it and the others skip their round."""
+    with engine.connect() as guard:
+        guard.execution_options(isolation_level="AUTOCOMMIT")
+        if not guard.exec_driver_sql(
+            "SELECT pg_try_advisory_lock(%s)", (MAINTAINER_LOCK,)
+        ).scalar():
+            return Maintained(kept={"*": "another sweeper is maintaining the partitions"})
+        try:
+            return _drop_behind(engine, now, retention, lock_timeout)
+        finally:
+            guard.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (MAINTAINER_LOCK,))
+
+
+def _drop_behind(
+    engine: Engine, now: datetime, retention: timedelta, lock_timeout: float
+) -> Maintained:
     done = Maintained()
+    cutoff = now - retention
+    with engine.begin() as conn:
+        _finish_detaches(conn)
+        leftovers = _detached(conn)
+    for name in leftovers:  # an earlier round stopped between its detach and its drop
+        if name.startswith(ATTEMPTS):
+            _drop_table(engine, ATTEMPTS, name)
+            done.dropped.append(name)
+            continue
+        with engine.begin() as conn:
+            legacy = name == JOBS + LEGACY
+            why = _drop_detached_jobs(conn, name, None if legacy else cutoff)
+        if why is None:
+            done.dropped.append(name)
+        else:
+            done.kept[name] = why
     with engine.connect() as conn:
         have = layout(conn)
     job_months = set(have.job_months)
     for month in old_enough(have.job_months, now, retention):
         name = partition_name(JOBS, month)
-        try:
-            with engine.begin() as conn:
-                why = _drop_jobs_month(conn, month, now - retention, lock_timeout)
-                if why is not None:
-                    conn.rollback()
-        except sa.exc.DBAPIError as exc:
-            if not _is_lock_timeout(exc):
-                raise
-            why = "its lock was not granted (next time)"
+        why = _drop_jobs(engine, name, cutoff, lock_timeout)
         if why is None:
             done.dropped.append(name)
             job_months.discard(month)
@@ -527,21 +680,12 @@ def drop_behind(
             done.kept[name] = why
     legacy_jobs = have.legacy_jobs
     if legacy_jobs:
-        try:
-            with engine.begin() as conn:
-                _set_lock_timeout(conn, lock_timeout)
-                conn.exec_driver_sql(f"LOCK TABLE {JOBS}{LEGACY} IN SHARE MODE")
-                if not conn.exec_driver_sql(f"SELECT 1 FROM {JOBS}{LEGACY} LIMIT 1").first():
-                    conn.exec_driver_sql(f"DROP TABLE {JOBS}{LEGACY}")
-                    legacy_jobs = False
-        except sa.exc.DBAPIError as exc:
-            if not _is_lock_timeout(exc):
-                raise
-            legacy_jobs = True
-        if legacy_jobs:
-            done.kept[JOBS + LEGACY] = "not empty yet (the batched retention empties it)"
-        else:
+        why = _drop_jobs(engine, JOBS + LEGACY, None, lock_timeout)
+        if why is None:
             done.dropped.append(JOBS + LEGACY)
+            legacy_jobs = False
+        else:
+            done.kept[JOBS + LEGACY] = why
     drops = [
         partition_name(ATTEMPTS, m)
         for m in attempts_to_drop(have.attempt_months, job_months, legacy_jobs)
@@ -549,15 +693,8 @@ def drop_behind(
     if have.legacy_attempts and not legacy_jobs:
         drops.insert(0, ATTEMPTS + LEGACY)
     for name in drops:
-        try:
-            with engine.begin() as conn:
-                _set_lock_timeout(conn, lock_timeout)
-                conn.exec_driver_sql(f"DROP TABLE {name}")
-            done.dropped.append(name)
-        except sa.exc.DBAPIError as exc:
-            if not _is_lock_timeout(exc):
-                raise
-            done.kept[name] = "its lock was not granted (next time)"
+        _drop_table(engine, ATTEMPTS, name)
+        done.dropped.append(name)
     return done
 
 

@@ -386,3 +386,87 @@ def test_batched_retention_keeps_to_the_legacy_partition(pg_url: str) -> None:
     with engine.connect() as conn:
         assert parts.batched_scope(conn) == (False, None)
     assert Retention(engine, timedelta(days=1)).run_once() == Purged(0, 0)
+
+
+def test_a_month_goes_while_workers_and_producers_keep_writing(env: str) -> None:
+    """Under steady traffic (every UPDATE by id locks every month) the drop is not starved and
+    holds nobody back: it detaches the month concurrently and drops it detached. Checking or
+    dropping it while attached needed a lock that traffic never let through, and each try made
+    every producer wait for the lock timeout."""
+    now = utcnow()
+    engine = partitioned(env, months_back=3)
+    old = month_back(now, 2)
+    with engine.begin() as conn:
+        finish(conn, old, [new_job(1, key="k1"), new_job(2)], "delivered")
+        live = insert_jobs(conn, [new_job(3)], now)  # the job the "worker" keeps updating
+    stop, errors, worst = threading.Event(), [], [0.0, 0.0]
+
+    def keep(slot: int, work: str) -> None:
+        try:
+            while not stop.is_set():
+                began = time.perf_counter()
+                with engine.begin() as conn:
+                    if work == "update":
+                        conn.exec_driver_sql(
+                            "UPDATE dispatcher_jobs SET updated_at = now() WHERE id = %(i)s",
+                            {"i": live[0]},
+                        )
+                        time.sleep(0.02)  # a transaction in progress most of the time
+                    else:
+                        insert_jobs(conn, [new_job(4)], utcnow())
+                worst[slot] = max(worst[slot], time.perf_counter() - began)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=keep, args=(0, "update")),
+        threading.Thread(target=keep, args=(1, "update")),
+        threading.Thread(target=keep, args=(1, "insert")),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        done = parts.drop_behind(engine, now, timedelta(days=1), lock_timeout=2.0)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    old_jobs = parts.partition_name("dispatcher_jobs", parts.month_of(old))
+    assert old_jobs in done.dropped, done.kept
+    assert not errors
+    # A waiting lock would have held the producer for the lock timeout (2 s).
+    assert worst[1] < 1.0, worst
+    assert count_rows(engine) == {}
+    with engine.connect() as conn:
+        assert list(conn.exec_driver_sql("SELECT dedupe_key FROM dispatcher_dedupe")) == []
+        assert parts.month_of(old) not in parts.layout(conn).job_months
+
+
+def test_a_round_stopped_after_its_detach_is_finished_by_the_next(env: str) -> None:
+    """A month detached but not dropped (the sweeper died in between) is dropped by the next
+    round if it may go, and attached again, its keys back, if it may not (a job made live)."""
+    now = utcnow()
+    engine = partitioned(env, months_back=4)
+    done_month, live_month = month_back(now, 3), month_back(now, 2)
+    with engine.begin() as conn:
+        finish(conn, done_month, [new_job(1)], "dead")
+        finish(conn, live_month, [new_job(2, key="kept")], "delivered")
+        replayed = insert_jobs(conn, [new_job(3)], live_month)  # pending: its month must stay
+    names = [
+        parts.partition_name("dispatcher_jobs", parts.month_of(m)) for m in (done_month, live_month)
+    ]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM dispatcher_dedupe")  # as the round does before detaching
+        for name in names:
+            conn.exec_driver_sql(f"ALTER TABLE dispatcher_jobs DETACH PARTITION {name}")
+    done = parts.drop_behind(engine, now, timedelta(days=1))
+    assert names[0] in done.dropped
+    assert done.kept[names[1]] == "holds a live job"
+    assert count_rows(engine) == {("default", "delivered"): 1}  # the dead one's count went
+    with engine.connect() as conn:
+        assert parts.month_of(live_month) in parts.layout(conn).job_months
+        ids = set(conn.exec_driver_sql("SELECT id FROM dispatcher_jobs").scalars())
+        keys = list(conn.exec_driver_sql("SELECT dedupe_key FROM dispatcher_dedupe").scalars())
+    assert replayed[0] in ids and keys == ["kept"]
