@@ -169,6 +169,12 @@ def _require_postgresql(engine: Engine) -> None:
         raise NotSupported(
             f"the partitioned layout needs PostgreSQL; this outbox is on {engine.dialect.name}"
         )
+    with engine.connect() as conn:
+        version = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+    if version < 140000:  # DETACH PARTITION ... CONCURRENTLY: see drop_behind
+        raise NotSupported(
+            f"the partitioned layout needs PostgreSQL 14 or newer; this server is {version}"
+        )
 
 
 def _set_lock_timeout(conn: sa.Connection, seconds: float) -> None:
