@@ -206,6 +206,11 @@ class AfterSweep:
         return self.view()
 
 
+# Without a sweeper (which every deployment runs: it keeps the chart buckets) the overview measures
+# the last hour of attempts: shown for comparison, with no target.
+UNSWEPT = "overview page queries, no sweeper running"
+
+
 def views(url: str) -> dict[str, Callable[[], Any]]:
     from dispatcher.web.metrics import Metrics
 
@@ -216,7 +221,7 @@ def views(url: str) -> dict[str, Callable[[], Any]]:
     return {
         "stats (CLI, /api/queues)": lambda: admin.stats(engine, now),
         "/metrics gauges (refresh)": metrics.refresh,
-        "overview page queries": lambda: (
+        UNSWEPT: lambda: (
             admin.stats(engine, now),
             admin.delivered_per_minute(engine, now),
         ),
@@ -256,8 +261,8 @@ def bench_reads(rows: int) -> str:
             f"{name} ms",
             f"{s_best:.1f} at 10k, {b_best:.1f} (median {b_median:.1f}, first {b_first:.0f}) "
             f"at {rows / 1e6:g}M",
-            "<= 50 ms at 10M",
-            b_best <= 50,
+            "" if name == UNSWEPT else "<= 50 ms at 10M",
+            None if name == UNSWEPT else b_best <= 50,
         )
     return big
 
@@ -620,12 +625,13 @@ def _purge_all(url: str, older_than_days: float, out: Any) -> None:
 def bench_full_purge(big: str, n: int) -> None:
     """A whole purge of the older half of the history (5M rows at 10M), start to finish, with a
     drain of ``n`` jobs after another beside it for as long as it runs; against the same drain
-    alone before and after. Medians, not the best: every drain of the purge counts."""
+    alone before it (the target) and after it (while autovacuum cleans up what it deleted).
+    Medians, not the best: every drain of the purge counts."""
     ctx = mp.get_context("spawn")
-    alone: list[float] = []
-    for _ in range(2):
+    before: list[float] = []
+    for _ in range(3):
         enqueue(big, {"q1": n})
-        alone.append(drain(big, 1, ["q1"]))
+        before.append(drain(big, 1, ["q1"]))
     out = ctx.Queue()
     purger = ctx.Process(target=_purge_all, args=(big, 15.0, out))
     purger.start()
@@ -635,21 +641,24 @@ def bench_full_purge(big: str, n: int) -> None:
         during.append(drain(big, 1, ["q1"]))
     removed, took = out.get(timeout=60)
     purger.join()
-    for _ in range(2):
+    after: list[float] = []
+    for _ in range(3):
         enqueue(big, {"q1": n})
-        alone.append(drain(big, 1, ["q1"]))
-    before = statistics.median(alone)
-    mid = statistics.median(during)
+        after.append(drain(big, 1, ["q1"]))
+    alone, mid = statistics.median(before), statistics.median(during)
+    quartiles = statistics.quantiles(during, n=4) if len(during) > 1 else during * 3
     figure(
         f"whole purge of {removed / 1e6:.1f}M jobs",
         f"{took:.0f} s ({removed / took:,.0f} jobs/s)",
     )
     figure(
         "drain during the whole purge",
-        f"median {mid:,.0f} jobs/s over {len(during)} drains (worst {min(during):,.0f}) vs "
-        f"{before:,.0f} alone ({mid / before:.2f}x)",
+        f"median {mid:,.0f} jobs/s over {len(during)} drains (quartiles "
+        f"{', '.join(f'{q:,.0f}' for q in quartiles)}; worst {min(during):,.0f}) vs "
+        f"{alone:,.0f} alone before it ({mid / alone:.2f}x); after it "
+        f"{', '.join(f'{r:,.0f}' for r in after)}",
         ">= 0.8x",
-        mid >= 0.8 * before,
+        mid >= 0.8 * alone,
     )
 
 

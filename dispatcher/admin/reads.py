@@ -376,31 +376,45 @@ def _id_split(
     ``cutoff`` plus the margin has an id above ``early``, and every row whose ``at`` is before
     ``cutoff`` minus the margin an id below ``late``. Both bounds are rows seen (or 0), so this
     holds for rows not yet committed too."""
-    first, last = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
+    first_at = sa.select(at).where(table.c.id == sa.func.min(table.c.id).select().scalar_subquery())
+    first, last, started = conn.execute(
+        sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id), first_at.scalar_subquery())
+    ).one()
     if first is None or last is None:
         return 0, None
-
-    def first_at(number: int) -> tuple[int, datetime]:
-        row = conn.execute(
-            sa.select(table.c.id, at).where(table.c.id >= number).order_by(table.c.id).limit(1)
-        ).one()
-        return int(row[0]), row[1]
-
-    low, started = first_at(int(first))
     if started >= cutoff:
-        return 0, low
+        return 0, int(first)
+    # The search in one statement (one round trip instead of one per step), each step as in
+    #     middle = (low + high) // 2; found = the first id >= middle
+    #     if found < high and found's at < cutoff: low = found
+    #     else: high, late = middle, found
     # Invariant: the row at `low` is early; the first row at or after `high` is `late` (None:
     # there is none), and it is late.
-    high, late = int(last) + 1, None
-    while high - low > 1:
-        middle = (low + high) // 2
-        found, started = first_at(middle)
-        if found < high and started < cutoff:
-            low = found
-        else:
-            high = middle
-            late = found
-    return low, late
+    step = sa.select(
+        sa.literal(int(first), sa.BigInteger).label("low"),
+        sa.literal(int(last) + 1, sa.BigInteger).label("high"),
+        sa.null().cast(sa.BigInteger).label("late"),
+    ).cte("search", recursive=True)
+    middle = (step.c.low + step.c.high) // 2
+    found = (  # the table's own FROM, also inside found_at (where it would correlate)
+        sa.select(sa.func.min(table.c.id))
+        .where(table.c.id >= middle)
+        .correlate_except(table)
+        .scalar_subquery()
+    )
+    found_at = sa.select(at).where(table.c.id == found).scalar_subquery()
+    early = sa.and_(found < step.c.high, found_at < cutoff)
+    step = step.union_all(
+        sa.select(
+            sa.case((early, found), else_=step.c.low),
+            sa.case((early, step.c.high), else_=middle),
+            sa.case((early, step.c.late), else_=found),
+        ).where(step.c.high - step.c.low > 1)
+    )
+    low, late = conn.execute(
+        sa.select(step.c.low, step.c.late).where(step.c.high - step.c.low <= 1)
+    ).one()
+    return int(low), None if late is None else int(late)
 
 
 def _id_floor(conn: sa.Connection, since: datetime) -> int:
