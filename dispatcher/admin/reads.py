@@ -476,9 +476,7 @@ def activity(bind: Bind, queue: str, now: datetime, window: str = "1h") -> Activ
                 activity_marks.c.queue == queue, activity_marks.c.step_seconds == step
             )
         ).first()
-        since = start  # measured from here on; the buckets before come from the kept ones
-        if mark is not None and mark.since <= start < mark.through:
-            since = min(mark.through, end)
+        since = _kept_until(mark, start, end)  # measured from here on; before: kept buckets
         kept: dict[datetime, ActivityBucket] = {}
         if since > start:
             for r in conn.execute(
@@ -503,6 +501,15 @@ def activity(bind: Bind, queue: str, now: datetime, window: str = "1h") -> Activ
     return Activity(queue, window, step, start, end, tuple(buckets))
 
 
+def _kept_until(mark: Any, start: datetime, end: datetime) -> datetime:
+    """Where a window ``[start, end)`` is measured from: the end of what ``mark`` (a row of
+    ``dispatcher_activity_marks``, or None) says is kept, if it covers the window's start."""
+    if mark is not None and mark.since <= start < mark.through:
+        through: datetime = mark.through
+        return min(through, end)
+    return start
+
+
 def keep_activity(engine: sa.Engine, now: datetime) -> int:
     """Measure and keep the settled chart buckets of both windows for every queue (that has a
     job or a queue row), as a view of each would, in one grouped query per window over the
@@ -525,11 +532,7 @@ def keep_activity(engine: sa.Engine, now: datetime) -> int:
                     sa.select(activity_marks).where(activity_marks.c.step_seconds == step)
                 )
             }
-            since = {}
-            for name in names:
-                mark = marks.get(name)
-                valid = mark is not None and mark.since <= start < mark.through
-                since[name] = min(mark.through, end) if valid and mark is not None else start
+            since = {name: _kept_until(marks.get(name), start, end) for name in names}
             due = {name: at for name, at in since.items() if at < through}
             if not due:
                 conn.rollback()
