@@ -830,7 +830,16 @@ def test_purge_removes_only_old_finished_jobs(
     assert run("purge", "--older-than", "30d").stdout == "purged 0 jobs and 0 attempts\n"
 
 
-def test_purge_in_batches(outbox: Outbox, run: Callable[..., Result], engine: sa.Engine) -> None:
+def test_purge_in_batches(
+    outbox: Outbox,
+    run: Callable[..., Result],
+    engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatcher.admin import actions
+
+    monkeypatch.setattr(actions, "PURGE_VACUUM_EVERY", 20)
+    started = utcnow()
     ids = enqueue_many([CustomEvent(500, customer_id=n) for n in range(25)])
     with engine.begin() as conn:
         conn.execute(
@@ -858,6 +867,23 @@ def test_purge_in_batches(outbox: Outbox, run: Callable[..., Result], engine: sa
     deletes = [s for s in seen if s.lstrip().upper().startswith("DELETE FROM DISPATCHER_JOBS")]
     assert len(deletes) == 3  # 10 + 10 + 5
     assert set(history_ids(run, "--limit", "100")) == set(outbox.default + outbox.eu)
+    # PostgreSQL: what it deleted is vacuumed as it goes (after 20 jobs) and at the end, with an
+    # ANALYZE; not waiting for autovacuum (late, throttled, or off). SQLite needs none.
+    vacuums = [s.strip() for s in seen if s.lstrip().upper().startswith("VACUUM")]
+    if engine.dialect.name != "postgresql":
+        assert vacuums == []
+        return
+    assert vacuums == [
+        "VACUUM dispatcher_jobs, dispatcher_attempts",
+        "VACUUM (ANALYZE) dispatcher_jobs, dispatcher_attempts",
+    ]
+    with engine.connect() as conn:
+        done = conn.exec_driver_sql(
+            "SELECT relname, last_vacuum, last_analyze FROM pg_stat_user_tables "
+            "WHERE relname IN ('dispatcher_jobs', 'dispatcher_attempts')"
+        ).all()
+    assert len(done) == 2
+    assert all(r.last_vacuum >= started and r.last_analyze >= started for r in done), done
 
 
 def test_purge_refuses_live_statuses(outbox: Outbox, run: Callable[..., Result]) -> None:
