@@ -84,6 +84,16 @@ def make_db(name: str, revision: str = "head") -> str:
     return url
 
 
+def server_settings() -> str:
+    """The server's settings that change these figures (autovacuum is off on some machines: then
+    nothing but the product's own VACUUMs cleans dead rows)."""
+    names = ("server_version", "autovacuum", "shared_buffers", "synchronous_commit")
+    with server().connect() as conn:
+        return ", ".join(
+            f"{name} {conn.exec_driver_sql(f'SHOW {name}').scalar_one()}" for name in names
+        )
+
+
 def drop_all() -> None:
     """Drop the databases this run made (only those: another run may be using its own)."""
     dispose_engines()
@@ -625,8 +635,8 @@ def _purge_all(url: str, older_than_days: float, out: Any) -> None:
 def bench_full_purge(big: str, n: int) -> None:
     """A whole purge of the older half of the history (5M rows at 10M), start to finish, with a
     drain of ``n`` jobs after another beside it for as long as it runs; against the same drain
-    alone before it (the target) and after it (while autovacuum cleans up what it deleted).
-    Medians, not the best: every drain of the purge counts."""
+    alone before it (the target) and after it. Medians, not the best: every drain of the purge
+    counts."""
     ctx = mp.get_context("spawn")
     before: list[float] = []
     for _ in range(3):
@@ -785,7 +795,7 @@ def main() -> None:
         drop_all()
     print(
         f"\nScale figures ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-        f"{time.perf_counter() - started:.0f} s)"
+        f"{time.perf_counter() - started:.0f} s; PostgreSQL {server_settings()})"
     )
     width = max(len(r[0]) for r in RESULTS) if RESULTS else 10
     for name, value, target, verdict in RESULTS:
