@@ -316,6 +316,9 @@ def test_serve_forever_prints_the_url_but_not_the_key() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C at a terminal: SIGINT as it is there. A shell's background job (`bash .ci/run &`)
+        # ignores SIGINT, and the child would inherit that and never stop.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
