@@ -44,6 +44,7 @@ TABLES = (
     "dispatcher_activity",
     "dispatcher_activity_marks",
 )
+EMPTY_OUTBOX = f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"
 
 
 def require(url: str | None, what: str) -> str:
@@ -93,7 +94,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
     else:
         url = request.getfixturevalue("pg_test_url")
         with get_engine(url).begin() as conn:
-            conn.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+            conn.exec_driver_sql(EMPTY_OUTBOX)
         yield url
     dispose_engines()
 

@@ -25,7 +25,7 @@ from dispatcher.breaker import BreakerPolicy
 from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
 from dispatcher.schema import FINISHED_STATUSES, counts, jobs
 
-from ..conftest import PG_URL
+from ..conftest import EMPTY_OUTBOX, PG_URL
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -528,9 +528,7 @@ def test_a_claim_plans_cheaply_while_purged_dead_rows_await_vacuum(pg_test_url: 
     engine = get_engine(pg_test_url)
     purged = 150_000
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts RESTART IDENTITY"
-        )
+        conn.exec_driver_sql(EMPTY_OUTBOX)
         conn.exec_driver_sql("ALTER TABLE dispatcher_jobs SET (autovacuum_enabled = false)")
         conn.exec_driver_sql(
             "INSERT INTO dispatcher_jobs (queue, endpoint, custom_event_id, payload, status, "
@@ -548,22 +546,17 @@ def test_a_claim_plans_cheaply_while_purged_dead_rows_await_vacuum(pg_test_url: 
         with engine.begin() as conn:
             new = [outbox.NewJob("default", "/scenariocustomevents", 1, None, "{}")] * 20
             outbox.insert_jobs(conn, new, NOW)
-        seen: list[tuple[str, object]] = []
 
-        def note(
-            conn: object, cursor: object, statement: str, parameters: object, *_: object
-        ) -> None:
-            if statement.lstrip().startswith("UPDATE dispatcher_jobs"):
-                seen.append((statement, parameters))
-
-        sa.event.listen(engine, "before_cursor_execute", note)
-        try:
+        def claim() -> None:
             with engine.begin() as conn:
                 assert len(outbox.claim(conn, "default", 10, NOW, 30.0)) == 10
                 conn.rollback()
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", note)
-        ((statement, parameters),) = seen
+
+        ((statement, parameters),) = [
+            (s, p)
+            for s, p in statements(engine, claim)
+            if s.lstrip().startswith("UPDATE dispatcher_jobs")
+        ]
         with engine.begin() as conn:
             for _ in range(2):  # the second: catalogs cached, only the plan's own reads count
                 plan = conn.exec_driver_sql(
@@ -577,9 +570,7 @@ def test_a_claim_plans_cheaply_while_purged_dead_rows_await_vacuum(pg_test_url: 
     finally:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ALTER TABLE dispatcher_jobs RESET (autovacuum_enabled)")
-            conn.exec_driver_sql(
-                "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts RESTART IDENTITY"
-            )
+            conn.exec_driver_sql(EMPTY_OUTBOX)
 
 
 @pytest.mark.postgres
@@ -602,9 +593,7 @@ def test_a_purge_that_may_not_vacuum_says_so_and_still_purges(
     as_role = sa.create_engine(sa.make_url(pg_test_url).set(username=role))
     try:
         with owner.begin() as conn:
-            conn.exec_driver_sql(
-                "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_counts RESTART IDENTITY"
-            )
+            conn.exec_driver_sql(EMPTY_OUTBOX)
             new = [outbox.NewJob("default", "/scenariocustomevents", 1, None, "{}")] * 5
             outbox.insert_jobs(conn, new, NOW)
             conn.execute(
