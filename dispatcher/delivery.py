@@ -40,15 +40,15 @@ from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient, Sender
 from dispatcher.outbox import AttemptResult, Claimed
 from dispatcher.policy import Outcome, QueueEffect, decide, truncate_body
+from dispatcher.window import SendWindow, WindowPolicy
 
 log = logging.getLogger("dispatcher.delivery")
 
 T = TypeVar("T")
 Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answer) as they come
 Breaker = Window[tuple[int, datetime]]  # keyed by (job id, attempt started at): see open_circuit
-LATENCY_SAMPLES = 100  # answers that _window() looks back over
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
-IN_FLIGHT_PER_MS = 4  # requests kept in flight per millisecond of the API's answer time
+WINDOW_REPORT_SECONDS = 1.0  # how often a drain writes its window to the queue's row, at most
 POLL_SECONDS = 0.1  # how often a worker waiting for answers looks at its leases and the stop flag
 
 
@@ -113,6 +113,7 @@ class _Drain:
     answered: Answered = field(default_factory=queues.SimpleQueue)  # answers not yet judged
     done: list[AttemptResult] = field(default_factory=list)  # judged, not yet recorded
     sent: dict[int, Claimed] = field(default_factory=dict)  # in flight, by job id
+    load: dict[int, int] = field(default_factory=dict)  # in flight when each was sent
     leases: Counter[str] = field(default_factory=Counter)  # jobs held per lease token
     renewed_at: float = 0.0
     checked_at: float = float("-inf")  # when the last queue_state() read began
@@ -122,6 +123,7 @@ class _Drain:
     trip: str | None = None  # this worker saw the circuit trip, and why: to record
     grace_until: float | None = None  # shutting down: wait for answers until then
     last_answer_at: float = 0.0
+    window_reported: tuple[int, float] = (-1, float("-inf"))  # (window, when) last written
 
     def hold(self, claimed: list[Claimed]) -> None:
         self.leases.update(c.lease_token for c in claimed)
@@ -142,6 +144,9 @@ class Deliverer:
     ) -> None:
         check_lease(settings)
         self.settings = settings
+        self.window_policy = WindowPolicy(
+            maximum=settings.max_in_flight, initial=min(8, settings.max_in_flight)
+        )
         self.webhook = settings.alert_webhook_url
         self.engine = engine or get_engine(settings.database_url)
         self.client: Sender = client or EcdpClient(
@@ -152,7 +157,7 @@ class Deliverer:
             body_limit=settings.response_body_limit,
             proxy_url=proxy.reveal() if (proxy := settings.proxy_url()) else None,
         )
-        self._latencies_ms: deque[int] = deque(maxlen=LATENCY_SAMPLES)  # see _window()
+        self._windows: dict[str, SendWindow] = {}  # this process's in-flight window, per queue
         self._breakers: dict[str, Breaker] = {}  # this process's recent answers, per queue
 
     def close(self) -> None:
@@ -195,7 +200,7 @@ class Deliverer:
         deadline passes. Leaves in ``d`` what the caller must record and give back."""
         while True:
             self._upkeep(d)
-            window = self._window()  # changes only as answers come in
+            window = self._window(d.queue).limit  # changes only as answers come in
             while not d.stop and len(d.sent) < window:
                 if not d.inbox and not d.exhausted and time.monotonic() < d.deadline:
                     self._flush(d)  # recorded jobs leave the in-flight ceiling
@@ -219,6 +224,7 @@ class Deliverer:
                 self._send(job, d)
                 d.inbox.popleft()  # only once sent: a job that failed to go out is given back
                 d.sent[job.id] = job
+                d.load[job.id] = len(d.sent)
             if not d.sent:
                 return
             finished = self._collect(d)
@@ -312,21 +318,13 @@ class Deliverer:
             return False
         return True
 
-    def _window(self) -> int:
-        """How many requests to keep in flight. Little's law: R requests/s at latency L need
-        R x L in flight; a process sends a few thousand a second, so about four per millisecond
-        of latency, at least 2, at most ``max_in_flight`` (measured, ``bench/run.py``: with two,
-        an API 50 ms away got 0.52 x the drain of a nearby one; with four, 0.98 x).
-
-        L is the quickest of the recent answers, not their average: what the API takes when it is
-        not queueing our own requests. An average would read an API slowed down by our load as
-        a reason to send it more at once (and a revoked key would cost a hundred 401s instead of
-        a few); the minimum stays a few ms against a nearby API and ~50 against one 50 ms away.
-        """
-        return min(
-            self.settings.max_in_flight,
-            max(2, IN_FLIGHT_PER_MS * min(self._latencies_ms, default=5)),
-        )
+    def _window(self, queue: str) -> SendWindow:
+        """The queue's in-flight window in this process (:mod:`dispatcher.window`): it lives
+        across drains, so what one drain learnt of the API the next one starts from."""
+        window = self._windows.get(queue)
+        if window is None:
+            window = self._windows[queue] = SendWindow(self.window_policy, time.monotonic())
+        return window
 
     def _send(self, job: Claimed, d: _Drain) -> None:
         answered = d.answered
@@ -369,11 +367,16 @@ class Deliverer:
         probes = [r for r in results if r.job.probe]
         refund = self._breaker(d.queue).outages() if trip else []
         breaker = self.settings.breaker
+        window = self._window(d.queue).limit
+        reported, reported_at = d.window_reported
+        report = window != reported and time.monotonic() - reported_at >= WINDOW_REPORT_SECONDS
 
         def write() -> tuple[dict[str, AttemptResult], int, bool, bool | None]:
             with self.engine.begin() as conn:
                 now = utcnow()
                 paused = outbox.record(conn, results, now)
+                if report:
+                    outbox.report_window(conn, d.queue, window, now)
                 released = outbox.release(conn, unsent, now)
                 opened = trip is not None and outbox.open_circuit(
                     conn, d.queue, trip, now, breaker, refund
@@ -390,6 +393,8 @@ class Deliverer:
         d.let_go([r.job for r in results])
         d.let_go(unsent)
         d.done, d.trip = [], None
+        if report:
+            d.window_reported = (window, time.monotonic())
         d.summary.released += released
         for queue, r in paused.items():  # committed: announce each new pause once
             notify_pause(queue, r.status_code, r.decision.reason, webhook_url=self.webhook)
@@ -432,13 +437,20 @@ class Deliverer:
 
     def _judge_all(self, d: _Drain, finished: list[tuple[Claimed, Future[Answer]]]) -> None:
         window = self._breaker(d.queue)
+        sending = self._window(d.queue)
+        now = time.monotonic()
         for job, future in finished:
             result = self._judge(job, _answer_of(future), d.outage)
             d.done.append(result)
             if job.trace_context is not None:
                 _span(result)
-            if result.status_code is not None:  # a refused connection says nothing of L
-                self._latencies_ms.append(result.duration_ms)
+            sending.answered(
+                result.duration_ms,
+                failed=_congested(result.status_code),
+                in_flight=len(d.sent),
+                sent_in_flight=d.load.pop(job.id, 1),
+                now=now,
+            )
             effect = result.decision.effect
             if effect is not None:
                 d.stop = True  # a 401/403 pauses, a 429 cools down the whole queue
@@ -485,6 +497,7 @@ class Deliverer:
             body=answer.body,
             error=answer.error,
             now=answer.started_at,
+            sent=answer.sent,
         )
         if (outage or job.probe) and is_outage(answer.status_code):
             decision = uncounted(decision)
@@ -501,6 +514,7 @@ class Deliverer:
             error=None if decision.outcome is Outcome.DELIVERED else decision.reason,
             response_body=body,
             decision=decision,
+            sent=answer.sent,
         )
 
 
@@ -535,11 +549,12 @@ def _log_failure(r: AttemptResult) -> None:
     fields = {"queue": job.queue, "job_id": job.id, "status_code": r.status_code, "reason": reason}
     if decision.outcome is Outcome.DEAD:
         log.warning(
-            "dead letter job_id=%d queue=%s status_code=%s reason=%s",
+            "dead letter job_id=%d queue=%s status_code=%s reason=%s%s",
             job.id,
             job.queue,
             r.status_code,
             reason,
+            "; the next jobs of its ordering key go on without it" if job.ordering_key else "",
             extra={**fields, "attempt": attempt, "outcome": Outcome.DEAD.value},
         )
         return
@@ -554,6 +569,11 @@ def _log_failure(r: AttemptResult) -> None:
         reason,
         extra={**fields, "attempt": attempt, "outcome": "retry", "next_attempt_at": next_at},
     )
+
+
+def _congested(status_code: int | None) -> bool:
+    """Does this answer say the API is struggling with our load? (The window halves.)"""
+    return is_outage(status_code) or status_code == 429
 
 
 def _trip_reason(result: AttemptResult, window: Breaker) -> str:

@@ -20,6 +20,7 @@ requests/s; the rule was to keep the hand-made stack only if it beat the best of
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import ssl
@@ -57,10 +58,13 @@ class Answer:
     body_size: int  # the whole body's size (as far as it was read), to say how much was cut
     retry_after: str | None
     error: str | None
+    # Was the request's body completely written? An answer implies it. False: the request
+    # cannot have reached the API (a timeout while connecting or waiting for a connection).
+    sent: bool = True
 
     @classmethod
-    def failed(cls, started_at: datetime, start: float, error: str) -> Answer:
-        return cls(started_at, _ms_since(start), None, b"", 0, None, error[:1000])
+    def failed(cls, started_at: datetime, start: float, error: str, *, sent: bool = True) -> Answer:
+        return cls(started_at, _ms_since(start), None, b"", 0, None, error[:1000], sent)
 
 
 class Sender(Protocol):
@@ -227,6 +231,8 @@ class EcdpClient:
         start = time.perf_counter()
         url = self._prefix + endpoint
         headers = {**self._headers, "x-api-key": api_key.reveal()}
+        written = _Written()
+        _WRITTEN.set(written)  # the request's body-writing task gets a copy of this context
         try:
             async with asyncio.timeout(self._deadline):
                 for _ in range(self._max_connections + 1):  # each stale one is closed: a new one
@@ -253,18 +259,28 @@ class EcdpClient:
                         continue
                 raise StaleConnection("every connection had bytes nobody asked for")
         except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
-            return Answer.failed(started_at, start, "timeout: ConnectTimeout")
+            return Answer.failed(started_at, start, "timeout: ConnectTimeout", sent=False)
         except TimeoutError:  # our deadline; before NETWORK_ERRORS: TimeoutError is an OSError
+            if not written.body:
+                return Answer.failed(
+                    started_at,
+                    start,
+                    f"timeout: request not sent within {self._deadline:g}s (waiting for a "
+                    "connection)",
+                    sent=False,
+                )
             return Answer.failed(
                 started_at, start, f"timeout: no complete answer within {self._deadline:g}s"
             )
         except NETWORK_ERRORS as exc:
             # A header refused or echoed in a message: keep the key out of the attempt row.
             error = f"{_kind(exc)}: {exc}".replace(api_key.reveal(), "***")
-            return Answer.failed(started_at, start, f"connection error: {error}")
+            return Answer.failed(started_at, start, f"connection error: {error}", sent=written.body)
         except Exception as exc:  # a bug, not the API's answer: judged as a failed attempt
             log.exception("unexpected error sending to %s", self.base_url)
-            return Answer.failed(started_at, start, f"unexpected error: {type(exc).__name__}")
+            return Answer.failed(
+                started_at, start, f"unexpected error: {type(exc).__name__}", sent=written.body
+            )
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> tuple[bytes, int]:
         """Keep the first ``body_limit`` bytes; read and drop the rest (up to a few MiB) so the
@@ -309,6 +325,19 @@ def _forget_loop(ref: weakref.ref[EcdpClient]) -> Callable[[], None]:
     return after_fork_in_child
 
 
+class _Written:
+    """Set once a request's body has been handed to the connection whole: before that, the API
+    cannot have acted on it (it has not got a complete request)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self) -> None:
+        self.body = False
+
+
+_WRITTEN: contextvars.ContextVar[_Written] = contextvars.ContextVar("ecdp_written")
+
+
 class StaleConnection(aiohttp.ClientConnectionError):
     """A kept-alive connection received bytes while it idled (a server's 408 before it closes,
     say): they would be taken for the answer to the next request sent on it."""
@@ -324,6 +353,19 @@ class _Request(aiohttp.ClientRequest):
         if conn.protocol is not None and conn.protocol.should_close:
             raise StaleConnection("bytes arrived on the idle connection")
         return await super().send(conn)
+
+    async def write_bytes(
+        self,
+        writer: aiohttp.abc.AbstractStreamWriter,
+        conn: aiohttp.connector.Connection,
+        content_length: int | None = None,
+    ) -> None:
+        """Runs in a task of its own (a copy of :meth:`EcdpClient._post`'s context): says when
+        the whole body has been written."""
+        await super().write_bytes(writer, conn, content_length)
+        written = _WRITTEN.get(None)
+        if written is not None:
+            written.body = True
 
 
 def _proxy(url: str) -> tuple[str, str | None]:

@@ -34,6 +34,9 @@ from dispatcher.schema import (
 )
 
 _DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
+_EARLIER_LIVE = sa.text(
+    "earlier.ordering_key IS NOT NULL AND earlier.status IN ('pending', 'in_flight', 'retrying')"
+)  # = ORDERING_WHERE on the alias "earlier" (see _first_of_its_key)
 
 # The contract between a pause and the workers: a sending worker re-reads its queue's row
 # (queue_state) whenever its last reading began more than STATE_CHECK_SECONDS ago, and an
@@ -54,6 +57,7 @@ class NewJob:
     payload: str
     dedupe_key: str | None = None
     trace_context: str | None = None  # the producer's, under OpenTelemetry (see tracing.py)
+    ordering_key: str | None = None  # sent one at a time, in commit order, per queue and key
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class Claimed:
     probe: bool = False  # the one request that tests an open circuit (see claim_probe)
     custom_event_id: int | None = None
     trace_context: str | None = None
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,13 @@ class AttemptResult:
     error: str | None
     response_body: str | None
     decision: Decision
+    sent: bool = True  # the body was completely written (False: it cannot have reached the API)
+
+    @property
+    def maybe_twice(self) -> bool:
+        """No answer after the body was sent, and the job goes out again: the API may have
+        acted on both (ECDP has no idempotency key)."""
+        return self.status_code is None and self.sent and self.decision.outcome is Outcome.RETRY
 
 
 _CLAIMED = (
@@ -105,6 +117,7 @@ _CLAIMED = (
     jobs.c.attempts,
     jobs.c.custom_event_id,
     jobs.c.trace_context,
+    jobs.c.ordering_key,
 )
 
 
@@ -119,6 +132,7 @@ def _claimed(row: Any, queue: str, token: str, *, probe: bool = False) -> Claime
         probe=probe,
         custom_event_id=row.custom_event_id,
         trace_context=row.trace_context,
+        ordering_key=row.ordering_key,
     )
 
 
@@ -139,6 +153,7 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
             "payload": r.payload,
             "dedupe_key": r.dedupe_key,
             "trace_context": r.trace_context,
+            "ordering_key": r.ordering_key,
             "status": JobStatus.PENDING,
             "attempts": 0,
             "next_attempt_at": now,
@@ -147,6 +162,22 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+# Ordering keys: a key's jobs are sent in id order (see _lease), and id order must be commit
+# order. Two transactions that insert jobs of one key at once could commit in the other order
+# than their ids were given out. So on PostgreSQL a producer takes a transaction-scoped advisory
+# lock on (queue, key) before its INSERT: the second writer of a key waits for the first one's
+# commit (or rollback), then takes its id, a larger one. Different keys never wait for each
+# other (a hash collision only makes two keys wait like one). SQLite has one writer at a time:
+# id order is commit order there already. Keys are locked in sorted order: no deadlock between
+# two producers that write several keys.
+_ORDERING_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def ordering_locks(rows: Sequence[NewJob]) -> list[str]:
+    """The advisory lock names (sorted, distinct) that ``rows`` need before their INSERT."""
+    return sorted({f"dispatcher:{r.queue}:{r.ordering_key}" for r in rows if r.ordering_key})
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> list[int]:
@@ -160,6 +191,10 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
     if conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
         # Straight to psycopg on the caller's connection, so in the caller's transaction.
         return insert_jobs_psycopg(conn.connection.driver_connection, rows, now)
+    if conn.dialect.name == "postgresql":
+        for name in ordering_locks(rows):
+            lock = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))
+            conn.execute(sa.select(lock))
     values = _values(rows, now)
     if all(r.dedupe_key is None for r in rows):
         if len(values) == 1:
@@ -206,6 +241,7 @@ _COLUMNS = (
     "payload",
     "dedupe_key",
     "trace_context",
+    "ordering_key",
     "status",
     "attempts",
     "next_attempt_at",
@@ -234,6 +270,7 @@ def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
             r.payload,
             r.dedupe_key,
             r.trace_context,
+            r.ordering_key,
             JobStatus.PENDING.value,  # a plain str for the drivers' own adapters
             0,
             now,
@@ -250,6 +287,8 @@ def insert_jobs_psycopg(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[
     one huge multi-VALUES statement, whose placeholders psycopg would parse in Python."""
     params = pg_params(rows, now)
     with pg.cursor() as cur:
+        for name in ordering_locks(rows):
+            cur.execute(_ORDERING_LOCK, (name,))
         if any(r.dedupe_key is not None for r in rows):
             seen: dict[tuple[object, object], int] = {}
             ids: list[int] = []
@@ -284,6 +323,9 @@ def insert_jobs_dbapi(
     if sqlite:
         text = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
         params = [(*p[:-3], text, text, text) for p in params]
+    else:
+        for name in ordering_locks(rows):
+            cur.execute(_ORDERING_LOCK, (name,))
     seen: dict[tuple[object, object], int] = {}
     ids: list[int] = []
     for p in params:
@@ -307,6 +349,8 @@ async def insert_jobs_psycopg_async(pg: Any, rows: Sequence[NewJob], now: dateti
     """:func:`insert_jobs_psycopg` on a psycopg 3 ``AsyncConnection``."""
     params = pg_params(rows, now)
     async with pg.cursor() as cur:
+        for name in ordering_locks(rows):
+            await cur.execute(_ORDERING_LOCK, (name,))
         if any(r.dedupe_key is not None for r in rows):
             seen: dict[tuple[object, object], int] = {}
             ids: list[int] = []
@@ -478,10 +522,18 @@ def _lease(
     a VACUUM, that walk over their dead entries cost every claim 4-5 ms of planning (2,600
     buffers at 1.5M deleted rows) and drains half their pace. The array is planned as a list of
     ids: no join, no walk.
+
+    Ordering keys: a job with a key is due only while no other job of its queue and key is in
+    flight or has a smaller id and is still live (pending, retrying). So a key's jobs go one at
+    a time, in id order (= commit order: see ``ordering_locks``); a retrying job holds its
+    successors, a finished one (delivered, dead) lets them go. Any snapshot that sees a job sees
+    its key's earlier jobs (they committed first), still live unless they finished, so two
+    workers never hold two jobs of one key, and neither does one claim (the second has the
+    first as a live predecessor).
     """
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now)
+        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now, _first_of_its_key())
         .order_by(jobs.c.next_attempt_at, jobs.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -502,6 +554,24 @@ def _lease(
         )
         .returning(*_CLAIMED)
     )
+
+
+def _first_of_its_key() -> sa.ColumnElement[bool]:
+    """No ordering key, or no other live job of the key before it (or in flight): see _lease.
+    One probe of ``ix_dispatcher_jobs_ordering`` per keyed candidate, none for the others."""
+    other = jobs.alias("earlier")
+    blocking = (
+        sa.select(sa.literal(1))
+        .where(
+            other.c.queue == jobs.c.queue,
+            other.c.ordering_key == jobs.c.ordering_key,
+            _EARLIER_LIVE,  # literal, so PostgreSQL matches the partial index
+            sa.or_(other.c.id < jobs.c.id, sa.text("earlier.status = 'in_flight'")),
+            other.c.id != jobs.c.id,
+        )
+        .exists()
+    )
+    return sa.or_(jobs.c.ordering_key.is_(None), ~blocking)
 
 
 def renew(conn: sa.Connection, tokens: Iterable[str], now: datetime, lease_seconds: float) -> int:
@@ -698,11 +768,12 @@ _RECORD_PG = sa.text(
     """
     WITH inserted AS (
         INSERT INTO dispatcher_attempts
-            (job_id, started_at, duration_ms, status_code, error, response_body, outcome, counted)
+            (job_id, started_at, duration_ms, status_code, error, response_body, outcome, counted,
+             sent)
         SELECT * FROM unnest(
             CAST(:a_job AS bigint[]), CAST(:a_started AS timestamptz[]), CAST(:a_dur AS int[]),
             CAST(:a_code AS int[]), CAST(:a_error AS text[]), CAST(:a_body AS text[]),
-            CAST(:a_outcome AS text[]), CAST(:a_counted AS boolean[]))
+            CAST(:a_outcome AS text[]), CAST(:a_counted AS boolean[]), CAST(:a_sent AS boolean[]))
     ), r AS (
         SELECT * FROM unnest(
             CAST(:b_id AS bigint[]), CAST(:b_token AS text[]), CAST(:b_status AS text[]),
@@ -731,6 +802,7 @@ _ATTEMPT_ARRAYS = {
     "a_body": "response_body",
     "a_outcome": "outcome",
     "a_counted": "counted",
+    "a_sent": "sent",
 }
 
 
@@ -780,6 +852,7 @@ def record(
             "response_body": r.response_body,
             "outcome": r.decision.outcome.value,
             "counted": r.decision.counts,
+            "sent": r.sent,
         }
         for r in results
     ]
@@ -827,6 +900,12 @@ def record(
         elif effect is QueueEffect.COOL_DOWN and r.decision.effect_seconds:
             until = now + timedelta(seconds=r.decision.effect_seconds)
             cool_down(conn, r.job.queue, until, now)
+    resent = Counter(r.job.queue for r in results if r.maybe_twice)
+    for queue, n in sorted(resent.items()):  # rare: a timeout after the body was sent
+        _ensure_queue_row(conn, queue, now)
+        conn.execute(
+            sa.update(queues).where(queues.c.name == queue).values(resent=queues.c.resent + n)
+        )
     # Last, so the counts' rows stay locked only until the commit. Both finished statuses of a
     # queue are touched together (a zero adds nothing) so that the lock order (status, queue)
     # holds also when open_circuit later takes a dead job back out in this transaction.
@@ -835,6 +914,12 @@ def record(
             finished[(queue, status)] += 0
     add_counts(conn, finished, keep_zeros=True)
     return newly_paused
+
+
+def report_window(conn: sa.Connection, queue: str, window: int, now: datetime) -> None:
+    """The in-flight window a worker now keeps for ``queue`` (for stats, the page, /metrics)."""
+    _ensure_queue_row(conn, queue, now)
+    conn.execute(sa.update(queues).where(queues.c.name == queue).values(send_window=window))
 
 
 def release(conn: sa.Connection, claimed: Iterable[Claimed], now: datetime) -> int:

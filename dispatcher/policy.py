@@ -100,6 +100,7 @@ def decide(
     error: str | None = None,
     now: datetime | None = None,
     rand: Callable[[], float] = random.random,
+    sent: bool = True,
 ) -> Decision:
     """Classify one attempt.
 
@@ -109,12 +110,18 @@ def decide(
     "connect error: ..."). When a status is present it wins over ``error``. ``now`` is only
     needed to resolve an HTTP-date ``Retry-After``; without it such a header is ignored rather
     than read from the clock, so this function stays pure.
+
+    ``sent`` False: the request's body was never completely written. A timeout then (connecting,
+    waiting for a connection) cannot have reached the API, so the job is tried again at once and
+    the attempt does not count: it cannot be a second trigger, and it says nothing of the job.
     """
     if attempts_before < 0:
         raise ValueError(f"attempts_before must be >= 0, got {attempts_before!r}")
 
     if status_code is None:
         reason = _one_line(error or "", 1000) or "no response"
+        if not sent and reason.startswith("timeout"):
+            return Decision(Outcome.RETRY, counts=False, delay_seconds=0.0, reason=reason)
     else:
         if 200 <= status_code <= 299:
             return Decision(Outcome.DELIVERED, counts=True, delay_seconds=None, reason=None)

@@ -100,16 +100,35 @@ def check_queue(queue: object, field: str = "queue") -> list[str]:
     return []
 
 
-def _to_row(event: object, queue: str, dedupe_key: object, field: str) -> NewJob | list[str]:
+MAX_ORDERING_KEY = 255
+
+
+def check_key(value: object, field: str, limit: int) -> list[str]:
+    """A dedupe or ordering key: None, or 1-``limit`` characters that the database can store
+    (no NUL, no lone surrogate: a driver error otherwise, after the caller's other writes)."""
+    if value is None:
+        return []
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        return [f"{field}: must be a string of 1-{limit} characters"]
+    if "\x00" in value:
+        return [f"{field}: must not contain a NUL character"]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return [f"{field}: must be valid Unicode text (it has a lone surrogate)"]
+    return []
+
+
+def _to_row(
+    event: object, queue: str, dedupe_key: object, field: str, ordering_key: object = None
+) -> NewJob | list[str]:
     errors = check_queue(queue)
     if not isinstance(event, CustomEvent | SegmentEvent):
         errors.append(
             f"{field}: expected a CustomEvent or SegmentEvent (got {type(event).__name__})"
         )
-    if dedupe_key is not None and (
-        not isinstance(dedupe_key, str) or not 0 < len(dedupe_key) <= MAX_DEDUPE_KEY
-    ):
-        errors.append(f"dedupe_key: must be a string of 1-{MAX_DEDUPE_KEY} characters")
+    errors += check_key(dedupe_key, "dedupe_key", MAX_DEDUPE_KEY)
+    errors += check_key(ordering_key, "ordering_key", MAX_ORDERING_KEY)
     if errors or not isinstance(event, CustomEvent | SegmentEvent):
         return errors
     email = event.customer_email if isinstance(event, CustomEvent) else None
@@ -121,6 +140,7 @@ def _to_row(event: object, queue: str, dedupe_key: object, field: str) -> NewJob
         payload=event.to_json(),
         dedupe_key=dedupe_key if isinstance(dedupe_key, str) else None,
         trace_context=tracing.current_context(),
+        ordering_key=ordering_key if isinstance(ordering_key, str) else None,
     )
 
 
@@ -140,14 +160,17 @@ def enqueue(
     session: SyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_key: str | None = None,
+    ordering_key: str | None = None,
 ) -> str:
     """Write one event to the outbox and return its job id.
 
     With ``session`` (any kind in :data:`SYNC_KINDS`) the row joins the caller's transaction;
     without it, a short transaction of our own. ``dedupe_key``: the same key in the same queue
     returns the existing job's id and writes nothing, which makes a producer's retry safe.
+    ``ordering_key`` (a customer's id, say): the queue's jobs with the same key are sent one at
+    a time, in the order their transactions committed; a retrying one holds the next ones.
     """
-    row = _to_row(event, queue, dedupe_key, "event")
+    row = _to_row(event, queue, dedupe_key, "event", ordering_key)
     if isinstance(row, list):
         raise ValidationError(row)
     return str(_write([row], session)[0])
@@ -159,12 +182,17 @@ def enqueue_many(
     session: SyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_keys: Sequence[str | None] | None = None,
+    ordering_key: str | None = None,
+    ordering_keys: Sequence[str | None] | None = None,
 ) -> list[str]:
     """Write a batch in one statement (all or nothing); return the job ids in order.
 
     Every event is checked before anything is written; errors name the event's index.
+    ``ordering_key`` puts every event of the batch under one key (sent in the batch's order),
+    ``ordering_keys`` gives one key (or None) per event.
     """
-    return [str(i) for i in _write(_to_rows(events, queue, dedupe_keys), session)]
+    rows = _to_rows(events, queue, dedupe_keys, ordering_key, ordering_keys)
+    return [str(i) for i in _write(rows, session)]
 
 
 async def enqueue_async(
@@ -173,10 +201,11 @@ async def enqueue_async(
     session: AsyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_key: str | None = None,
+    ordering_key: str | None = None,
 ) -> str:
     """:func:`enqueue` for asyncio code: ``session`` is any kind in :data:`ASYNC_KINDS`. Never
     blocks the event loop (without ``session``, the transaction of our own runs in a thread)."""
-    row = _to_row(event, queue, dedupe_key, "event")
+    row = _to_row(event, queue, dedupe_key, "event", ordering_key)
     if isinstance(row, list):
         raise ValidationError(row)
     return str((await _write_async([row], session))[0])
@@ -188,24 +217,39 @@ async def enqueue_many_async(
     session: AsyncTarget | None = None,
     queue: str = DEFAULT_QUEUE,
     dedupe_keys: Sequence[str | None] | None = None,
+    ordering_key: str | None = None,
+    ordering_keys: Sequence[str | None] | None = None,
 ) -> list[str]:
     """:func:`enqueue_many` for asyncio code (see :func:`enqueue_async`)."""
-    return [str(i) for i in await _write_async(_to_rows(events, queue, dedupe_keys), session)]
+    rows = _to_rows(events, queue, dedupe_keys, ordering_key, ordering_keys)
+    return [str(i) for i in await _write_async(rows, session)]
+
+
+def _per_event(
+    name: str, keys: Sequence[str | None] | None, count: int
+) -> Sequence[str | None] | None:
+    if keys is not None and (isinstance(keys, str) or len(keys) != count):
+        got = "a string" if isinstance(keys, str) else str(len(keys))
+        raise ValidationError([f"{name}: expected {count} keys, one per event (got {got})"])
+    return keys
 
 
 def _to_rows(
-    events: Iterable[Event], queue: str, dedupe_keys: Sequence[str | None] | None
+    events: Iterable[Event],
+    queue: str,
+    dedupe_keys: Sequence[str | None] | None,
+    ordering_key: str | None = None,
+    ordering_keys: Sequence[str | None] | None = None,
 ) -> list[NewJob]:
     events = list(events)
-    if dedupe_keys is not None and len(dedupe_keys) != len(events):
-        raise ValidationError(
-            [f"dedupe_keys: expected {len(events)} keys, one per event (got {len(dedupe_keys)})"]
-        )
-    keys: Sequence[str | None] = dedupe_keys if dedupe_keys is not None else [None] * len(events)
+    keys = _per_event("dedupe_keys", dedupe_keys, len(events)) or [None] * len(events)
+    if ordering_key is not None and ordering_keys is not None:
+        raise ValidationError(["ordering_keys: give ordering_key or ordering_keys, not both"])
+    orders = _per_event("ordering_keys", ordering_keys, len(events)) or [ordering_key] * len(events)
     rows: list[NewJob] = []
     errors: list[str] = []
-    for index, (event, key) in enumerate(zip(events, keys, strict=True)):
-        row = _to_row(event, queue, key, f"events[{index}]")
+    for index, (event, key, order) in enumerate(zip(events, keys, orders, strict=True)):
+        row = _to_row(event, queue, key, f"events[{index}]", order)
         if isinstance(row, list):
             errors.extend(e if e.startswith("events[") else f"events[{index}].{e}" for e in row)
         else:
@@ -359,7 +403,8 @@ async def _insert_async_connection(conn: Any, rows: Sequence[NewJob]) -> list[in
     if dialect.name == "postgresql" and dialect.driver.startswith("psycopg"):
         raw = (await conn.get_raw_connection()).driver_connection
         return await outbox.insert_jobs_psycopg_async(raw, rows, now)
-    if dialect.driver == "asyncpg" and len(rows) == 1 and rows[0].dedupe_key is None:
+    plain = len(rows) == 1 and rows[0].dedupe_key is None and rows[0].ordering_key is None
+    if dialect.driver == "asyncpg" and plain:
         # The hot path: one statement straight on asyncpg, in SQLAlchemy's transaction. Its
         # adapter sends BEGIN lazily, before the first statement it runs itself; if none has
         # run yet, have it begin now (skipped if a SQLAlchemy release changes that adapter).

@@ -48,6 +48,7 @@ LEASED_WHERE = "status = 'in_flight'"
 DEDUPE_WHERE = "dedupe_key IS NOT NULL"
 EMAIL_WHERE = "customer_email IS NOT NULL"
 LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"
+ORDERING_WHERE = f"ordering_key IS NOT NULL AND {LIVE_WHERE}"
 
 
 def _partial(where: str) -> dict[str, Any]:
@@ -90,6 +91,9 @@ jobs = sa.Table(
     sa.Column("delivered_at", UTCDateTime),
     # The producer's W3C trace context (JSON), when it runs under OpenTelemetry: see tracing.py.
     sa.Column("trace_context", sa.Text),
+    # Jobs of one queue that share an ordering key are sent one at a time, in commit order
+    # (outbox._lease; the producer serialises a key's writers: see outbox.lock_ordering_keys).
+    sa.Column("ordering_key", sa.String(255)),
     sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
     sa.Index("ix_dispatcher_jobs_due", "queue", "next_attempt_at", "id", **_partial(DUE_WHERE)),
     sa.Index("ix_dispatcher_jobs_leased", "lease_expires_at", **_partial(LEASED_WHERE)),
@@ -110,6 +114,10 @@ jobs = sa.Table(
         postgresql_include=["next_attempt_at"],
         **_partial(LIVE_WHERE),
     ),
+    # A key's live jobs, for the claim's "is an earlier job of this key still live?" probe.
+    sa.Index(
+        "ix_dispatcher_jobs_ordering", "queue", "ordering_key", "id", **_partial(ORDERING_WHERE)
+    ),
 )
 
 attempts = sa.Table(
@@ -129,6 +137,9 @@ attempts = sa.Table(
     sa.Column("response_body", sa.Text),  # truncated
     sa.Column("outcome", sa.String(16), nullable=False),  # delivered / retry / dead / pause
     sa.Column("counted", sa.Boolean, nullable=False),  # toward the attempt limit (not for 401/403)
+    # Was the request's body completely written? False: it cannot have reached the API (a
+    # timeout while connecting or waiting for a connection). NULL: recorded before 0006.
+    sa.Column("sent", sa.Boolean),
     sa.Index("ix_dispatcher_attempts_job_id", "job_id", "id"),
 )
 
@@ -152,6 +163,19 @@ queues = sa.Table(
     sa.Column("circuit_reason", sa.Text),
     sa.Column("circuit_retry_at", UTCDateTime),
     sa.Column("circuit_probes", sa.Integer, nullable=False, server_default="0"),
+    # The custom event ids whose failures opened the circuit ("12,40"): a probe prefers
+    # another kind, and one that succeeds tells a bad payload from an outage (breaker.py).
+    sa.Column("circuit_kinds", sa.Text),
+    # Kinds that failed while another kind got through: bad payloads, not an outage. Their
+    # failures count toward their jobs' attempts and never open the circuit, until one of them
+    # is delivered or poison_until passes.
+    sa.Column("poison_kinds", sa.Text),
+    sa.Column("poison_until", UTCDateTime),
+    # The in-flight window a worker last reported for the queue (dispatcher.window).
+    sa.Column("send_window", sa.Integer),
+    # Re-sends after a timeout that came after the body was written: each may have reached the
+    # API twice (ECDP has no idempotency key).
+    sa.Column("resent", sa.BigInteger, nullable=False, server_default="0"),
     sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
 )
 

@@ -41,10 +41,12 @@ def enqueue(
     using: str = "default",
     queue: str = DEFAULT_QUEUE,
     dedupe_key: str | None = None,
+    ordering_key: str | None = None,
 ) -> str:
     """Write one event to the outbox in the current transaction of Django's connection ``using``
-    and return its job id (see :func:`dispatcher.enqueue` for ``queue`` and ``dedupe_key``)."""
-    row = _to_row(event, queue, dedupe_key, "event")
+    and return its job id (see :func:`dispatcher.enqueue` for ``queue``, ``dedupe_key`` and
+    ``ordering_key``)."""
+    row = _to_row(event, queue, dedupe_key, "event", ordering_key)
     if isinstance(row, list):
         raise ValidationError(row)
     return str(_write([row], using)[0])
@@ -56,9 +58,12 @@ def enqueue_many(
     using: str = "default",
     queue: str = DEFAULT_QUEUE,
     dedupe_keys: Sequence[str | None] | None = None,
+    ordering_key: str | None = None,
+    ordering_keys: Sequence[str | None] | None = None,
 ) -> list[str]:
     """Write a batch (all or nothing) in the current transaction of ``using``; ids in order."""
-    return [str(i) for i in _write(_to_rows(events, queue, dedupe_keys), using)]
+    rows = _to_rows(events, queue, dedupe_keys, ordering_key, ordering_keys)
+    return [str(i) for i in _write(rows, using)]
 
 
 def _write(rows: Sequence[NewJob], using: str) -> list[int]:

@@ -17,6 +17,7 @@ class Job(models.Model):
     attempts = models.IntegerField(help_text="counted attempts")
     next_attempt_at = models.DateTimeField()
     dedupe_key = models.CharField(max_length=255, null=True)
+    ordering_key = models.CharField(max_length=255, null=True)
     last_status_code = models.IntegerField(null=True)
     last_error = models.TextField(null=True)
     replays = models.IntegerField()
@@ -45,6 +46,7 @@ class Attempt(models.Model):
     response_body = models.TextField(null=True)
     outcome = models.CharField(max_length=16)
     counted = models.BooleanField()
+    sent = models.BooleanField(null=True, help_text="the request's body was completely written")
 
     class Meta:
         managed = False
