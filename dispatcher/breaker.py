@@ -58,13 +58,14 @@ class BreakerPolicy:
     probe_min_seconds: float = 1.0
     probe_max_seconds: float = 15.0
     window_size: int = 100  # answers kept per queue and process; the ratio is over these
+    poison_seconds: float = 600.0  # how long kinds are taken for bad payloads (see end_probe)
 
     def __post_init__(self) -> None:
         if self.min_requests < 1:
             raise ValueError(f"min_requests must be >= 1, got {self.min_requests!r}")
         if not (0.0 < self.failure_ratio <= 1.0):
             raise ValueError(f"failure_ratio must be within (0, 1], got {self.failure_ratio!r}")
-        for name in ("window_seconds", "probe_min_seconds", "probe_max_seconds"):
+        for name in ("window_seconds", "probe_min_seconds", "probe_max_seconds", "poison_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

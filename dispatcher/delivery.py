@@ -23,7 +23,7 @@ import logging
 import queue as queues
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,7 +46,8 @@ log = logging.getLogger("dispatcher.delivery")
 
 T = TypeVar("T")
 Answered = queues.SimpleQueue[tuple[Claimed, Future[Answer]]]  # (job, its answer) as they come
-Breaker = Window[tuple[int, datetime]]  # keyed by (job id, attempt started at): see open_circuit
+# Keyed by (job id, attempt started at, custom event id): see outbox.open_circuit.
+Breaker = Window[tuple[int, datetime, int | None]]
 DB_RETRY_SECONDS = 60.0  # how long a worker rides out a database restart before giving up
 WINDOW_REPORT_SECONDS = 1.0  # how often a drain writes its window to the queue's row, at most
 POLL_SECONDS = 0.1  # how often a worker waiting for answers looks at its leases and the stop flag
@@ -100,6 +101,17 @@ class DrainSummary:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one recording transaction did (see :meth:`Deliverer._record`)."""
+
+    results: Sequence[AttemptResult]  # as recorded: uncounted if the circuit opened meanwhile
+    paused: dict[str, AttemptResult]
+    released: int
+    opened: bool
+    closed: tuple[bool, list[int]] | None  # a probe's verdict: (closed, kinds now poison)
+
+
 @dataclass
 class _Drain:
     """One drain's state, shared by the steps of :meth:`Deliverer.drain`."""
@@ -120,6 +132,7 @@ class _Drain:
     stop: bool = False  # send nothing more: held, tripped, or shutting down
     exhausted: bool = False  # nothing more was due at the last claim
     outage: bool = False  # the circuit is not closed: outage answers do not count
+    poison: frozenset[int] = frozenset()  # kinds taken for bad payloads: their failures count
     trip: str | None = None  # this worker saw the circuit trip, and why: to record
     grace_until: float | None = None  # shutting down: wait for answers until then
     last_answer_at: float = 0.0
@@ -309,6 +322,7 @@ class Deliverer:
             closed_at = state.circuit_since
             self._breaker(d.queue).forget(lambda key: key[1] < closed_at)
         d.outage = d.outage or state.circuit is not Circuit.CLOSED
+        d.poison = state.poison
         probing = d.inbox[0].probe
         if state.paused or state.cooling or (state.circuit is not Circuit.CLOSED and not probing):
             d.stop = True
@@ -365,31 +379,42 @@ class Deliverer:
         if not results and not unsent and trip is None:
             return
         probes = [r for r in results if r.job.probe]
-        refund = self._breaker(d.queue).outages() if trip else []
+        tripped = self._breaker(d.queue).outages() if trip else []
+        refund = [(job_id, started_at) for job_id, started_at, _ in tripped]
+        kinds = {kind for _, _, kind in tripped if kind is not None}
+        cleared = {
+            r.job.custom_event_id
+            for r in results
+            if r.decision.outcome is Outcome.DELIVERED and r.job.custom_event_id in d.poison
+        }
         breaker = self.settings.breaker
         window = self._window(d.queue).limit
         reported, reported_at = d.window_reported
         report = window != reported and time.monotonic() - reported_at >= WINDOW_REPORT_SECONDS
 
-        def write() -> tuple[dict[str, AttemptResult], int, bool, bool | None]:
+        def write() -> Recorded:
             with self.engine.begin() as conn:
                 now = utcnow()
-                paused = outbox.record(conn, results, now)
+                judged = outbox.uncount_open(conn, results, now)
+                paused = outbox.record(conn, judged, now)
                 if report:
                     outbox.report_window(conn, d.queue, window, now)
+                if cleared:
+                    outbox.clear_poison(conn, d.queue, cleared, now)
                 released = outbox.release(conn, unsent, now)
                 opened = trip is not None and outbox.open_circuit(
-                    conn, d.queue, trip, now, breaker, refund
+                    conn, d.queue, trip, now, breaker, refund, kinds
                 )
-                closed = None
+                closed: tuple[bool, list[int]] | None = None
                 for r in probes:
                     ok = not is_outage(r.status_code)
-                    closed = outbox.end_probe(conn, d.queue, ok, r.decision.reason, now, breaker)
-                return paused, released, opened, closed
+                    closed = outbox.end_probe(
+                        conn, d.queue, ok, r.decision.reason, now, breaker, r.job.custom_event_id
+                    )
+                return Recorded(judged, paused, released, opened, closed)
 
-        paused, released, opened, closed = with_db_retry(
-            write, "recording the batch", retry_seconds
-        )
+        done = with_db_retry(write, "recording the batch", retry_seconds)
+        paused, released, opened, closed = done.paused, done.released, done.opened, done.closed
         d.let_go([r.job for r in results])
         d.let_go(unsent)
         d.done, d.trip = [], None
@@ -403,21 +428,30 @@ class Deliverer:
             if opened:
                 notify_circuit_open(d.queue, trip, webhook_url=self.webhook)
         if closed is not None:
-            self._after_probe(d, closed)
-        for r in results:
+            self._after_probe(d, *closed)
+        for r in done.results:
             d.summary.outcomes[r.decision.outcome.value] += 1
             if r.decision.outcome is Outcome.PAUSE and d.summary.pause is None:
                 d.summary.pause = r
             elif r.decision.outcome in (Outcome.DEAD, Outcome.RETRY):
                 _log_failure(r)
 
-    def _after_probe(self, d: _Drain, closed: bool) -> None:
+    def _after_probe(self, d: _Drain, closed: bool, poisoned: list[int]) -> None:
         if closed:
             log.warning(
                 "circuit closed queue=%s: a probe got an answer; delivery resumes",
                 d.queue,
                 extra={"queue": d.queue, "circuit": "closed"},
             )
+            if poisoned:
+                log.warning(
+                    "bad payloads, not an outage, queue=%s: events %s failed while another "
+                    "kind got through; their jobs go dead after their attempts and no longer "
+                    "open the circuit",
+                    d.queue,
+                    ",".join(map(str, poisoned)),
+                    extra={"queue": d.queue, "poison_kinds": poisoned},
+                )
             self._breaker(d.queue).reset()
             d.outage = False
             d.exhausted = False  # the backlog is due again: go on draining
@@ -440,7 +474,7 @@ class Deliverer:
         sending = self._window(d.queue)
         now = time.monotonic()
         for job, future in finished:
-            result = self._judge(job, _answer_of(future), d.outage)
+            result = self._judge(job, _answer_of(future), d.outage, d.poison)
             d.done.append(result)
             if job.trace_context is not None:
                 _span(result)
@@ -456,10 +490,11 @@ class Deliverer:
                 d.stop = True  # a 401/403 pauses, a 429 cools down the whole queue
                 d.summary.paused |= effect is QueueEffect.PAUSE
                 d.summary.cooling |= effect is QueueEffect.COOL_DOWN
-            if job.probe or d.outage:
+            if job.probe or d.outage or job.custom_event_id in d.poison:
                 continue
             outage = is_outage(result.status_code)
-            if window.add(outage, time.monotonic(), (job.id, result.started_at)):
+            key = (job.id, result.started_at, job.custom_event_id)
+            if window.add(outage, time.monotonic(), key):
                 d.trip = _trip_reason(result, window)
                 d.outage = d.stop = d.summary.circuit_open = True
 
@@ -488,7 +523,13 @@ class Deliverer:
             notify_pause(queue, None, reason, webhook_url=self.webhook)
         summary.paused = True
 
-    def _judge(self, job: Claimed, answer: Answer, outage: bool = False) -> AttemptResult:
+    def _judge(
+        self,
+        job: Claimed,
+        answer: Answer,
+        outage: bool = False,
+        poison: frozenset[int] = frozenset(),
+    ) -> AttemptResult:
         decision = decide(
             answer.status_code,
             attempts_before=job.attempts,
@@ -499,7 +540,11 @@ class Deliverer:
             now=answer.started_at,
             sent=answer.sent,
         )
-        if (outage or job.probe) and is_outage(answer.status_code):
+        if (
+            (outage or job.probe)
+            and is_outage(answer.status_code)
+            and job.custom_event_id not in poison
+        ):
             decision = uncounted(decision)
         body = None
         if answer.status_code is not None:

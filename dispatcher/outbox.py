@@ -12,14 +12,14 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
+from dispatcher.breaker import BreakerPolicy, Circuit, is_outage, probe_interval, uncounted
 from dispatcher.config import QueueLimits
 from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, QueueEffect
 from dispatcher.schema import (
@@ -44,6 +44,8 @@ _EARLIER_LIVE = sa.text(
 # worker starts another request for the queue (unless one reading took longer than the settle).
 STATE_CHECK_SECONDS = 0.05
 PAUSE_SETTLE_SECONDS = 0.25
+PREFERENCE_CANDIDATES = 1000  # a probe is chosen among this many of the oldest due jobs
+REFUND_SCAN = 50_000  # open_circuit looks for an outage's failures among this many last attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ class QueueState:
     cooling: bool  # a 429 cool-down is running
     circuit: Circuit
     circuit_since: datetime | None = None  # when the circuit last opened or closed
+    poison: frozenset[int] = frozenset()  # kinds failing as bad payloads, not as an outage
 
     @property
     def held(self) -> bool:
@@ -404,13 +407,30 @@ def queue_state(conn: sa.Connection, queue: str, now: datetime) -> QueueState:
     """One primary-key read: what a sending worker checks every few tens of milliseconds."""
     row = conn.execute(
         sa.select(
-            queues.c.paused, queues.c.cooldown_until, queues.c.circuit, queues.c.circuit_since
+            queues.c.paused,
+            queues.c.cooldown_until,
+            queues.c.circuit,
+            queues.c.circuit_since,
+            queues.c.poison_kinds,
+            queues.c.poison_until,
         ).where(queues.c.name == queue)
     ).first()
     if row is None:
         return QueueState(paused=False, cooling=False, circuit=Circuit.CLOSED)
     cooling = row.cooldown_until is not None and row.cooldown_until > now
-    return QueueState(bool(row.paused), cooling, Circuit(row.circuit), row.circuit_since)
+    poison = kinds_of(row.poison_kinds) if row.poison_until and row.poison_until > now else ()
+    return QueueState(
+        bool(row.paused), cooling, Circuit(row.circuit), row.circuit_since, frozenset(poison)
+    )
+
+
+def kinds_of(text: str | None) -> list[int]:
+    """``"12,40"`` (a queue row's list of custom event ids) as ``[12, 40]``."""
+    return [int(k) for k in (text or "").split(",") if k.strip().lstrip("-").isdigit()]
+
+
+def _kinds_text(kinds: Iterable[int]) -> str | None:
+    return ",".join(str(k) for k in sorted(set(kinds))) or None
 
 
 def admit(
@@ -512,6 +532,7 @@ def _lease(
     lease_seconds: float,
     token: str,
     *where: sa.ColumnElement[bool],
+    order: Sequence[sa.ColumnElement[Any]] = (),
 ) -> sa.UpdateBase:
     """``UPDATE … RETURNING`` that leases up to ``limit`` of ``queue``'s due jobs, oldest first,
     under ``token`` (``where``: what else must hold).
@@ -531,10 +552,25 @@ def _lease(
     workers never hold two jobs of one key, and neither does one claim (the second has the
     first as a live predecessor).
     """
+    due_now: tuple[sa.ColumnElement[bool] | sa.TextClause, ...] = (
+        jobs.c.queue == queue,
+        _DUE,
+        jobs.c.next_attempt_at <= now,
+        _first_of_its_key(),
+    )
+    if order:  # a preference (the probe's) among the oldest due jobs, not a sort of them all
+        oldest = (
+            sa.select(jobs.c.id)
+            .where(*due_now)
+            .order_by(jobs.c.next_attempt_at, jobs.c.id)
+            .limit(PREFERENCE_CANDIDATES)
+            .scalar_subquery()
+        )
+        due_now = (jobs.c.id.in_(oldest), _DUE)
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.queue == queue, _DUE, jobs.c.next_attempt_at <= now, _first_of_its_key())
-        .order_by(jobs.c.next_attempt_at, jobs.c.id)
+        .where(*due_now)
+        .order_by(*order, jobs.c.next_attempt_at, jobs.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -616,8 +652,18 @@ def claim_probe(
     ).rowcount
     if not won:
         return []
+    tripped = kinds_of(
+        conn.execute(sa.select(queues.c.circuit_kinds).where(queues.c.name == queue)).scalar()
+    )
     token = uuid.uuid4().hex
-    row = conn.execute(_lease(conn, queue, 1, now, lease_seconds, token)).first()
+    # The probe is the job least like the failures that opened the circuit: of another kind if
+    # one is due, else one that has never failed. Then a bad payload (a kind that always fails)
+    # cannot hold the queue's other jobs: see end_probe.
+    unlike = (
+        sa.case((jobs.c.custom_event_id.in_(tripped), 1), else_=0) if tripped else sa.literal(0),
+        sa.case((jobs.c.last_status_code.is_(None) & jobs.c.last_error.is_(None), 0), else_=1),
+    )
+    row = conn.execute(_lease(conn, queue, 1, now, lease_seconds, token, order=unlike)).first()
     if row is None:  # nothing to probe with: stay open, try again when work arrives
         conn.execute(
             sa.update(queues)
@@ -635,13 +681,16 @@ def open_circuit(
     now: datetime,
     policy: BreakerPolicy,
     refund: Sequence[tuple[int, datetime]] = (),
+    kinds: Iterable[int] = (),
 ) -> bool:
     """Open ``queue``'s circuit (if it was closed): no worker sends for it but probes.
 
-    ``refund`` names the counted attempts (job id, started at) whose failures tripped it: they
-    stop counting toward the attempt limit, and a job that one of them dead-lettered for
-    "max attempts" is waiting again (also when another worker opened it first). True if this
-    call opened it."""
+    ``refund`` names the counted attempts (job id, started at) whose failures tripped it, and
+    ``kinds`` their custom event ids (the probe prefers another kind: see claim_probe). Those
+    attempts, and every other counted outage failure of the queue that any worker recorded in
+    the breaker's window, stop counting toward the attempt limit, and a job that one of them
+    dead-lettered for "max attempts" is waiting again (also when another worker opened it
+    first). True if this call opened it."""
     _ensure_queue_row(conn, queue, now)
     opened = conn.execute(
         sa.update(queues)
@@ -652,14 +701,16 @@ def open_circuit(
             circuit_reason=reason,
             circuit_retry_at=now + timedelta(seconds=probe_interval(0, policy)),
             circuit_probes=0,
+            circuit_kinds=_kinds_text(kinds),
             updated_at=now,
         )
     ).rowcount
-    # Another worker may have opened it first: its failures are this outage's all the same.
-    # Rare (once per worker per opening) and small (a window's worth): one attempt at a time, so
-    # that only attempts that really counted are taken off their job's count.
+    since = now - timedelta(seconds=policy.window_seconds)
+    found = set(refund) | set(_outage_failures(conn, queue, since, now))
+    # Rare (once per opening) and small (a window's worth): one attempt at a time, so that
+    # only attempts that really counted are taken off their job's count.
     revive: Counter[tuple[str, str]] = Counter()
-    for job_id, started_at in refund:
+    for job_id, started_at in sorted(found):
         flipped = conn.execute(
             sa.update(attempts)
             .where(
@@ -699,6 +750,36 @@ def open_circuit(
     return bool(opened)
 
 
+def _outage_failures(
+    conn: sa.Connection, queue: str, since: datetime, now: datetime
+) -> list[tuple[int, datetime]]:
+    """The counted outage failures (5xx, 408, no answer) of ``queue`` since ``since``, whichever
+    worker recorded them, but those of kinds known as bad payloads: (job id, started at). Looks
+    at the last ``REFUND_SCAN`` attempts only (by id, the newest), so its cost never grows with
+    history."""
+    newest = conn.execute(sa.select(sa.func.max(attempts.c.id))).scalar()
+    if newest is None:
+        return []
+    poison = set(queue_state(conn, queue, now).poison)
+    rows = conn.execute(
+        sa.select(attempts.c.job_id, attempts.c.started_at, jobs.c.custom_event_id)
+        .join(jobs, jobs.c.id == attempts.c.job_id)
+        .where(
+            attempts.c.id > newest - REFUND_SCAN,
+            attempts.c.started_at >= since,
+            attempts.c.counted.is_(True),
+            attempts.c.outcome.in_((Outcome.RETRY.value, Outcome.DEAD.value)),
+            sa.or_(
+                attempts.c.status_code.is_(None),
+                attempts.c.status_code == 408,
+                attempts.c.status_code.between(500, 599),
+            ),
+            jobs.c.queue == queue,
+        )
+    ).all()
+    return [(r.job_id, r.started_at) for r in rows if r.custom_event_id not in poison]
+
+
 def end_probe(
     conn: sa.Connection,
     queue: str,
@@ -706,28 +787,56 @@ def end_probe(
     reason: str | None,
     now: datetime,
     policy: BreakerPolicy,
-) -> bool:
-    """A probe's answer: any answer but an outage closes the circuit (True); an outage opens it
-    again, the next probe further off."""
-    if ok:
-        return bool(
-            conn.execute(
-                sa.update(queues)
-                .where(queues.c.name == queue, queues.c.circuit != Circuit.CLOSED.value)
-                .values(
-                    circuit=Circuit.CLOSED.value,
-                    circuit_since=now,
-                    circuit_reason=None,
-                    circuit_retry_at=None,
-                    circuit_probes=0,
-                    updated_at=now,
-                )
-            ).rowcount
+    kind: int | None = None,
+) -> tuple[bool, list[int]]:
+    """A probe's answer: any answer but an outage closes the circuit; an outage opens it again,
+    the next probe further off. Returns (closed, the kinds now taken for bad payloads).
+
+    A probe of another kind than the failures that opened the circuit, answered, says those
+    kinds fail whatever the API's health: bad payloads, not an outage. They are remembered for
+    ``policy.poison_seconds`` (or until one of them is delivered): their failures count toward
+    their jobs' attempts and never open the circuit again, so they go dead after their attempts
+    and the rest of the queue flows."""
+    row = conn.execute(
+        sa.select(
+            queues.c.circuit_probes,
+            queues.c.circuit_kinds,
+            queues.c.poison_kinds,
+            queues.c.poison_until,
         )
-    probes = conn.execute(
-        sa.select(queues.c.circuit_probes).where(queues.c.name == queue).with_for_update()
-    ).scalar()
-    failed = (probes or 0) + 1
+        .where(queues.c.name == queue)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return False, []
+    tripped = kinds_of(row.circuit_kinds)
+    if ok:
+        poisoned = [k for k in tripped if kind is not None and kind not in tripped]
+        values: dict[str, Any] = {}
+        if poisoned:
+            still = (
+                kinds_of(row.poison_kinds) if row.poison_until and row.poison_until > now else []
+            )
+            values = {
+                "poison_kinds": _kinds_text([*still, *poisoned]),
+                "poison_until": now + timedelta(seconds=policy.poison_seconds),
+            }
+        closed = conn.execute(
+            sa.update(queues)
+            .where(queues.c.name == queue, queues.c.circuit != Circuit.CLOSED.value)
+            .values(
+                circuit=Circuit.CLOSED.value,
+                circuit_since=now,
+                circuit_reason=None,
+                circuit_retry_at=None,
+                circuit_probes=0,
+                circuit_kinds=None,
+                updated_at=now,
+                **values,
+            )
+        ).rowcount
+        return bool(closed), poisoned if closed else []
+    failed = (row.circuit_probes or 0) + 1
     conn.execute(
         sa.update(queues)
         .where(queues.c.name == queue, queues.c.circuit != Circuit.CLOSED.value)
@@ -736,10 +845,72 @@ def end_probe(
             circuit_retry_at=now + timedelta(seconds=probe_interval(failed, policy)),
             circuit_probes=failed,
             circuit_reason=reason,
+            circuit_kinds=_kinds_text([*tripped, *([kind] if kind is not None else [])]),
             updated_at=now,
         )
     )
-    return False
+    return False, []
+
+
+def clear_poison(conn: sa.Connection, queue: str, delivered: Iterable[int], now: datetime) -> None:
+    """Kinds taken for bad payloads that were just delivered: they are not, after all."""
+    row = conn.execute(
+        sa.select(queues.c.poison_kinds).where(queues.c.name == queue).with_for_update()
+    ).first()
+    if row is None or not row.poison_kinds:
+        return
+    left = [k for k in kinds_of(row.poison_kinds) if k not in set(delivered)]
+    conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == queue)
+        .values(poison_kinds=_kinds_text(left), updated_at=now)
+    )
+
+
+def _outage_counted(results: Sequence[AttemptResult]) -> list[AttemptResult]:
+    return [
+        r
+        for r in results
+        if r.decision.counts
+        and r.decision.outcome in (Outcome.RETRY, Outcome.DEAD)
+        and is_outage(r.status_code)
+    ]
+
+
+def uncount_open(
+    conn: sa.Connection, results: Sequence[AttemptResult], now: datetime
+) -> Sequence[AttemptResult]:
+    """Counted outage failures of a queue whose circuit another worker opened meanwhile are
+    judged as the outage's: uncounted, waiting for the circuit to close. The queue's row is
+    read FOR SHARE: an open_circuit running now either committed before (seen here) or waits
+    for this commit and then finds these attempts (see _outage_failures). Call it first in the
+    transaction that records ``results``."""
+    suspects = _outage_counted(results)
+    if not suspects:
+        return results
+    names = sorted({r.job.queue for r in suspects})
+    rows = conn.execute(
+        sa.select(queues.c.name, queues.c.circuit)
+        .where(queues.c.name.in_(names))
+        .order_by(queues.c.name)
+        .with_for_update(read=True)
+    ).all()
+    tripped = {r.name for r in rows if r.circuit != Circuit.CLOSED.value}
+    if not tripped:
+        return results
+    poison = {q: queue_state(conn, q, now).poison for q in tripped}
+    chosen = {
+        id(r)
+        for r in suspects
+        if r.job.queue in tripped and r.job.custom_event_id not in poison[r.job.queue]
+    }
+    out = []
+    for r in results:
+        if id(r) in chosen:
+            decision = uncounted(r.decision)
+            r = replace(r, decision=decision, error=decision.reason)
+        out.append(r)
+    return out
 
 
 _RECORD_JOB = (
