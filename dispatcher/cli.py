@@ -439,11 +439,37 @@ def sweeper(interval: float | None) -> None:
 @click.option(
     "--unknown-event-id", "unknown", type=int, multiple=True, help="Answer 404 for this event id."
 )
-def sandbox(host: str, port: int, api_key: str, unknown: tuple[int, ...]) -> None:
-    """Run a local ECDP-compatible API server (for demos and your own tests)."""
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each answer takes.",
+)
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most N requests served at once; the rest wait inside the server.  [default: no limit]",
+)
+def sandbox(
+    host: str,
+    port: int,
+    api_key: str,
+    unknown: tuple[int, ...],
+    latency: float,
+    capacity: int | None,
+) -> None:
+    """Run a local ECDP-compatible API server (for demos and your own tests).
+
+    With --latency and --capacity it behaves like a real API at its limit: requests beyond the
+    capacity are accepted and wait (toward the client's timeout), and are served even if the
+    client gave up meanwhile, as a real API would serve them."""
     from dispatcher.sandbox import serve_forever
 
-    serve_forever(host, port, api_key, unknown_event_ids=unknown)
+    serve_forever(
+        host, port, api_key, unknown_event_ids=unknown, latency=latency, capacity=capacity
+    )
 
 
 # --------------------------------------------------------------------------- pause / resume

@@ -6,6 +6,11 @@ records every request it receives, and can be scripted to misbehave (errors, ``R
 latency, hangs, random failures) so delivery, retry and pause logic can be exercised without the
 real service.
 
+``capacity`` makes it behave like a real API at its limit: at most N requests are served at
+once, the rest are accepted and wait inside the server (their wait counts toward the client's
+timeout). A waiting request is served once a slot frees up even if its client has given up,
+which is how a real API turns a client's timeout and re-send into a second trigger.
+
 Standard library only: it runs wherever the package runs and starts in milliseconds.
 The API key is never logged or printed; it only appears in recorded request headers.
 """
@@ -83,7 +88,8 @@ class Received:
     body: bytes
     custom_event_id: int | None
     status: int
-    at: float
+    at: float  # time.monotonic() when it was served (after any wait for capacity)
+    customer: str | None = None  # first customer identifier in the body, e.g. "customerId=7"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,13 @@ class Sandbox:
     """An ECDP look-alike on loopback; ``with Sandbox() as sb: ...`` or ``start()``/``stop()``.
 
     All public attributes may be changed while serving (``api_key`` to simulate a revoked key,
-    ``unknown_event_ids``, ``default_delay``, ``fail_ratio``, ``fail_status``, ``trickle``).
+    ``unknown_event_ids``, ``latency``, ``capacity``, ``fail_ratio``, ``fail_status``,
+    ``trickle``).
+
+    ``latency`` (seconds each answer takes, also called ``default_delay``) is spent holding one of
+    ``capacity`` service slots (``None``: unlimited). ``served`` counts requests processed and
+    answered (the figure to divide by events sent), ``in_flight``/``max_in_flight`` the requests
+    in service now and at most, ``waiting`` those accepted and queued for a slot.
     """
 
     def __init__(
@@ -110,20 +122,30 @@ class Sandbox:
         *,
         unknown_event_ids: Iterable[int] = (),
         seed: int | None = None,
+        latency: float = 0.0,
+        capacity: int | None = None,
     ) -> None:
+        if latency < 0:
+            raise ValueError("latency: must be 0 or more seconds")
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity: must be at least 1 (or None for unlimited)")
         self.host = host
         self.port = port
         self.api_key = api_key
         self.unknown_event_ids: set[int] = set(unknown_event_ids)
-        self.default_delay = 0.0
+        self.default_delay = latency
         self.fail_ratio = 0.0
         self.fail_status = 503
         self.trickle = 0.0  # seconds between the bytes of every answer (a trickling API)
         self.requests: list[Received] = []
-        self.in_flight = 0  # requests being answered right now
+        self.in_flight = 0  # requests in service right now (holding a capacity slot)
         self.max_in_flight = 0  # the most at any moment: for concurrency ceilings in tests
+        self.waiting = 0  # requests read and queued for a capacity slot right now
+        self.served = 0  # requests processed and answered (even if the client had gone)
+        self._capacity = capacity
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
         self._scripts: dict[int, deque[Reply]] = {}
         self._stopping = threading.Event()
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -167,6 +189,7 @@ class Sandbox:
         server.shutdown()
         with self._lock:
             self._stopping.set()
+            self._slot_freed.notify_all()  # requests waiting for capacity give up
             connections = list(self._connections.items())
         for sock, _ in connections:
             # Wakes handlers blocked reading an idle keep-alive connection.
@@ -178,6 +201,26 @@ class Sandbox:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+
+    @property
+    def latency(self) -> float:
+        """Seconds each answer takes (the same setting as ``default_delay``)."""
+        return self.default_delay
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.default_delay = seconds
+
+    @property
+    def capacity(self) -> int | None:
+        """At most this many requests served at once; ``None``: unlimited."""
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, limit: int | None) -> None:
+        with self._lock:
+            self._capacity = limit
+            self._slot_freed.notify_all()
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -208,10 +251,22 @@ class Sandbox:
         with self._lock:
             return [r.body for r in self.requests if status is None or r.status == status]
 
+    def by_customer(self, status: int | None = 201) -> dict[str, list[Received]]:
+        """Recorded requests answered with ``status`` (all if ``None``) per customer identifier,
+        each list in the order the requests were served: what each customer received, in order."""
+        grouped: dict[str, list[Received]] = {}
+        with self._lock:
+            for r in self.requests:
+                if r.customer is not None and (status is None or r.status == status):
+                    grouped.setdefault(r.customer, []).append(r)
+        return grouped
+
     def clear(self) -> None:
-        """Forget recorded requests (scripted replies still pending are kept)."""
+        """Forget recorded requests and zero the counters (scripted replies pending are kept)."""
         with self._lock:
             self.requests.clear()
+            self.served = 0
+            self.max_in_flight = self.in_flight
 
     # -- request handling (called from handler threads) --------------------------------------
 
@@ -225,6 +280,33 @@ class Sandbox:
     def _unregister(self, sock: socket.socket) -> None:
         with self._lock:
             self._connections.pop(sock, None)
+
+    def _take_slot(self) -> bool:
+        """Wait for a service slot (capacity) and take it; False if the sandbox is stopping.
+
+        The wait does not watch the client: a request whose client gave up is still served."""
+        with self._lock:
+            self.waiting += 1
+            try:
+                while True:
+                    if self._stopping.is_set():
+                        return False
+                    capacity = self._capacity
+                    if capacity is None or self.in_flight < capacity:
+                        break
+                    self._slot_freed.wait()
+            finally:
+                self.waiting -= 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return True
+
+    def _free_slot(self, *, answered: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if answered:
+                self.served += 1
+            self._slot_freed.notify()
 
     def _record(self, received: Received) -> None:
         with self._lock:
@@ -311,7 +393,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Handler threads are joined by Sandbox.stop() (with a timeout), not by server_close().
     block_on_close = False
-    request_queue_size = 128
+    # Connections the kernel accepts before the serving thread does: a few hundred clients
+    # connecting at once must all get in (and wait for capacity), not be refused.
+    request_queue_size = 1024
     sandbox: Sandbox
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -365,16 +449,19 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._send(_problem(exc.status, path, _phrase(exc.status), str(exc)), head=False)
             return
-        with sandbox._lock:
-            sandbox.in_flight += 1
-            sandbox.max_in_flight = max(sandbox.max_in_flight, sandbox.in_flight)
+        if not sandbox._take_slot():
+            self.close_connection = True
+            return
+        answered = False
         try:
-            self._answer(sandbox, path, headers, body)
+            answered = self._answer(sandbox, path, headers, body)
         finally:
-            with sandbox._lock:
-                sandbox.in_flight -= 1
+            sandbox._free_slot(answered=answered)
 
-    def _answer(self, sandbox: Sandbox, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _answer(self, sandbox: Sandbox, path: str, headers: dict[str, str], body: bytes) -> bool:
+        """Decide, record, take the latency, answer; False if no answer was given (hang, stop).
+
+        An answer whose write fails (the client gave up) still counts: the work was done."""
         try:
             answer, event_id = sandbox._decide(self.command, path, headers, body)
         except Exception:
@@ -382,20 +469,24 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("sandbox failed on %s %s", self.command, path)
             answer, event_id = _problem(500, path, "Sandbox error", "See the sandbox log."), None
         status = NO_ANSWER if answer.hang else answer.status
+        customer = _customer_of(body) if path in _PATHS else None
         sandbox._record(
-            Received(self.command, path, headers, body, event_id, status, time.monotonic())
+            Received(
+                self.command, path, headers, body, event_id, status, time.monotonic(), customer
+            )
         )
         logger.debug("%s %s customEventId=%s -> %s", self.command, path, event_id, status)
 
         delay = sandbox.default_delay + answer.delay
         if delay > 0 and sandbox._stopping.wait(delay):
             self.close_connection = True
-            return
+            return False
         if answer.hang:
             sandbox._stopping.wait()
             self.close_connection = True
-            return
+            return False
         self._send(answer, head=self.command == "HEAD")
+        return True
 
     do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
@@ -538,6 +629,28 @@ def _parse_json(body: bytes) -> tuple[object, str | None]:
         return None, f"body: invalid JSON ({exc})."
 
 
+_CUSTOMER_KEYS = (
+    "customerId",
+    "customerEmail",
+    "customerEmailMd5",
+    "customerEmailSha256",
+    "customerPhone",
+    "customerCrmId",
+)
+
+
+def _customer_of(body: bytes) -> str | None:
+    """``"name=value"`` of the body's first customer identifier; ``None`` if it has none."""
+    obj, error = _parse_json(body)
+    if error is not None or not isinstance(obj, dict):
+        return None
+    for name in _CUSTOMER_KEYS:
+        value = obj.get(name)
+        if value is not None:
+            return f"{name}={value}"
+    return None
+
+
 def _event_id_of(obj: object) -> int | None:
     if isinstance(obj, dict):
         value = obj.get("customEventId")
@@ -550,11 +663,21 @@ def _event_id_of(obj: object) -> int | None:
 
 
 def serve_forever(
-    host: str, port: int, api_key: str, unknown_event_ids: Iterable[int] = ()
+    host: str,
+    port: int,
+    api_key: str,
+    unknown_event_ids: Iterable[int] = (),
+    *,
+    latency: float = 0.0,
+    capacity: int | None = None,
 ) -> None:
     """Serve until Ctrl-C, for ``dispatcher sandbox --port N``. Prints the URL, never the key."""
-    sandbox = Sandbox(host, port, api_key, unknown_event_ids=unknown_event_ids).start()
-    print(f"ECDP sandbox listening on {sandbox.url} (Ctrl-C to stop)", flush=True)
+    sandbox = Sandbox(
+        host, port, api_key, unknown_event_ids=unknown_event_ids, latency=latency, capacity=capacity
+    ).start()
+    limits = f"{latency:g}s per answer, " if latency else ""
+    limits += f"{capacity} at once" if capacity else "no capacity limit"
+    print(f"ECDP sandbox listening on {sandbox.url} ({limits}; Ctrl-C to stop)", flush=True)
     try:
         while not sandbox._stopping.wait(1.0):
             pass

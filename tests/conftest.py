@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,22 @@ def sandbox(api_key: str) -> Iterator[Sandbox]:
     """The ECDP look-alike on loopback, answering with this test's API key."""
     with Sandbox(api_key=api_key) as server:
         yield server
+
+
+@pytest.fixture
+def slow_sandbox(api_key: str) -> Iterator[Callable[..., Sandbox]]:
+    """``make(latency=0.25, capacity=32)``: a sandbox that answers like an API at its limit
+    (started with this test's API key, stopped at teardown)."""
+    started: list[Sandbox] = []
+
+    def make(latency: float = 0.0, capacity: int | None = None) -> Sandbox:
+        box = Sandbox(api_key=api_key, latency=latency, capacity=capacity).start()
+        started.append(box)
+        return box
+
+    yield make
+    for box in started:
+        box.stop()
 
 
 @pytest.fixture

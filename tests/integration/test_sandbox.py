@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from dispatcher.cli import main
 from dispatcher.sandbox import NO_ANSWER, Received, Reply, Sandbox
 
 KEY = "test-key-1234567890"
@@ -366,3 +370,177 @@ def test_concurrent_keep_alive_clients_are_all_answered_and_recorded(sandbox: Sa
     assert sent_ids == {f"{n}-{i}" for n in range(threads) for i in range(per_thread)}
     for n in range(threads):
         assert sandbox.count(custom_event_id=n + 1) == per_thread
+
+
+# -- an API at its capacity (latency, capacity) ------------------------------------------------
+
+
+def _raw_post(sock: socket.socket, body: dict[str, object], key: str = KEY) -> None:
+    content = json.dumps(body).encode()
+    head = (
+        f"POST {CUSTOM} HTTP/1.1\r\nHost: sandbox\r\nx-api-key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    sock.sendall(head.encode() + content)
+
+
+def _raw_status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_hundreds_of_connections_at_once_wait_for_capacity_and_are_all_served() -> None:
+    clients, capacity = 300, 32
+    with Sandbox(api_key=KEY, latency=0.05, capacity=capacity) as sb:
+        socks = [
+            socket.create_connection(("127.0.0.1", sb.port), timeout=60.0) for _ in range(clients)
+        ]
+        try:
+            for n, sock in enumerate(socks):
+                _raw_post(sock, custom_body(customerId=n))
+            statuses = [_raw_status(sock) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert statuses == [201] * clients
+        assert sb.served == clients
+        assert sb.max_in_flight == capacity  # reached and never exceeded
+        assert (sb.in_flight, sb.waiting) == (0, 0)
+
+
+def test_latency_is_taken_by_every_answer_and_capacity_queues_the_rest() -> None:
+    latency = 0.3
+    with Sandbox(api_key=KEY, latency=latency, capacity=1) as sb:
+        took: list[float] = []
+
+        def send(n: int) -> None:
+            started = time.monotonic()
+            response = httpx.post(
+                sb.url + CUSTOM,
+                json=custom_body(customerId=n),
+                headers={"x-api-key": KEY},
+                timeout=30,
+            )
+            assert response.status_code == 201
+            took.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # One slot: one answer after the latency, the other after waiting for it plus its own.
+        assert min(took) >= latency
+        assert max(took) >= 2 * latency
+        assert (sb.served, sb.max_in_flight) == (2, 1)
+        first, second = sb.requests
+        assert second.at - first.at >= latency  # served one after the other
+
+
+def test_a_request_whose_client_gave_up_while_waiting_is_still_served(
+    slow_sandbox: Callable[..., Sandbox], api_key: str
+) -> None:
+    sb = slow_sandbox(latency=0.5, capacity=1)
+    headers = {"x-api-key": api_key}
+    holder = threading.Thread(
+        target=httpx.post,
+        args=(sb.url + CUSTOM,),
+        kwargs={"json": custom_body(1, customerId=1), "headers": headers, "timeout": 30.0},
+    )
+    holder.start()
+    wait_until(lambda: sb.in_flight == 1, "the first request to take the only slot")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(sb.url + CUSTOM, json=custom_body(2, customerId=2), headers=headers, timeout=0.1)
+    holder.join(timeout=30.0)
+    wait_until(lambda: sb.served == 2, "the abandoned request to be served anyway")
+    # The API did the work: from the customer's side, that is the event triggered.
+    assert sb.count(status=201, custom_event_id=2) == 1
+    assert sb.max_in_flight == 1
+
+
+def test_what_each_customer_received_in_order(sandbox: Sandbox, client: httpx.Client) -> None:
+    for n, who in enumerate(["a@example.com", "b@example.com", "a@example.com"]):
+        assert client.post(CUSTOM, json=custom_body(n + 1, customerEmail=who)).status_code == 201
+    sandbox.script(9, Reply(500))
+    client.post(CUSTOM, json=custom_body(9, customerEmail="a@example.com"))
+    client.post(CUSTOM, json={"customEventId": 4, "customerCrmId": "crm-1"})
+    got = sandbox.by_customer()
+    assert {k: [r.custom_event_id for r in v] for k, v in got.items()} == {
+        "customerEmail=a@example.com": [1, 3],
+        "customerEmail=b@example.com": [2],
+        "customerCrmId=crm-1": [4],
+    }
+    assert [r.status for r in sandbox.by_customer(status=None)["customerEmail=a@example.com"]] == [
+        201,
+        201,
+        500,
+    ]
+
+
+def test_capacity_can_be_raised_while_requests_wait() -> None:
+    outcomes: list[BaseException] = []
+
+    def send(url: str) -> None:
+        try:
+            httpx.post(url + CUSTOM, json=custom_body(), headers={"x-api-key": KEY}, timeout=60)
+        except httpx.HTTPError as exc:
+            outcomes.append(exc)
+
+    with Sandbox(api_key=KEY, latency=30.0, capacity=1) as sb:
+        threads = [threading.Thread(target=send, args=(sb.url,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: (sb.in_flight, sb.waiting) == (1, 2), "two requests to queue")
+        sb.capacity = 3
+        wait_until(lambda: sb.in_flight == 3, "the queued requests to be let in")
+    for t in threads:
+        t.join(timeout=30.0)
+    # stop() released them all, unanswered: none was served.
+    assert len(outcomes) == 3
+    assert sb.served == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"latency": -1.0}, "latency"), ({"capacity": 0}, "capacity")]
+)
+def test_bad_limits_are_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Sandbox(api_key=KEY, **kwargs)
+
+
+def test_cli_passes_latency_and_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(
+        "dispatcher.sandbox.serve_forever", lambda *args, **kwargs: seen.update(kwargs)
+    )
+    result = CliRunner().invoke(main, ["sandbox", "--latency", "0.25", "--capacity", "32"])
+    assert result.exit_code == 0, result.output
+    assert (seen["latency"], seen["capacity"]) == (0.25, 32)
+    result = CliRunner().invoke(main, ["sandbox"])
+    assert (seen["latency"], seen["capacity"]) == (0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--latency", "-0.5"], "--latency"),
+        (["--latency", "slow"], "--latency"),
+        (["--capacity", "0"], "--capacity"),
+        (["--capacity", "-3"], "--capacity"),
+        (["--capacity", "many"], "--capacity"),
+        (["--capacity", "2.5"], "--capacity"),
+    ],
+)
+def test_cli_refuses_bad_limits_naming_the_option(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], option: str
+) -> None:
+    monkeypatch.setattr("dispatcher.sandbox.serve_forever", lambda *a, **k: pytest.fail("served"))
+    result = CliRunner().invoke(main, ["sandbox", *args])
+    assert result.exit_code == 2
+    assert option in result.output
