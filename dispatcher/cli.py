@@ -801,20 +801,34 @@ def stats(as_json: bool) -> None:
         echo("no queues yet")
         return
     _print_table(
-        ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "CIRCUIT", "PAUSED"),
+        ("QUEUE", *(s.upper() for s in STATUSES), "OLDEST DUE", "WINDOW", "CIRCUIT", "PAUSED"),
         [
             (
                 q.name,
                 *(q.counts[s] for s in STATUSES),
                 _age_text(q.oldest_due_age_seconds),
+                "-" if q.window is None else q.window,
                 q.circuit,
                 f"yes, since {_when(q.paused_at)}: {q.pause_reason}" if q.paused else "no",
             )
             for q in per_queue.values()
         ],
-        right=set(range(1, len(STATUSES) + 2)),
-        squeeze=len(STATUSES) + 3,
+        right=set(range(1, len(STATUSES) + 3)),
+        squeeze=len(STATUSES) + 4,
     )
+    for q in per_queue.values():
+        if q.maybe_twice:
+            echo(
+                f"{q.name}: {q.maybe_twice} re-send{'s' if q.maybe_twice != 1 else ''} after a "
+                "timeout that came after the request was sent: each of those may have reached "
+                "the API twice"
+            )
+        if q.poison_kinds:
+            echo(
+                f"{q.name}: events {', '.join(map(str, q.poison_kinds))} taken for bad payloads "
+                "(they failed while other events got through): they go dead after their "
+                "attempts and do not open the circuit"
+            )
     tripped = [q for q in per_queue.values() if q.circuit_open]
     if tripped:
         echo("")

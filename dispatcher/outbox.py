@@ -30,6 +30,8 @@ from dispatcher.schema import (
     attempts,
     counts,
     jobs,
+    kinds_of,
+    kinds_text,
     queues,
 )
 
@@ -424,15 +426,6 @@ def queue_state(conn: sa.Connection, queue: str, now: datetime) -> QueueState:
     )
 
 
-def kinds_of(text: str | None) -> list[int]:
-    """``"12,40"`` (a queue row's list of custom event ids) as ``[12, 40]``."""
-    return [int(k) for k in (text or "").split(",") if k.strip().lstrip("-").isdigit()]
-
-
-def _kinds_text(kinds: Iterable[int]) -> str | None:
-    return ",".join(str(k) for k in sorted(set(kinds))) or None
-
-
 def admit(
     conn: sa.Connection, queue: str, want: int, now: datetime, limits: QueueLimits
 ) -> tuple[int, float]:
@@ -701,7 +694,7 @@ def open_circuit(
             circuit_reason=reason,
             circuit_retry_at=now + timedelta(seconds=probe_interval(0, policy)),
             circuit_probes=0,
-            circuit_kinds=_kinds_text(kinds),
+            circuit_kinds=kinds_text(kinds),
             updated_at=now,
         )
     ).rowcount
@@ -818,7 +811,7 @@ def end_probe(
                 kinds_of(row.poison_kinds) if row.poison_until and row.poison_until > now else []
             )
             values = {
-                "poison_kinds": _kinds_text([*still, *poisoned]),
+                "poison_kinds": kinds_text([*still, *poisoned]),
                 "poison_until": now + timedelta(seconds=policy.poison_seconds),
             }
         closed = conn.execute(
@@ -845,7 +838,7 @@ def end_probe(
             circuit_retry_at=now + timedelta(seconds=probe_interval(failed, policy)),
             circuit_probes=failed,
             circuit_reason=reason,
-            circuit_kinds=_kinds_text([*tripped, *([kind] if kind is not None else [])]),
+            circuit_kinds=kinds_text([*tripped, *([kind] if kind is not None else [])]),
             updated_at=now,
         )
     )
@@ -863,7 +856,7 @@ def clear_poison(conn: sa.Connection, queue: str, delivered: Iterable[int], now:
     conn.execute(
         sa.update(queues)
         .where(queues.c.name == queue)
-        .values(poison_kinds=_kinds_text(left), updated_at=now)
+        .values(poison_kinds=kinds_text(left), updated_at=now)
     )
 
 

@@ -16,6 +16,7 @@ finished state (``outbox.record``, ``outbox.open_circuit``, ``outbox.purge_batch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +50,17 @@ DEDUPE_WHERE = "dedupe_key IS NOT NULL"
 EMAIL_WHERE = "customer_email IS NOT NULL"
 LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"
 ORDERING_WHERE = f"ordering_key IS NOT NULL AND {LIVE_WHERE}"
+
+
+def kinds_of(text: str | None) -> list[int]:
+    """``"12,40"`` (a queue row's list of custom event ids: circuit_kinds, poison_kinds) as
+    ``[12, 40]``."""
+    return [int(k) for k in (text or "").split(",") if k.strip().lstrip("-").isdigit()]
+
+
+def kinds_text(kinds: Iterable[int]) -> str | None:
+    """The other way round; None for no kind."""
+    return ",".join(str(k) for k in sorted(set(kinds))) or None
 
 
 def _partial(where: str) -> dict[str, Any]:

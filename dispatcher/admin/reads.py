@@ -38,6 +38,7 @@ from dispatcher.schema import (
     activity_marks,
     attempts,
     jobs,
+    kinds_of,
     queues,
 )
 from dispatcher.schema import counts as finished_counts
@@ -287,8 +288,17 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
                 switch.circuit_retry_at if switch is not None and circuit == "open" else None
             ),
             circuit_failed_probes=int(switch.circuit_probes or 0) if switch is not None else 0,
+            window=switch.send_window if switch is not None else None,
+            maybe_twice=int(switch.resent or 0) if switch is not None else 0,
+            poison_kinds=tuple(_poison(switch, now)),
         )
     return result
+
+
+def _poison(switch: sa.Row[Any] | None, now: datetime) -> list[int]:
+    if switch is None or switch.poison_until is None or switch.poison_until <= now:
+        return []
+    return kinds_of(switch.poison_kinds)
 
 
 # --------------------------------------------------------------------------- activity (charts)

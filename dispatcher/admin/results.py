@@ -108,6 +108,15 @@ class QueueStats:
     circuit_reason: str | None = None
     circuit_next_probe_at: datetime | None = None
     circuit_failed_probes: int = 0
+    # The in-flight window a worker last reported for the queue (dispatcher.window); None: no
+    # worker has sent for it yet.
+    window: int | None = None
+    # Re-sends after a timeout that came after the request's body was sent: each of those jobs
+    # may have reached the API twice (a second trigger of its scenario).
+    maybe_twice: int = 0
+    # Kinds of event (custom event ids) taken for bad payloads, not an outage: their failures
+    # count toward their jobs' attempts and never open the circuit (see dispatcher.breaker).
+    poison_kinds: tuple[int, ...] = ()
 
     @property
     def circuit_open(self) -> bool:
@@ -126,6 +135,9 @@ class QueueStats:
             "circuit_reason": self.circuit_reason,
             "circuit_next_probe_at": _iso(self.circuit_next_probe_at),
             "circuit_failed_probes": self.circuit_failed_probes,
+            "window": self.window,
+            "maybe_twice": self.maybe_twice,
+            "poison_kinds": list(self.poison_kinds),
         }
 
 

@@ -188,6 +188,18 @@ class _Collector(Collector):
             "Why a queue's circuit breaker is open, and its state (open or half_open).",
             labels=["queue"],
         )
+        window = GaugeMetricFamily(
+            "dispatcher_queue_window",
+            "Requests a worker process keeps in flight for the queue, as a worker last reported "
+            "it (the closed-loop window: it shrinks when the API slows down or fails).",
+            labels=["queue"],
+        )
+        maybe_twice = CounterMetricFamily(
+            "dispatcher_maybe_sent_twice",
+            "Re-sends after a timeout that came after the request was sent: each may have "
+            "reached the API twice.",
+            labels=["queue"],
+        )
         tries = CounterMetricFamily(
             "dispatcher_delivery_attempts",
             "HTTP requests made to the ECDP API, by queue and status-code class "
@@ -213,6 +225,9 @@ class _Collector(Collector):
                 text = " ".join((q.pause_reason or "").split())[:_REASON_LIMIT]
                 reason.add_metric([name], {"reason": text})
             circuit.add_metric([name], 1.0 if q.circuit_open else 0.0)
+            if q.window is not None:
+                window.add_metric([name], q.window)
+            maybe_twice.add_metric([name], q.maybe_twice)
             if q.circuit_open:
                 text = " ".join((q.circuit_reason or "").split())[:_REASON_LIMIT]
                 circuit_reason.add_metric([name], {"state": q.circuit, "reason": text})
@@ -222,4 +237,16 @@ class _Collector(Collector):
             dead.add_metric([name], m._dead[name])
             histogram = m._latency.get(name) or _Histogram()
             latency.add_metric([name], histogram.buckets(), histogram.total)
-        return [by_status, oldest, paused, reason, circuit, circuit_reason, tries, dead, latency]
+        return [
+            by_status,
+            oldest,
+            paused,
+            reason,
+            circuit,
+            circuit_reason,
+            window,
+            maybe_twice,
+            tries,
+            dead,
+            latency,
+        ]

@@ -310,6 +310,25 @@ OPENAPI: dict[str, Any] = {
                     "minimum": 0,
                     "description": "Failed probes since it opened.",
                 },
+                window=_nullable(
+                    "integer",
+                    description="Requests a worker process keeps in flight for the queue, as "
+                    "last reported (closed loop: it shrinks when the API slows down or fails); "
+                    "null until a worker has sent for it.",
+                ),
+                maybe_twice={
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Re-sends after a timeout that came after the request was "
+                    "sent: each may have reached the API twice.",
+                },
+                poison_kinds={
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "description": "Custom event ids taken for bad payloads (they failed while "
+                    "others got through): they go dead after their attempts and never open the "
+                    "circuit.",
+                },
             ),
             "Queues": _object(
                 queues={"type": "object", "additionalProperties": _ref("QueueStats")}
