@@ -125,7 +125,7 @@ class _Drain:
     answered: Answered = field(default_factory=queues.SimpleQueue)  # answers not yet judged
     done: list[AttemptResult] = field(default_factory=list)  # judged, not yet recorded
     sent: dict[int, Claimed] = field(default_factory=dict)  # in flight, by job id
-    load: dict[int, int] = field(default_factory=dict)  # in flight when each was sent
+    sent_at: dict[int, float] = field(default_factory=dict)  # when each was sent (monotonic)
     leases: Counter[str] = field(default_factory=Counter)  # jobs held per lease token
     renewed_at: float = 0.0
     checked_at: float = float("-inf")  # when the last queue_state() read began
@@ -213,7 +213,8 @@ class Deliverer:
         deadline passes. Leaves in ``d`` what the caller must record and give back."""
         while True:
             self._upkeep(d)
-            window = self._window(d.queue).limit  # changes only as answers come in
+            sending = self._window(d.queue)
+            window = sending.limit  # changes only as answers come in
             while not d.stop and len(d.sent) < window:
                 if not d.inbox and not d.exhausted and time.monotonic() < d.deadline:
                     self._flush(d)  # recorded jobs leave the in-flight ceiling
@@ -237,7 +238,7 @@ class Deliverer:
                 self._send(job, d)
                 d.inbox.popleft()  # only once sent: a job that failed to go out is given back
                 d.sent[job.id] = job
-                d.load[job.id] = len(d.sent)
+                d.sent_at[job.id] = sending.sent(len(d.sent), time.monotonic())
             if not d.sent:
                 return
             finished = self._collect(d)
@@ -481,8 +482,8 @@ class Deliverer:
             sending.answered(
                 result.duration_ms,
                 failed=_congested(result.status_code),
+                sent_at=d.sent_at.pop(job.id, now),
                 in_flight=len(d.sent),
-                sent_in_flight=d.load.pop(job.id, 1),
                 now=now,
             )
             effect = result.decision.effect

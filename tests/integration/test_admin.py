@@ -354,6 +354,9 @@ def test_stats_json(outbox: Outbox, run: Callable[..., Result], engine: sa.Engin
     assert list(body) == ["queues"]
     assert list(body["queues"]) == ["default", "eu-shop", "idle"]
     default, eu, idle = (body["queues"][q] for q in ("default", "eu-shop", "idle"))
+    assert isinstance(default.pop("window"), int)  # the in-flight window its worker reported
+    assert idle["window"] is None  # no worker has sent for it
+    assert default.pop("maybe_twice") == 0 and default.pop("poison_kinds") == []
     assert default == {
         "paused": False,
         "pause_reason": None,
@@ -399,12 +402,14 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "DEAD",
         "OLDEST",
         "DUE",
+        "WINDOW",
         "CIRCUIT",
         "PAUSED",
     ]
     default, eu = (line.split() for line in lines[1:])
-    assert default == ["default", "0", "0", "0", "4", "2", "-", "closed", "no"]
-    assert eu[:6] == ["eu-shop", "3", "0", "0", "0", "0"] and eu[7] == "closed"
+    assert default[7].isdigit(), "the in-flight window its worker reported"
+    assert default[:7] + default[8:] == ["default", "0", "0", "0", "4", "2", "-", "closed", "no"]
+    assert eu[:6] == ["eu-shop", "3", "0", "0", "0", "0"] and eu[7:9] == ["-", "closed"]
     assert "yes, since" in lines[2] and "migrating the EU account" in lines[2]
     assert len(lines) == 3, "nothing below the table while every circuit is closed"
 
@@ -462,9 +467,9 @@ def test_stats_show_the_circuit_breaker(
 
     lines = run("stats").stdout.splitlines()
     table = {line.split()[0]: line.split() for line in lines[1:4]}
-    assert table["default"][6:] == ["-", "open", "no"]
-    assert table["eu-shop"][7] == "half_open" and table["eu-shop"][8] == "yes,"
-    assert table["api-down"][6:] == ["-", "open", "no"]
+    assert table["default"][6:7] + table["default"][8:] == ["-", "open", "no"]  # [7]: window
+    assert table["eu-shop"][8] == "half_open" and table["eu-shop"][9] == "yes,"
+    assert table["api-down"][6:] == ["-", "-", "open", "no"]
     stamp = lambda t: t.strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
     assert lines[4:] == [
         "",
