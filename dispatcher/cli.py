@@ -406,9 +406,12 @@ def check(ctx: click.Context) -> None:
 def sweeper(interval: float | None) -> None:
     """Re-signal due jobs and return expired leases, until Ctrl-C / SIGTERM."""
     from dispatcher import sweeper as sweeper_mod
-    from dispatcher.tasks import notify_due
+    from dispatcher.signals import Signaller, celery_sender
 
     settings = get_settings()
+    # Signals go out from a thread of their own with short broker timeouts: a hung broker never
+    # holds the sweep's database work (leases, retention) nor its exit on SIGTERM.
+    signaller = Signaller(celery_sender, fallback="the sweeper signals them again")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     from dispatcher.partitions import Maintainer
@@ -424,7 +427,7 @@ def sweeper(interval: float | None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         sweeper_mod.run(
             _engine(),
-            notify_due,
+            signaller.request,
             interval or settings.sweep_interval_seconds,
             stop=stop,
             retention=retention,

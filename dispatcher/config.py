@@ -26,6 +26,12 @@ DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
 DEFAULT_BASE_URL = "https://api.ecdp.app"
 DEFAULT_QUEUE = "default"
 
+# Every connection to the broker has these bounds, so a broker that accepts connections and never
+# answers (hung, SIGSTOPped, a dead NAT path) costs a bounded wait, never a hang. Producers publish
+# with tighter ones of their own (dispatcher.signals), the readiness probe too (dispatcher.health).
+BROKER_CONNECT_TIMEOUT = 2.0  # seconds to open a connection
+BROKER_SOCKET_TIMEOUT = 5.0  # seconds one command may wait for its answer (worker, sweeper)
+
 T = TypeVar("T", int, float)
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -58,6 +64,23 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def broker_timeouts(url: str, seconds: float = BROKER_SOCKET_TIMEOUT) -> dict[str, object]:
+    """kombu transport options that bound every wait on the broker at ``url`` to ``seconds``
+    (connecting: at most :data:`BROKER_CONNECT_TIMEOUT`) for Redis; ``{}`` for the others (the
+    embedded SQLAlchemy broker hands every option to ``create_engine()``; AMQP connects within
+    Celery's ``broker_connection_timeout``).
+
+    ``retry_on_timeout`` stays off: a command that timed out may have run (a publish would then
+    go out twice), and the callers' own retries decide what happens next."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return {
+            "socket_connect_timeout": min(seconds, BROKER_CONNECT_TIMEOUT),
+            "socket_timeout": seconds,
+            "retry_on_timeout": False,
+        }
+    return {}
 
 
 def normalize_database_url(url: str) -> str:

@@ -108,10 +108,10 @@ def _broker(url: str) -> str:
         return "ok"
     from kombu import connection
 
+    from dispatcher.config import broker_timeouts
+
     connect: Any = connection.Connection  # kombu is untyped
-    options: dict[str, Any] = {}
-    if url.startswith(("redis://", "rediss://")):
-        options = {"socket_connect_timeout": TIMEOUT_SECONDS, "socket_timeout": TIMEOUT_SECONDS}
+    options = broker_timeouts(url, TIMEOUT_SECONDS)
     try:
         with connect(url, connect_timeout=TIMEOUT_SECONDS, transport_options=options) as conn:
             conn.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)

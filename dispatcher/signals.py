@@ -40,13 +40,20 @@ WATCH_LIMIT = 600.0  # a watched transaction still open after this long is left 
 class Signaller:
     """``make_send`` is called once, in the first caller's thread (:meth:`prepare`): importing
     Celery and the broker's client from the background thread could happen during interpreter
-    shutdown, when imports that register exit hooks fail."""
+    shutdown, when imports that register exit hooks fail.
+
+    ``fallback`` ends the warning about a failed signal: who signals instead (the sweeper uses
+    a Signaller too, so that its database work never waits on the broker)."""
 
     def __init__(
-        self, make_send: Callable[[], Callable[[str], None]], min_interval: float = 0.02
+        self,
+        make_send: Callable[[], Callable[[str], None]],
+        min_interval: float = 0.02,
+        fallback: str = "the sweeper will deliver the jobs",
     ) -> None:
         self._make_send = make_send
         self._min_interval = min_interval
+        self._fallback = fallback
         self._send: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -107,7 +114,7 @@ class Signaller:
         if not done:
             self._warn(
                 f"could not signal workers within {timeout:g} s (is the broker down or hung?); "
-                f"the sweeper will deliver the jobs{' of ' + ', '.join(late) if late else ''}"
+                f"{self._fallback}{' of ' + ', '.join(late) if late else ''}"
             )
         return done
 
@@ -138,7 +145,7 @@ class Signaller:
                 self._down_until = time.monotonic() + BROKER_DOWN_PAUSE
                 self._warn(
                     f"could not signal workers for queue {queue} ({type(exc).__name__}: "
-                    f"{str(exc)[:200]}); the sweeper will deliver the jobs"
+                    f"{str(exc)[:200]}); {self._fallback}"
                 )
                 return
         if self._warned:
@@ -183,15 +190,14 @@ class Signaller:
             time.sleep(self._min_interval)
 
 
-def _celery_sender() -> Callable[[str], None]:
+def celery_sender() -> Callable[[str], None]:
     """Publish ``dispatcher.deliver(queue)`` on a connection of our own with short timeouts and
     no retries (the Celery app's own pool retries a lost broker for a long time)."""
+    from dispatcher.config import broker_timeouts
     from dispatcher.tasks import app, deliver  # Celery is imported only once a signal is needed
 
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
-    options: dict[str, Any] = dict(app.conf.broker_transport_options or {})
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        options.update(socket_timeout=SEND_TIMEOUT, socket_connect_timeout=SEND_TIMEOUT)
+    options: dict[str, Any] = broker_timeouts(url, SEND_TIMEOUT)
     if not url.startswith("sqla+"):  # that transport hands every option to create_engine()
         options.update(max_retries=0, interval_start=0, interval_step=0, interval_max=0)
 
@@ -217,5 +223,5 @@ def _celery_sender() -> Callable[[str], None]:
     return send
 
 
-signaller = Signaller(_celery_sender)
+signaller = Signaller(celery_sender)
 atexit.register(signaller.flush)

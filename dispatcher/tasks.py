@@ -10,6 +10,10 @@ Settings that matter, and why:
   on the broker to be redelivered (the leased jobs themselves come back through the sweeper).
 - ``worker_prefetch_multiplier=1``: a worker holds one signal at a time, so idle workers get work.
 - ``broker_connection_retry_on_startup``: a worker started before Redis waits for it.
+- Broker connect and socket timeouts (:func:`dispatcher.config.broker_timeouts`,
+  ``broker_connection_timeout``): a Redis that accepts connections and never answers costs a
+  bounded wait (the worker's start then exits 6), never a hang. No result backend: results
+  are ignored.
 - Redis ``visibility_timeout`` (1 h): how long an unacked signal waits before redelivery. Tasks
   stop after ``DRAIN_SECONDS`` and re-signal, so a live task never comes near it, and nothing is
   ever scheduled with countdown/ETA (retry times live in ``next_attempt_at``).
@@ -36,7 +40,13 @@ from celery.signals import (
 )
 
 from dispatcher import health, logs
-from dispatcher.config import ConfigError, Settings, get_settings
+from dispatcher.config import (
+    BROKER_CONNECT_TIMEOUT,
+    ConfigError,
+    Settings,
+    broker_timeouts,
+    get_settings,
+)
 from dispatcher.db import dispose_engines
 from dispatcher.delivery import Deliverer
 
@@ -71,7 +81,7 @@ def worker_queues(selected: Iterable[str], settings: Settings) -> list[str]:
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("dispatcher", broker=settings.broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {}
+    transport_options: dict[str, Any] = broker_timeouts(settings.broker_url)
     if settings.broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = 3600
     if settings.broker_url.startswith("sqla+"):
@@ -87,6 +97,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
         broker_transport_options=transport_options,
         task_ignore_result=True,
         task_serializer="json",

@@ -19,10 +19,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from dispatcher.db import get_engine, utcnow
 from dispatcher.outbox import NewJob, insert_jobs
@@ -207,3 +209,87 @@ def test_a_refusing_broker_costs_nothing(proc_env: dict[str, str], tmp_path: Pat
     assert_clean(done, took)
     done, took = cli(env, "enqueue", "--event-id", "9", "--customer-id", "3")
     assert_clean(done, took)
+
+
+# -- the processes that talk to the broker all the time ----------------------------------------
+
+LEASE_LEFT = 3.0  # the in-flight jobs' leases run out this long after the sweeper starts
+
+
+def test_a_hung_broker_never_holds_the_sweeper(
+    proc_env: dict[str, str], private_redis: PrivateRedis, db_url: str, tmp_path: Path
+) -> None:
+    """Its first pass signals the due job and meets the hung broker; later passes still return
+    the expired leases and apply the retention, and SIGTERM still stops it."""
+    engine = get_engine(db_url)
+    now = utcnow()
+    with engine.begin() as conn:
+        insert_jobs(conn, [NewJob("default", ENDPOINT, 9, None, body(1))], now)  # due: signalled
+        leased = insert_jobs(
+            conn, [NewJob("default", ENDPOINT, 9, None, body(n)) for n in (2, 3, 4)], now
+        )
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.id.in_(leased))
+            .values(
+                status="in_flight",
+                lease_token="gone-worker",
+                lease_expires_at=now + timedelta(seconds=LEASE_LEFT),
+            )
+        )
+        [old] = insert_jobs(
+            conn, [NewJob("default", ENDPOINT, 9, None, body(5))], now - timedelta(hours=2)
+        )
+        conn.execute(jobs.update().where(jobs.c.id == old).values(status="delivered"))
+    private_redis.hang()
+    log = tmp_path / "sweeper.log"
+    sweeper = start(dict(proc_env, DISPATCHER_RETENTION="1h"), "sweeper", log=log)
+    try:
+        wait_until(lambda: b"could not signal" in log.read_bytes(), "a signal to fail", 30)
+
+        def returned() -> int:
+            with engine.connect() as conn:
+                return len(
+                    conn.execute(
+                        sa.select(jobs.c.id).where(
+                            jobs.c.id.in_(leased), jobs.c.status == "pending"
+                        )
+                    ).all()
+                )
+
+        # A generous bound for a loaded machine; before the fix: 0 of 3 after any wait.
+        wait_until(lambda: returned() == 3, "3 of 3 expired leases returned", LEASE_LEFT + 20)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(jobs.c.id).where(jobs.c.id == old)).first() is None
+
+        asked = time.monotonic()
+        sweeper.send_signal(signal.SIGTERM)
+        sweeper.wait(timeout=30)
+        took = time.monotonic() - asked
+        output = log.read_text()
+        assert took < 10.0, f"stopped {took:.1f} s after SIGTERM: {output}"
+        assert sweeper.returncode == 0, output
+        assert "Traceback" not in output, output
+    finally:
+        private_redis.resume()
+        stop(sweeper)
+
+
+def test_a_worker_exits_6_when_the_broker_hangs(
+    proc_env: dict[str, str], private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    private_redis.hang()
+    log = tmp_path / "worker.log"
+    started = time.monotonic()
+    worker = start(proc_env, "worker", "--concurrency=1", log=log)
+    try:
+        worker.wait(timeout=60)
+        took = time.monotonic() - started
+        output = log.read_text()
+        assert worker.returncode == 6, output
+        assert took < 15.0, f"exited after {took:.1f} s: {output}"
+        assert "cannot reach the broker" in output, output
+        assert "Traceback" not in output, output
+    finally:
+        private_redis.resume()
+        stop(worker)
