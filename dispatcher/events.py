@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 from urllib.parse import urlsplit
 
 __all__ = [
+    "CUSTOMER_KEYS",
     "DATA_FIELD_TYPES",
     "MAX_BODY_BYTES",
     "CustomEvent",
@@ -578,6 +579,8 @@ _CUSTOMER_RULES: Final = (
     _Rule("customer_phone", "customerPhone", _scalar(_text(20, _phone_shape))),
     _Rule("customer_crm_id", "customerCrmId", _scalar(_text(128))),
 )
+#: The customer identifiers' JSON names, in the documented order.
+CUSTOMER_KEYS: Final = tuple(r.key for r in _CUSTOMER_RULES)
 _CUSTOM_EVENT_RULES: Final = (_EVENT_ID, *_CUSTOMER_RULES, _DATA_FIELDS)
 _SEGMENT_EVENT_RULES: Final = (
     _EVENT_ID,

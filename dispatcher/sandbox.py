@@ -629,22 +629,14 @@ def _parse_json(body: bytes) -> tuple[object, str | None]:
         return None, f"body: invalid JSON ({exc})."
 
 
-_CUSTOMER_KEYS = (
-    "customerId",
-    "customerEmail",
-    "customerEmailMd5",
-    "customerEmailSha256",
-    "customerPhone",
-    "customerCrmId",
-)
-
-
 def _customer_of(body: bytes) -> str | None:
     """``"name=value"`` of the body's first customer identifier; ``None`` if it has none."""
+    from dispatcher.events import CUSTOMER_KEYS
+
     obj, error = _parse_json(body)
     if error is not None or not isinstance(obj, dict):
         return None
-    for name in _CUSTOMER_KEYS:
+    for name in CUSTOMER_KEYS:
         value = obj.get(name)
         if value is not None:
             return f"{name}={value}"
