@@ -397,7 +397,7 @@ def _raw_status(sock: socket.socket) -> int:
 
 def test_hundreds_of_connections_at_once_wait_for_capacity_and_are_all_served() -> None:
     clients, capacity = 300, 32
-    with Sandbox(api_key=KEY, latency=0.05, capacity=capacity) as sb:
+    with Sandbox(api_key=KEY, latency=0.2, capacity=capacity) as sb:
         socks = [
             socket.create_connection(("127.0.0.1", sb.port), timeout=60.0) for _ in range(clients)
         ]
