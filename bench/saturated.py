@@ -33,6 +33,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,22 @@ def one_run(db_url: str, n: int, fixed: int | None) -> dict[str, Any]:
         d = Deliverer(settings, engine=engine)
         if fixed:
             d.window_policy = WindowPolicy(maximum=fixed, minimum=fixed, initial=fixed)
-        windows: list[int] = []
+        windows: list[tuple[float, int]] = []  # (seconds since the start, window): 4 a second
+        done = threading.Event()
+        start = time.perf_counter()
+
+        def sample() -> None:
+            while not done.wait(0.25):
+                window = d._windows.get(QUEUE)
+                if window is not None:
+                    windows.append((round(time.perf_counter() - start, 2), window.limit))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         try:
-            start = time.perf_counter()
             deadline = start + 60 + n * LATENCY  # one at a time would take n x LATENCY
             while True:
                 d.drain(QUEUE, max_seconds=30)
-                windows.append(d._window(QUEUE).limit)
                 with engine.connect() as conn:
                     left = conn.execute(left_sql).scalar_one()
                 if not left:
@@ -98,6 +108,8 @@ def one_run(db_url: str, n: int, fixed: int | None) -> dict[str, Any]:
                 time.sleep(0.05)  # retries not due yet
             elapsed = time.perf_counter() - start
         finally:
+            done.set()
+            sampler.join()
             d.close()
         # Requests still waiting inside the server (their client gave up) are served all the
         # same, each one a second trigger: count them too.
@@ -120,7 +132,7 @@ def one_run(db_url: str, n: int, fixed: int | None) -> dict[str, Any]:
         "served_per_event": served / n,
         "attempts": {str(k): int(v) for k, v in attempts.items()},
         "max_in_flight_at_api": peak,
-        "window_after_each_drain": windows,
+        "window_series": windows,
     }
 
 
@@ -175,11 +187,13 @@ def _logged(db_url: str, n: int, fixed: int | None) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """The runs, then the two figures against their targets."""
-    lines = [f"{'window':<10}{'seconds':>9}{'served/event':>14}{'most at API':>13}  attempts"]
+    head = f"{'window':<10}{'seconds':>9}{'served/event':>14}{'most at API':>13}{'sizes':>10}"
+    lines = [f"{head}  attempts"]
     for r in [*result["adaptive"], *sorted(result["fixed"], key=lambda r: r["window"])]:
+        sizes = [w for _, w in r["window_series"]] or [0]
         lines.append(
             f"{r['window']!s:<10}{r['seconds']:>9.2f}{r['served_per_event']:>14.3f}"
-            f"{r['max_in_flight_at_api']:>13}  {r['attempts']}"
+            f"{r['max_in_flight_at_api']:>13}{f'{min(sizes)}-{max(sizes)}':>10}  {r['attempts']}"
         )
     met = result["met"]
     lines += [
