@@ -588,9 +588,10 @@ def saturated_figures(ctx: Ctx, results: Results) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ctx.code.src), env.get("PYTHONPATH", "")])
     log("an API at its capacity (bench/saturated.py)")
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    # Its log lines (stderr) show as it goes; its table (stdout) goes under the main one.
+    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode:
-        raise BenchError(f"bench/saturated.py failed (exit {done.returncode}):\n{done.stderr}")
+        raise BenchError(f"bench/saturated.py failed (exit {done.returncode}): see above")
     result: dict[str, Any] = json.loads(out.read_text())
     result["table"] = done.stdout.strip()
     results.add("saturated_served", result["served_per_event"])
