@@ -4,6 +4,7 @@ filled, reset and read, through the engine where a producer or an operator would
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -90,16 +91,20 @@ def set_paused(url: str, paused: bool) -> None:
         signaller.flush()
 
 
-def enqueue_all(url: str, evs: list[CustomEvent]) -> int:
-    """``enqueue_many`` in batches of 1,000, one transaction each; returns the first job id."""
+def enqueue_all(
+    url: str, evs: list[CustomEvent], ordering_keys: Sequence[str | None] | None = None
+) -> int:
+    """``enqueue_many`` in batches of 1,000, one transaction each, with ``ordering_keys`` (one per
+    event) if given; returns the first job id."""
     from sqlalchemy.orm import Session
 
     from dispatcher import enqueue_many
 
     first = None
     for start in range(0, len(evs), 1000):
+        keys = ordering_keys[start : start + 1000] if ordering_keys is not None else None
         with Session(engine(url)) as session, session.begin():
-            ids = enqueue_many(evs[start : start + 1000], session=session)
+            ids = enqueue_many(evs[start : start + 1000], session=session, ordering_keys=keys)
         first = first if first is not None else int(ids[0])
     return first or 0
 

@@ -91,7 +91,9 @@ def table(results: Results, params: dict[str, Any]) -> tuple[str, list[Check]]:
         return (BY_NAME[c.vs].label.format_map(params) or c.vs) if c.vs else ""
 
     w = max([22, *(len(vs_label(c)) for c in found)]) + 1
-    header = f"{'figure':<24}{'value':>10}  {'unit':<11}{'ratio':>7}  {'vs':<{w}}{'target':<16}met"
+    tw = max([15, *(len(c.target) for c in found)]) + 1
+    head = f"{'figure':<24}{'value':>10}  {'unit':<11}{'ratio':>7}  {'vs':<{w}}"
+    header = f"{head}{'target':<{tw}}met"
     lines = [header, "-" * len(header)]
     for fig in FIGURES:
         if fig.name not in med:
@@ -105,7 +107,7 @@ def table(results: Results, params: dict[str, Any]) -> tuple[str, list[Check]]:
             lead = first if i == 0 else " " * len(first)
             ratio = f"{c.value:.2f}" if c.vs else ""
             met = "yes" if c.met else "NO"
-            lines.append(f"{lead}{ratio:>7}  {vs_label(c):<{w}}{c.target:<16}{met}")
+            lines.append(f"{lead}{ratio:>7}  {vs_label(c):<{w}}{c.target:<{tw}}{met}")
     return "\n".join(lines), found
 
 

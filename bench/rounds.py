@@ -130,9 +130,11 @@ def drain_run(
     keep_up_to: int = 0,
     profile: Path | None = None,
     code: Code | None = None,
+    ordering_keys: int = 0,
 ) -> dict[str, Any]:
     """n pending jobs -> all delivered, with the Procfile's worker and sweeper (running ``code``,
-    by default the checkout's).
+    by default the checkout's). ``ordering_keys``: every job gets one of that many ordering keys,
+    in turn (job i the key i mod ordering_keys), so a key's next job waits for the one before.
 
     As a backlog after an outage: the worker and sweeper are started and warmed up on a few jobs,
     the queue is paused while the n jobs are written, and the clock starts at ``resume`` (plus
@@ -156,7 +158,8 @@ def drain_run(
     try:
         _wait_warm_up(remaining, worker, tag)
         set_paused(db_url, True)
-        first_id = enqueue_all(db_url, events(n, tag))
+        keys = [f"{tag}-{i % ordering_keys}" for i in range(n)] if ordering_keys else None
+        first_id = enqueue_all(db_url, events(n, tag), keys)
         sql(db_url, "ANALYZE dispatcher_jobs", autocommit=True)
         time.sleep(0.5)  # the signals for the paused queue come and go
         sampler = RssSampler(worker.pid)
@@ -183,6 +186,7 @@ def drain_run(
         return {
             "n": n,
             "code": (code or ctx.code).label,
+            "ordering_keys": ordering_keys,
             "seconds": clock.elapsed,
             "rate": n / clock.elapsed,
             "statuses": counts,

@@ -13,17 +13,20 @@ Competing figures run in the same invocation, alternating (the order flips every
 each ratio is the median of the per-round ratios: the machine is shared and noisy, so only the
 ratios are comparable between runs. Environment variables the dispatcher reads
 (``DISPATCHER_BATCH_SIZE``, ``DISPATCHER_CONCURRENCY``, ...) pass through to the worker, so a
-setting can be tried without editing anything. ``drain_baseline`` is ``drain`` with the worker
-code of ``--baseline-ref`` (exported from git), so "at most half of today's CPU per event" reads
-off the same run.
+setting can be tried without editing anything. ``drain_baseline`` and ``drain_50ms_baseline``
+are ``drain`` and ``drain_50ms`` with the worker code of ``--baseline-ref`` (exported from git), so
+the CPU per event and the drains against the starting commit read off the same run.
+``drain_ordered`` is ``drain`` with an ordering key per job (issue 21).
 
 The pieces: ``figures.py`` (every figure, its unit and targets, in one table), ``rounds.py`` (one
 run of each figure group), ``sinks.py``, ``services.py`` (processes, PostgreSQL, Redis, nginx,
 copies of the code), ``databases.py``, ``usage.py`` (a process tree's RSS and CPU), ``spy.py``
-(``--py-spy``), ``report.py`` (table and JSON). After the rounds, ``clients`` runs
-``clients.py`` (HTTP clients side by side) and ``scale`` runs ``scale.py`` (a 10M-row outbox,
-purge, many queues, worker processes; ``--scale-rows``, about 25 minutes at 10M): both print
-their own tables under the main one and go into the JSON.
+(``--py-spy``), ``report.py`` (table and JSON). After the rounds, ``saturated`` runs
+``saturated.py`` (an API at its capacity: second triggers, and time against the best fixed
+window; about 2 minutes; its figures join the main table), ``clients`` runs ``clients.py`` (HTTP
+clients side by side) and ``scale`` runs ``scale.py`` (a 10M-row outbox, purge, many queues,
+worker processes; ``--scale-rows``, about 25 minutes at 10M): each prints its own table under the
+main one and goes into the JSON.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ __all__ = ["Nginx", "ensure_nginx", "log", "main", "snapshot", "stop_all"]
 
 RESULTS = BENCH / "results"
 BENCH_REDIS_DB = 14
-BASELINE_REF = "25c103b"  # the engine before issue 13: "at most half of today's CPU per event"
+# The starting commit of issues 21 and 25: "the drains ... stay >= 0.95 x today's" (21) and
+# "drain_baseline is this issue's starting commit" (25). Figures up to 2026-11-30 were measured
+# against 25c103b, the engine before issue 13.
+BASELINE_REF = "d7eaca3"
 
 # The figure groups, in the order a round runs them (the next round runs them backwards): each
 # makes one or more figures of figures.py. drain and drain_baseline side by side alternate.
@@ -92,19 +98,23 @@ GROUPS = (
     "enqueue",
     "enqueue_async",
     "drain",
+    "drain_ordered",
     "drain_baseline",
     "raw_http",
     "naive_celery",
     "drain_big_table",
     "drain_50ms",
+    "drain_50ms_baseline",
     "naive_celery_50ms",
     "raw_http_50ms",
     "latency",
     "memory",  # after the rounds: one long drain
+    "saturated",  # after the rounds: bench/saturated.py, an API at its capacity (issue 21)
     "clients",  # after the rounds: bench/clients.py, HTTP clients side by side (issue 13)
     "scale",  # after the rounds: bench/scale.py, a 10M-row outbox and scaling out (issue 16)
 )
-NOT_QUICK = {"drain_big_table", "memory", "clients", "scale"}
+NOT_QUICK = {"drain_big_table", "memory", "saturated", "clients", "scale"}
+ORDERING_KEYS = 10_000  # drain_ordered: distinct keys, at most half the jobs (two jobs a key)
 
 
 def parse_args() -> argparse.Namespace:
@@ -131,8 +141,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--baseline-ref",
         default=BASELINE_REF,
-        help="git ref whose dispatcher/ runs the worker of drain_baseline (default "
-        f"{BASELINE_REF}, the engine before issue 13)",
+        help="git ref whose dispatcher/ runs the worker of drain_baseline and "
+        f"drain_50ms_baseline (default {BASELINE_REF}, the start of issues 21 and 25)",
     )
     p.add_argument("--python-sink", action="store_true", help="slow sink: bench/sink.py, no echo")
     p.add_argument(
@@ -236,7 +246,7 @@ def run(env: Env) -> bool:
     results = Results()
     play_rounds(ctx, Steps(ctx, results, big_max_id))
     extras = after_rounds(ctx, results)
-    params = table_params(ctx)
+    params = table_params(ctx, extras)
     text, checks = table(results, params)
     finished = datetime.now(UTC)
     info["loadavg_end"] = os.getloadavg()
@@ -269,9 +279,9 @@ def prepare(env: Env) -> tuple[Ctx, int, dict[str, Any]]:
     context every run gets, the big table's last job id and what setting up took."""
     args, sel = env.args, env.args.selected
     baseline = None
-    if "drain_baseline" in sel:
+    if sel & {"drain_baseline", "drain_50ms_baseline"}:
         baseline = code_at(args.baseline_ref, env.workdir / "baseline")
-        log(f"drain_baseline runs the worker code of {baseline.label}")
+        log(f"the baseline drains run the worker code of {baseline.label}")
     log("setting up: databases, sinks")
     small = make_db(env.pg_base, "dispatcher_bench")
     big, big_max_id, setup_info = None, 0, {}
@@ -318,11 +328,13 @@ class Steps:
             "enqueue": self.enqueue,
             "enqueue_async": self.enqueue_async,
             "drain": self.drain,
+            "drain_ordered": self.drain_ordered,
             "drain_baseline": self.drain_baseline,
             "raw_http": self.raw_http,
             "naive_celery": self.naive,
             "drain_big_table": self.drain_big_table,
             "drain_50ms": self.drain_50ms,
+            "drain_50ms_baseline": self.drain_50ms_baseline,
             "naive_celery_50ms": self.naive_50ms,
             "raw_http_50ms": self.raw_http_50ms,
             "latency": self.latency,
@@ -357,16 +369,26 @@ class Steps:
     def _drain(
         self,
         figure: str,
-        cpu_figure: str,
+        cpu_figure: str | None,
         tag: str,
         sink: Sink | None = None,
         code: Code | None = None,
+        ordering_keys: int = 0,
     ) -> dict[str, Any]:
         ctx = self.ctx
-        res = drain_run(ctx, ctx.small_url, sink or ctx.fast, self.args.jobs, tag, code=code)
+        res = drain_run(
+            ctx,
+            ctx.small_url,
+            sink or ctx.fast,
+            self.args.jobs,
+            tag,
+            code=code,
+            ordering_keys=ordering_keys,
+        )
         self.results.keep(figure, res)
         self.results.add(figure, res["rate"])
-        self.results.add(cpu_figure, res["cpu_ms_per_event"])
+        if cpu_figure:
+            self.results.add(cpu_figure, res["cpu_ms_per_event"])
         cpu = res["cpu_ms_per_event"]
         log(
             f"{figure} {res['rate']:,.0f}/s ({res['seconds']:.1f} s, sink got "
@@ -384,6 +406,10 @@ class Steps:
             f"peak {rss['peak'] / 1024:.0f} end {rss['end'] / 1024:.0f}"
         )
 
+    def drain_ordered(self, r: int) -> None:
+        keys = min(ORDERING_KEYS, max(1, self.args.jobs // 2))
+        self._drain("drain_ordered", None, f"o{r}", ordering_keys=keys)
+
     def drain_baseline(self, r: int) -> None:
         self._drain("drain_baseline", "cpu_per_event_baseline", f"base{r}", code=self.ctx.baseline)
 
@@ -399,6 +425,10 @@ class Steps:
 
     def drain_50ms(self, r: int) -> None:
         self._drain("drain_50ms", "cpu_per_event_50ms", f"s{r}", sink=self.ctx.slow)
+
+    def drain_50ms_baseline(self, r: int) -> None:
+        ctx = self.ctx
+        self._drain("drain_50ms_baseline", None, f"sb{r}", sink=ctx.slow, code=ctx.baseline)
 
     def raw_http(self, r: int) -> None:
         res = self.results.keep(
@@ -503,7 +533,9 @@ def after_rounds(ctx: Ctx, results: Results) -> dict[str, Any]:
     args, sel = ctx.args, ctx.args.selected
     if "memory" in sel:
         memory_drain(ctx, results)
-    extras: dict[str, Any] = {"profile": None, "clients": None, "scale": None}
+    extras: dict[str, Any] = {"profile": None, "saturated": None, "clients": None, "scale": None}
+    if "saturated" in sel:
+        extras["saturated"] = saturated_figures(ctx, results)
     if "clients" in sel:
         extras["clients"] = clients_side_by_side(ctx)
     if "scale" in sel:
@@ -548,6 +580,26 @@ def clients_side_by_side(ctx: Ctx) -> dict[str, Any]:
     return result
 
 
+def saturated_figures(ctx: Ctx, results: Results) -> dict[str, Any]:
+    """bench/saturated.py (its own database, the run's copy of dispatcher/): its three figures go
+    into the table, its whole result into the JSON."""
+    out = ctx.logdir / "saturated.json"
+    argv = [sys.executable, str(BENCH / "saturated.py"), "--json", str(out)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ctx.code.src), env.get("PYTHONPATH", "")])
+    log("an API at its capacity (bench/saturated.py)")
+    # Its log lines (stderr) show as it goes; its table (stdout) goes under the main one.
+    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode:
+        raise BenchError(f"bench/saturated.py failed (exit {done.returncode}): see above")
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["table"] = done.stdout.strip()
+    results.add("saturated_served", result["served_per_event"])
+    results.add("saturated", result["adaptive_seconds"])
+    results.add("saturated_best_fixed", result["best_fixed_seconds"])
+    return result
+
+
 def scale_figures(ctx: Ctx) -> list[dict[str, str]]:
     """bench/scale.py (its own databases, its own processes), its figures as a list."""
     out = ctx.logdir / "scale.json"
@@ -561,13 +613,15 @@ def scale_figures(ctx: Ctx) -> list[dict[str, str]]:
     return figures
 
 
-def table_params(ctx: Ctx) -> dict[str, Any]:
+def table_params(ctx: Ctx, extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the figures' labels and notes name (figures.py)."""
+    saturated = (extras or {}).get("saturated") or {}
     return {
         "threads": ctx.args.threads,
         "in_flight": ctx.args.in_flight,
         "concurrency": worker_concurrency(ctx.procfile["worker"]),
         "baseline": ctx.baseline.label if ctx.baseline else ctx.args.baseline_ref,
+        "saturated_window": saturated.get("best_fixed_window", "-"),
     }
 
 
@@ -587,7 +641,7 @@ def summary(
         f"medians of per-round ratios; drains of {args.jobs:,} jobs"
     )
     if ctx.baseline:
-        title += f"; drain_baseline: the worker code of {ctx.baseline.label}"
+        title += f"; the baseline drains: the worker code of {ctx.baseline.label}"
     sink_lines = "\n".join(f"sink ({k}): {v}" for k, v in sinks_of(ctx).items())
     out = [f"{title}\n{sink_lines}\n\n{text}"]
     if "drain" in results.runs:
@@ -599,6 +653,8 @@ def summary(
                 for x in rss
             )
         )
+    if extras["saturated"]:
+        out.append("\n" + extras["saturated"]["table"])
     if extras["clients"]:
         out.append(
             "\nHTTP clients, CPU ms per request and requests/s by sink and requests in flight:\n"
