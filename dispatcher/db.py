@@ -90,9 +90,10 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
-def dispose_engines() -> None:
-    """Drop pooled connections, e.g. in a child after fork or between tests."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Drop pooled connections, e.g. between tests; in a child after fork with ``close=False``:
+    the connections are the parent's too, and closing them would end the parent's sessions."""
     with _engines_lock:
         for engine in _engines.values():
-            engine.dispose()
+            engine.dispose(close=close)
         _engines.clear()

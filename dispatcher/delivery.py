@@ -407,10 +407,17 @@ class Deliverer:
                     conn, d.queue, trip, now, breaker, refund, kinds
                 )
                 closed: tuple[bool, list[int]] | None = None
-                for r in probes:
-                    ok = not is_outage(r.status_code)
+                if probes:  # any probe answered closes the circuit
+                    answered = [r for r in probes if not is_outage(r.status_code)]
+                    judged = answered or probes
                     closed = outbox.end_probe(
-                        conn, d.queue, ok, r.decision.reason, now, breaker, r.job.custom_event_id
+                        conn,
+                        d.queue,
+                        bool(answered),
+                        judged[0].decision.reason,
+                        now,
+                        breaker,
+                        [r.job.custom_event_id for r in judged],
                     )
                 return Recorded(judged, paused, released, opened, closed)
 

@@ -46,6 +46,7 @@ _EARLIER_LIVE = sa.text(
 # worker starts another request for the queue (unless one reading took longer than the settle).
 STATE_CHECK_SECONDS = 0.05
 PAUSE_SETTLE_SECONDS = 0.25
+PROBES = 3  # jobs sent at once to test an open circuit (see claim_probe)
 PREFERENCE_CANDIDATES = 1000  # a probe is chosen among this many of the oldest due jobs
 REFUND_SCAN = 50_000  # open_circuit looks for an outage's failures among this many last attempts
 
@@ -625,10 +626,14 @@ def claim_probe(
     lease_seconds: float,
     probe_seconds: float,
 ) -> list[Claimed]:
-    """While ``queue``'s circuit is open, lease the one job that tests the API, when its time has
-    come: the circuit turns half-open, and no other probe starts for ``probe_seconds`` (so a
-    worker that dies mid-probe only delays the next one). ``[]`` if the circuit is closed, the
-    queue is paused, or the next probe is not due yet."""
+    """While ``queue``'s circuit is open, lease the jobs that test the API (``PROBES`` at most),
+    when their time has come: the circuit turns half-open, and no other probe starts for
+    ``probe_seconds`` (so a worker that dies mid-probe only delays the next one). ``[]`` if the
+    circuit is closed, the queue is paused, or the next probe is not due yet.
+
+    A few at once, not one: any of them answered closes the circuit, so the few jobs that keep
+    failing for reasons of their own (a transient error that meets a job twice, a bad payload)
+    cannot hold the queue probe after probe, while a dead API gets three requests per interval."""
     won = conn.execute(
         sa.update(queues)
         .where(
@@ -656,15 +661,15 @@ def claim_probe(
         sa.case((jobs.c.custom_event_id.in_(tripped), 1), else_=0) if tripped else sa.literal(0),
         sa.case((jobs.c.last_status_code.is_(None) & jobs.c.last_error.is_(None), 0), else_=1),
     )
-    row = conn.execute(_lease(conn, queue, 1, now, lease_seconds, token, order=unlike)).first()
-    if row is None:  # nothing to probe with: stay open, try again when work arrives
+    rows = conn.execute(_lease(conn, queue, PROBES, now, lease_seconds, token, order=unlike)).all()
+    if not rows:  # nothing to probe with: stay open, try again when work arrives
         conn.execute(
             sa.update(queues)
             .where(queues.c.name == queue)
             .values(circuit=Circuit.OPEN.value, circuit_retry_at=now)
         )
         return []
-    return [_claimed(row, queue, token, probe=True)]
+    return sorted((_claimed(r, queue, token, probe=True) for r in rows), key=lambda c: c.id)
 
 
 def open_circuit(
@@ -780,10 +785,12 @@ def end_probe(
     reason: str | None,
     now: datetime,
     policy: BreakerPolicy,
-    kind: int | None = None,
+    kinds: Iterable[int | None] = (),
 ) -> tuple[bool, list[int]]:
     """A probe's answer: any answer but an outage closes the circuit; an outage opens it again,
     the next probe further off. Returns (closed, the kinds now taken for bad payloads).
+    ``kinds``: the custom event ids of the probes that got an answer (``ok``), or of those that
+    failed.
 
     A probe of another kind than the failures that opened the circuit, answered, says those
     kinds fail whatever the API's health: bad payloads, not an outage. They are remembered for
@@ -792,6 +799,7 @@ def end_probe(
     and the rest of the queue flows."""
     row = conn.execute(
         sa.select(
+            queues.c.circuit,
             queues.c.circuit_probes,
             queues.c.circuit_kinds,
             queues.c.poison_kinds,
@@ -803,8 +811,9 @@ def end_probe(
     if row is None:
         return False, []
     tripped = kinds_of(row.circuit_kinds)
+    probed = {k for k in kinds if k is not None}
     if ok:
-        poisoned = [k for k in tripped if kind is not None and kind not in tripped]
+        poisoned = tripped if probed - set(tripped) else []
         values: dict[str, Any] = {}
         if poisoned:
             still = (
@@ -829,6 +838,13 @@ def end_probe(
             )
         ).rowcount
         return bool(closed), poisoned if closed else []
+    if row.circuit != Circuit.HALF_OPEN.value:  # another probe of this round failed first
+        conn.execute(
+            sa.update(queues)
+            .where(queues.c.name == queue)
+            .values(circuit_kinds=kinds_text([*tripped, *probed]))
+        )
+        return False, []
     failed = (row.circuit_probes or 0) + 1
     conn.execute(
         sa.update(queues)
@@ -838,7 +854,7 @@ def end_probe(
             circuit_retry_at=now + timedelta(seconds=probe_interval(failed, policy)),
             circuit_probes=failed,
             circuit_reason=reason,
-            circuit_kinds=kinds_text([*tripped, *([kind] if kind is not None else [])]),
+            circuit_kinds=kinds_text([*tripped, *probed]),
             updated_at=now,
         )
     )

@@ -170,7 +170,7 @@ setup_logging.connect(logs.configure, weak=False)
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _after_fork(**_: object) -> None:
-    dispose_engines()  # never share the parent's pooled connections
+    dispose_engines(close=False)  # never use (nor close) the parent's pooled connections
     # httpx logs every request's URL at INFO; in a worker its only requests are the pause
     # alert's, and that webhook URL is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)

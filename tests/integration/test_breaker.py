@@ -235,7 +235,7 @@ def test_a_mostly_healthy_api_does_not_trip_it(
 # --------------------------------------------------------------------------- while open
 
 
-def test_while_open_nothing_is_sent_until_the_probe_is_due_then_exactly_one_probe(
+def test_while_open_nothing_is_sent_until_the_probe_is_due_then_exactly_the_probes(
     fast: Settings, engine: sa.Engine, sandbox: Sandbox
 ) -> None:
     settings = dataclasses.replace(
@@ -257,19 +257,18 @@ def test_while_open_nothing_is_sent_until_the_probe_is_due_then_exactly_one_prob
         probing = threading.Thread(target=d.drain, args=("default",))
         probing.start()
         try:
-            wait_until(lambda: sandbox.in_flight == 1, "the probe", limit=10)
+            wait_until(lambda: sandbox.in_flight >= 1, "the probe", limit=10)
             assert circuit(engine) == "half_open"
-            # Another worker sends nothing while the probe is out.
+            # Another worker sends nothing while the probes are out.
             assert other.drain("default").batches == 0
-            assert sandbox.count() == before + 1
         finally:
             probing.join()
     finally:
         d.close()
         other.close()
-    assert sandbox.count() == before + 1
+    assert sandbox.count() == before + outbox.PROBES
     row = queue_row(engine)
-    assert row.circuit == "open" and row.circuit_probes == 1  # the probe got a 503
+    assert row.circuit == "open" and row.circuit_probes == 1  # the probes got 503s
     assert not any(a.counted for a in attempt_rows(engine))
 
 
@@ -283,7 +282,7 @@ def test_failing_probes_reopen_it_further_off_each_time_up_to_the_cap(
         set_retry_at(engine, -0.01)
         summary = deliverer.drain("default")
         assert summary.batches == 1 and summary.circuit_open
-        assert sandbox.count() == sent + probes  # one probe per drain
+        assert sandbox.count() == sent + probes * outbox.PROBES  # one round of probes a drain
         row = queue_row(engine)
         assert row.circuit == "open"
         assert row.circuit_probes == probes
@@ -308,9 +307,8 @@ def test_a_successful_probe_closes_it_and_the_backlog_drains(
         if summary.batches:
             break
         time.sleep(0.02)
-    assert summary.batches == 1
-    assert sandbox.count(status=201) == 1  # the probe alone
-    assert summary.more  # work is due again: the worker's task re-signals the queue
+    # The probes' answers closed the circuit; the drain went on with the backlog.
+    assert sandbox.count(status=201) >= outbox.PROBES
     row = queue_row(engine)
     assert row.circuit == "closed"
     assert row.circuit_reason is None and row.circuit_retry_at is None
@@ -358,9 +356,9 @@ def test_a_half_open_circuit_whose_prober_died_is_probed_again(
     add_jobs(10)
     open_the_circuit(deliverer, engine, sandbox)
     set_retry_at(engine, -0.01)
-    with engine.begin() as conn:  # a worker takes the probe ... and dies
-        (dead_probe,) = outbox.claim_probe(conn, "default", utcnow(), 1.0, 60.0)
-    assert dead_probe.probe
+    with engine.begin() as conn:  # a worker takes the probes ... and dies
+        dead_probes = outbox.claim_probe(conn, "default", utcnow(), 1.0, 60.0)
+    assert len(dead_probes) == outbox.PROBES and all(p.probe for p in dead_probes)
     assert circuit(engine) == "half_open"
     sent = sandbox.count()
     assert deliverer.drain("default").batches == 0  # its probe may still be on its way
@@ -369,12 +367,12 @@ def test_a_half_open_circuit_whose_prober_died_is_probed_again(
     set_retry_at(engine, -0.01)  # the probe's deadline passed without an answer
     sandbox.fail_ratio = 0.0
     summary = deliverer.drain("default")
-    assert summary.batches == 1
-    assert sandbox.count() == sent + 1
+    assert summary.batches >= 1
+    assert sandbox.count() > sent  # probed again
     assert circuit(engine) == "closed"
 
-    with engine.begin() as conn:  # the sweeper returns the dead worker's probe job
-        assert outbox.release_expired(conn, utcnow() + timedelta(seconds=2)) == 1
+    with engine.begin() as conn:  # the sweeper returns the dead worker's probe jobs
+        assert outbox.release_expired(conn, utcnow() + timedelta(seconds=2)) == outbox.PROBES
     for _ in range(100):
         if set(counts(engine)) == {"delivered"}:
             break
@@ -383,10 +381,10 @@ def test_a_half_open_circuit_whose_prober_died_is_probed_again(
     assert {r.status for r in job_rows(engine)} == {"delivered"}
 
 
-def test_claim_probe_leases_one_job_and_only_when_due(
+def test_claim_probe_leases_a_round_of_probes_and_only_when_due(
     engine: sa.Engine, settings: Settings
 ) -> None:
-    add_jobs(3)
+    add_jobs(outbox.PROBES + 1)
     now = utcnow()
     with engine.begin() as conn:
         assert outbox.claim_probe(conn, "default", now, 10.0, 5.0) == []  # closed: no probe
@@ -394,9 +392,10 @@ def test_claim_probe_leases_one_job_and_only_when_due(
         assert not outbox.open_circuit(conn, "default", "again", now, BREAKER)  # once
         assert outbox.claim_probe(conn, "default", now, 10.0, 5.0) == []  # not due yet
         later = now + timedelta(seconds=BREAKER.probe_min_seconds)
-        (probe,) = outbox.claim_probe(conn, "default", later, 10.0, 5.0)
-        assert probe.probe and probe.attempts == 0
-        assert outbox.claim_probe(conn, "default", later, 10.0, 5.0) == []  # one at a time
+        probes = outbox.claim_probe(conn, "default", later, 10.0, 5.0)
+        assert len(probes) == outbox.PROBES
+        assert all(p.probe and p.attempts == 0 for p in probes)
+        assert outbox.claim_probe(conn, "default", later, 10.0, 5.0) == []  # a round at a time
         assert outbox.claim(conn, "default", 10, later, 10.0) == []  # nothing else is claimed
     assert queue_row(engine).circuit_reason == "test"
 
@@ -426,8 +425,8 @@ def test_an_outage_dead_letters_nothing_and_everything_is_delivered_after_it(
     finally:
         d.close()
     assert counts(engine) == {"delivered": 50}
-    # Opening (min_requests + the window) and a probe per interval (0.2, 0.4, 0.8 s ...).
-    assert during <= BREAKER.min_requests + WINDOW + 5
+    # Opening (min_requests + the window) and a round of probes per interval (0.2, 0.4, 0.8 s).
+    assert during <= BREAKER.min_requests + WINDOW + 5 * outbox.PROBES
     assert sandbox.count(status=201) == 50
 
 
