@@ -486,7 +486,7 @@ def test_stats_show_the_circuit_breaker(
     assert closed["circuit"] == "closed" and closed["circuit_reason"] is None
     assert closed["circuit_since"] is not None and closed["circuit_next_probe_at"] is None
     after = run("stats").stdout.splitlines()
-    assert after[2].split()[:1] + after[2].split()[7:] == ["default", "closed", "no"]
+    assert after[2].split()[:1] + after[2].split()[8:] == ["default", "closed", "no"]
     assert len(after) == 1 + 3 + 1 + 2  # header, 3 queues, a blank line, api-down and eu-shop
     assert not any("for default" in line for line in after)
 
