@@ -509,7 +509,7 @@ def test_stats_show_a_circuit_a_real_outage_opened(
     assert found.circuit_next_probe_at is not None
     assert not [i for i in ids if row(engine, i).status == "dead"], "the outage killed none"
     lines = run("stats").stdout.splitlines()
-    assert lines[1].split()[0] == "default" and lines[1].split()[7] == "open"
+    assert lines[1].split()[0] == "default" and lines[1].split()[8] == "open"
     assert lines[-1].startswith("circuit open for default since ") and "503" in lines[-1]
 
     sandbox.fail_ratio = 0.0  # the API is back: the next probe closes the circuit
