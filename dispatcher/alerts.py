@@ -10,8 +10,10 @@ opening: no operator is needed (the circuit closes by itself when a probe succee
 is down, or unreachable from here, and deliveries wait.
 
 Neither the log line nor the notice carries the API key: only the queue, the status code and
-the API's problem ``detail``. The webhook URL is a secret too (Slack puts its token in the
-path), so it is never logged, not even when posting to it fails.
+the API's problem ``detail``, with customer identifiers masked (:func:`dispatcher.masking.redact`:
+a Slack channel or a log store is no place for a customer's email or phone number). The webhook
+URL is a secret too (Slack puts its token in the path), so it is never logged, not even when
+posting to it fails.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 
 from dispatcher.config import Secret
+from dispatcher.masking import redact
 
 log = logging.getLogger("dispatcher.alerts")
 
@@ -144,6 +147,8 @@ def _post(
 
 
 def _clip(detail: str | None) -> str | None:
+    """``detail`` masked, on one line, at most ``_DETAIL_LIMIT`` characters."""
+    detail = redact(detail)
     if not detail:
         return None
     detail = " ".join(detail.split())

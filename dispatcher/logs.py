@@ -10,18 +10,21 @@ Every line has database and broker passwords redacted (:func:`dispatcher.scrub.s
 user-info, ``password=`` parameters), exception tracebacks included.
 
 What the dispatcher logs never carries a customer identifier or a payload: per-job lines name the
-job by id, and the API's answers are passed through :func:`redact` first.
+job by id, and the API's answers are passed through :func:`redact` first
+(:mod:`dispatcher.masking`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 
+from dispatcher.masking import redact
 from dispatcher.scrub import scrub, terminal_safe
+
+__all__ = ["FIELDS", "FORMATS", "JsonFormatter", "TextFormatter", "configure", "redact"]
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -39,20 +42,6 @@ FIELDS = (
     "removed_jobs",
     "removed_attempts",
 )
-
-_EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+")
-_LONG_NUMBER = re.compile(r"\d{5,}")
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-
-
-def redact(text: str | None) -> str | None:
-    """The API's words with anything that may identify a customer masked: email addresses,
-    hashes and long numbers (ids, phone numbers)."""
-    if text is None:
-        return None
-    text = _EMAIL.sub("<email>", text)
-    text = _LONG_HEX.sub("<hash>", text)
-    return _LONG_NUMBER.sub("<number>", text)
 
 
 class TextFormatter(logging.Formatter):

@@ -32,6 +32,7 @@ from dispatcher.admin.filters import (
 from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import PurgeResult, ReplayResult
 from dispatcher.db import utcnow
+from dispatcher.masking import redact
 from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs, queues
 
 __all__ = [
@@ -82,7 +83,7 @@ def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an opera
         changed = outbox.pause(conn, queue, reason, utcnow())
     time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
     if changed:
-        log.info("admin: paused queue %s: %s", queue, reason, extra={"queue": queue})
+        log.info("admin: paused queue %s: %s", queue, redact(reason), extra={"queue": queue})
     return changed
 
 

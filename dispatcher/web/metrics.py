@@ -4,9 +4,10 @@ Workers are separate processes, often on separate machines, so the numbers come 
 database they all write, not from in-process counters:
 
 - Gauges (jobs by queue and status, the oldest due job's age, the pause switch and the circuit
-  breaker's state, with their reasons) come from :func:`dispatcher.admin.stats`, one grouped
-  query, cached for ``ttl_seconds`` so a scrape every 15 s (or several Prometheus servers)
-  costs the database next to nothing.
+  breaker's state, with their causes: a word of :data:`dispatcher.policy.CAUSES`, never the
+  reason's free text, which is unbounded and may hold the API's words) come from
+  :func:`dispatcher.admin.stats`, one grouped query, cached for ``ttl_seconds`` so a scrape
+  every 15 s (or several Prometheus servers) costs the database next to nothing.
 - Counters (HTTP attempts by queue and status-code class, dead letters) and the latency
   histogram are accumulated by this process from the attempt rows written since it started.
   Each refresh reads only rows above an id floor (a range scan on the primary key, joined to
@@ -50,7 +51,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "other", "no_answer")
 GRACE_SECONDS = 60.0
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_REASON_LIMIT = 200
 
 
 def code_class(status_code: int | None) -> str:
@@ -175,7 +175,10 @@ class _Collector(Collector):
             "dispatcher_queue_paused", "1 while the queue is paused, else 0.", labels=["queue"]
         )
         reason = InfoMetricFamily(
-            "dispatcher_queue_pause", "Why a paused queue is paused.", labels=["queue"]
+            "dispatcher_queue_pause",
+            "Why a paused queue is paused, in a word (cause: unauthorized, forbidden, no_key, "
+            "operator, ...; the reason itself is on the admin page).",
+            labels=["queue"],
         )
         circuit = GaugeMetricFamily(
             "dispatcher_queue_circuit_open",
@@ -185,7 +188,8 @@ class _Collector(Collector):
         )
         circuit_reason = InfoMetricFamily(
             "dispatcher_queue_circuit",
-            "Why a queue's circuit breaker is open, and its state (open or half_open).",
+            "Why a queue's circuit breaker is open, in a word (cause), and its state (open or "
+            "half_open).",
             labels=["queue"],
         )
         tries = CounterMetricFamily(
@@ -209,13 +213,11 @@ class _Collector(Collector):
                 by_status.add_metric([name, status], q.counts[status])
             oldest.add_metric([name], q.oldest_due_age_seconds or 0.0)
             paused.add_metric([name], 1.0 if q.paused else 0.0)
-            if q.paused:
-                text = " ".join((q.pause_reason or "").split())[:_REASON_LIMIT]
-                reason.add_metric([name], {"reason": text})
+            if q.pause_cause is not None:  # a word of CAUSES: free text is no label
+                reason.add_metric([name], {"cause": q.pause_cause})
             circuit.add_metric([name], 1.0 if q.circuit_open else 0.0)
-            if q.circuit_open:
-                text = " ".join((q.circuit_reason or "").split())[:_REASON_LIMIT]
-                circuit_reason.add_metric([name], {"state": q.circuit, "reason": text})
+            if q.circuit_cause is not None:
+                circuit_reason.add_metric([name], {"state": q.circuit, "cause": q.circuit_cause})
         for name in sorted(m._stats.keys() | m._latency.keys()):
             for cls in CODE_CLASSES:
                 tries.add_metric([name, cls], m._attempts[name, cls])

@@ -224,9 +224,10 @@ signaller._send = sent.append
 ok = enqueue(CustomEvent(9, customer_email="Eve@Example.com"))
 dead = enqueue(CustomEvent(9, customer_id=2))
 Job.objects.filter(pk=dead).update(status="dead", last_status_code=400, last_error="400: bad")
+Job.objects.filter(pk=ok).update(last_error="429: slow down, anna.secret@example.com")
 Attempt.objects.create(
     job_id=dead, started_at=timezone.now(), duration_ms=7, status_code=400, outcome="dead",
-    counted=True, response_body='{"title": "a rejected body"}',
+    counted=True, response_body='{"title": "a rejected body", "detail": "bob.secret@example.com"}',
 )
 User.objects.create_superuser("admin", "admin@example.com", "pw")
 client = Client()
@@ -235,6 +236,8 @@ base = "/admin/ecdp_dispatcher/job/"
 listing = client.get(base, {"status__exact": "dead"})
 search = client.get(base, {"q": "EVE@example.com"})
 page = client.get(f"{base}{dead}/change/")
+everything = [client.get(base).content.decode(), search.content.decode(), page.content.decode(),
+              client.get(f"{base}{ok}/change/").content.decode()]
 replay = client.post(base, {"action": "replay_dead_jobs", "_selected_action": [ok, dead]})
 signaller.flush()
 job = Job.objects.get(pk=dead)
@@ -244,6 +247,11 @@ print(json.dumps({
     "search": [search.status_code, f"{base}{ok}/" in search.content.decode(),
                f"{base}{dead}/" in search.content.decode()],
     "page": [page.status_code, "a rejected body" in page.content.decode()],
+    "unmasked": [s for s in ("Eve@", "eve@", "anna.secret", "bob.secret")
+                 if any(s in text for text in everything)],
+    "masked": [s for s in ("e***@example.com", "E***@Example.com", "a***@example.com",
+                           "b***@example.com")
+               if any(s in text for text in everything)],
     "replay": replay.status_code,
     "after": [job.status, job.replays, Attempt.objects.filter(job_id=dead).count()],
     "sent": sorted(set(sent)),
@@ -379,6 +387,8 @@ def test_django_admin_lists_shows_and_replays(
     assert out["listing"] == [200, True, False]  # the status filter
     assert out["search"] == [200, True, False]  # an email, whatever its case
     assert out["page"] == [200, True]  # the job with its attempts
+    assert out["unmasked"] == []  # no customer email in the list, a search, a job or an attempt
+    assert len(out["masked"]) == 4  # the list, the payload, an error, an answer
     assert out["replay"] == 302
     assert out["after"] == ["pending", 1, 1]  # replayed, its history kept
     assert out["sent"] == ["default"]

@@ -43,6 +43,17 @@ def test_json_formatter_has_stable_keys() -> None:
         ("Customer 1234567 not found", "Customer <number> not found"),
         ("md5 " + "a" * 32, "md5 <hash>"),
         ("nothing personal", "nothing personal"),
+        # An escape (JSON, URL, HTML, fullwidth) cannot hide an address from the mask.
+        ("no customer anna\\u002b1@example.com", "no customer <email>"),
+        ("no customer anna%2B1@example.com", "no customer <email>"),
+        ("no customer anna%2b1%40example.com", "no customer <email>"),
+        ("no customer anna&#43;1&#64;example.com", "no customer <email>"),
+        ("no customer anna\uff20example.com", "no customer <email>"),
+        # Phone numbers in groups; dates, times, addresses and small counts stay.
+        ("call +48 601 234 567.", "call <number>."),
+        ("call (030) 123-4567", "call <number>"),
+        ("at 2026-12-07 22:52:12 (17 of 20)", "at 2026-12-07 22:52:12 (17 of 20)"),
+        ("connect error: 10.0.0.1:8080", "connect error: 10.0.0.1:8080"),
     ],
 )
 def test_redact(raw: str, masked: str) -> None:

@@ -21,7 +21,7 @@ from dispatcher.web import create_app
 from dispatcher.web.metrics import GRACE_SECONDS, Metrics, code_class
 from tests.support import settle
 
-from .conftest import AUTH, OUTAGE, Outbox, set_circuit
+from .conftest import AUTH, Outbox, set_circuit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -65,8 +65,8 @@ def test_gauges(outbox: Outbox, engine: sa.Engine) -> None:
     assert value(s, "dispatcher_jobs", queue="eu-shop", status="pending") == 3
     assert value(s, "dispatcher_queue_paused", queue="default") == 0
     assert value(s, "dispatcher_queue_paused", queue="eu-shop") == 1
-    reasons = {dict(k[1])["queue"]: dict(k[1])["reason"] for k in s if k[0].endswith("pause_info")}
-    assert reasons == {"eu-shop": "401 Unauthorized: The API key is missing or invalid."}
+    causes = {dict(k[1])["queue"]: dict(k[1])["cause"] for k in s if k[0].endswith("pause_info")}
+    assert causes == {"eu-shop": "unauthorized"}  # a bounded word, never the API's text
     assert value(s, "dispatcher_oldest_due_job_age_seconds", queue="default") == 0
     assert value(s, "dispatcher_oldest_due_job_age_seconds", queue="eu-shop") > 0
     # Counters start at 0 for every known queue, so increase() sees their first rise.
@@ -86,12 +86,12 @@ def test_a_pause_shows_in_the_next_scrape(outbox: Outbox, engine: sa.Engine) -> 
     clock.now += 4  # Prometheus scrapes every 15 s or so: the next scrape is past the cache
     s = scrape(metrics)
     assert value(s, "dispatcher_queue_paused", queue="default") == 1
-    reason = "401 Unauthorized: key revoked"
-    assert value(s, "dispatcher_queue_pause_info", queue="default", reason=reason) == 1
+    assert value(s, "dispatcher_queue_pause_info", queue="default", cause="unauthorized") == 1
 
 
 def test_the_circuit_breaker_state(outbox: Outbox, engine: sa.Engine) -> None:
-    """dispatcher_queue_circuit_open is 1 while open or half_open; the info metric says why."""
+    """dispatcher_queue_circuit_open is 1 while open or half_open; the info metric says why, in a
+    word."""
     clock = Clock()
     metrics = Metrics(engine, clock=clock)
     s = scrape(metrics)
@@ -110,12 +110,11 @@ def test_the_circuit_breaker_state(outbox: Outbox, engine: sa.Engine) -> None:
     assert value(s, "dispatcher_queue_circuit_open", queue="eu-shop") == 0, "paused, not open"
     assert value(s, "dispatcher_queue_paused", queue="default") == 0, "open is not paused"
     info = {
-        dict(k[1])["queue"]: (dict(k[1])["state"], dict(k[1])["reason"], v)
+        dict(k[1])["queue"]: (dict(k[1])["state"], dict(k[1])["cause"], v)
         for k, v in s.items()
         if k[0] == "dispatcher_queue_circuit_info"
     }
-    clipped = ("Timeout: no answer within 10 s " + "x" * 500)[:200]
-    assert info == {"default": ("open", OUTAGE, 1.0), "idle": ("half_open", clipped, 1.0)}
+    assert info == {"default": ("open", "outage", 1.0), "idle": ("half_open", "outage", 1.0)}
 
     # A good probe closes it: the next scrape past the cache shows 0 and no reason.
     set_circuit(engine, "default", "closed", since=utcnow(), reason=None)
