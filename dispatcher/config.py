@@ -118,6 +118,9 @@ class Settings:
     admin_token: Secret | None = None
     # Slack-compatible incoming webhook told once per queue pause (its URL holds a secret too).
     alert_webhook_url: Secret | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto the web process
+    # believes; none by default, so a client cannot pick the address the login throttle counts.
+    trusted_proxies: tuple[str, ...] = ()
     # The variables that were not set, so their embedded defaults are used (see notice_defaults).
     defaulted: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -162,6 +165,8 @@ class Settings:
                 raise ConfigError(f"{name}: expected a number (got {raw!r})") from None
             if value < minimum or value != value:
                 raise ConfigError(f"{name}: must be at least {minimum} (got {raw!r})")
+            if value == float("inf"):
+                raise ConfigError(f"{name}: expected a finite number (got {raw!r})")
             return value
 
         def flag(name: str, default: bool) -> bool:
@@ -187,6 +192,8 @@ class Settings:
                 if name != prefix and not name.startswith(prefix + "_"):
                     continue
                 value = num(name, 0.0)
+                if kind is int and not value.is_integer():  # 0.5 would become 0: no sending
+                    raise ConfigError(f"{name}: expected a whole number (got {value:g})")
                 if value > 0:
                     found[name[len(prefix) + 1 :]] = kind(value)
             return found
@@ -276,6 +283,7 @@ class Settings:
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
+            trusted_proxies=trusted_proxies(env.get("DISPATCHER_TRUSTED_PROXIES")),
         )
         check_lease(settings)
         return settings
@@ -297,6 +305,25 @@ def retention_from(raw: str | None) -> timedelta | None:
     if age < timedelta(hours=1):
         raise ConfigError(f"DISPATCHER_RETENTION: at least 1h, or off (got {text!r})")
     return age
+
+
+def trusted_proxies(raw: str | None, name: str = "DISPATCHER_TRUSTED_PROXIES") -> tuple[str, ...]:
+    """Comma-separated addresses or networks (``10.0.0.5``, ``10.0.0.0/8``, ``::1``). ``*`` is
+    refused: trusting every sender lets any client choose the address the throttle counts."""
+    found: list[str] = []
+    for entry in (raw or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {entry!r} is not an IP address or network (list your proxies' "
+                "addresses, comma-separated)"
+            ) from None
+        found.append(str(network.network_address) if network.num_addresses == 1 else str(network))
+    return tuple(found)
 
 
 def check_lease(settings: Settings) -> None:
