@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.policy import RetryPolicy
+from dispatcher.scrub import remember
 
 DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
@@ -146,6 +147,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        # First: whatever goes wrong below, no message may show these passwords.
+        remember(env.get("DISPATCHER_DATABASE_URL"), env.get("DISPATCHER_BROKER_URL"))
         # Keyed by the variable's suffix, so queue "eu-shop" finds ECDP_API_KEY_EU_SHOP.
         keys = {
             name[len("ECDP_API_KEY_") :]: api_key(name, value)
