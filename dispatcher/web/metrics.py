@@ -17,12 +17,18 @@ database they all write, not from in-process counters:
   commit a lower id after a higher one was read; re-reading that window (and skipping ids
   already counted) counts it anyway. Each serving process counts from its own start, like any
   counter after a restart; ``rate()`` and ``increase()`` are made for that.
+
+While the database cannot be read (down, refusing us, or without the outbox tables) a scrape
+still answers, with ``dispatcher_database_up 0`` and the counters so far but no gauge read from
+the outbox (a number from before the outage would be a guess): the alerts then say "the
+dispatcher cannot see" instead of going quiet (``prometheus/alerts.yml``).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -51,6 +57,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "other", "no_answer")
 GRACE_SECONDS = 60.0
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# What a database that cannot be read raises (a missing table is a ProgrammingError: checked).
+_UNREADABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+log = logging.getLogger("dispatcher.web")
 
 
 def code_class(status_code: int | None) -> str:
@@ -80,6 +90,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._stats: dict[str, admin.QueueStats] = {}
         self._stats_at: float | None = None
+        self.database_up = True  # did the last refresh read the database?
         self._floor: int | None = None  # every attempt id <= floor has been counted (or skipped)
         self._counted: set[int] = set()  # ids above the floor already counted
         self._marks: deque[tuple[float, int]] = deque()  # (when, highest id seen then)
@@ -103,11 +114,26 @@ class Metrics:
             moment = self._clock()
             if self._stats_at is not None and moment - self._stats_at < self.ttl_seconds:
                 return
-            with self.engine.connect() as conn:
-                self._stats = admin.stats(conn, self._now())
-                self._count_new_attempts(conn, moment)
-                conn.rollback()
-            self._stats_at = moment
+            try:
+                with self.engine.connect() as conn:
+                    self._stats = admin.stats(conn, self._now())
+                    self._count_new_attempts(conn, moment)
+                    conn.rollback()
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+                if not self._unreadable(exc):
+                    raise
+                if self.database_up:
+                    log.warning("metrics: cannot read the database: %s", type(exc).__name__)
+                self.database_up, self._stats = False, {}
+            else:
+                self.database_up = True
+            self._stats_at = moment  # a failure is cached too: a dead database is not hammered
+
+    @staticmethod
+    def _unreadable(exc: sa.exc.DBAPIError | sa.exc.TimeoutError) -> bool:
+        from dispatcher.problems import is_schema_missing
+
+        return isinstance(exc, _UNREADABLE) or is_schema_missing(exc)
 
     def _count_new_attempts(self, conn: sa.Connection, moment: float) -> None:
         if self._floor is None:  # count from now: reading the whole history would be a scan
@@ -203,6 +229,12 @@ class _Collector(Collector):
             "Jobs that became dead letters, counted from this exporter's start.",
             labels=["queue"],
         )
+        up = GaugeMetricFamily(
+            "dispatcher_database_up",
+            "1 if the last scrape could read the outbox database, 0 if not (then the gauges "
+            "read from it are missing).",
+            value=1.0 if m.database_up else 0.0,
+        )
         latency = HistogramMetricFamily(
             "dispatcher_delivery_duration_seconds",
             "Duration of each HTTP request to the ECDP API, from this exporter's start.",
@@ -224,4 +256,15 @@ class _Collector(Collector):
             dead.add_metric([name], m._dead[name])
             histogram = m._latency.get(name) or _Histogram()
             latency.add_metric([name], histogram.buckets(), histogram.total)
-        return [by_status, oldest, paused, reason, circuit, circuit_reason, tries, dead, latency]
+        return [
+            up,
+            by_status,
+            oldest,
+            paused,
+            reason,
+            circuit,
+            circuit_reason,
+            tries,
+            dead,
+            latency,
+        ]
