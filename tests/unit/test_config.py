@@ -266,3 +266,30 @@ def test_a_deliverer_refuses_a_lease_that_cannot_cover_a_request() -> None:
     )
     with pytest.raises(ConfigError, match="DISPATCHER_LEASE_SECONDS"):
         Deliverer(settings, engine=object())  # type: ignore[arg-type]  # refused before use
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DISPATCHER_RATE_LIMIT", "inf", "finite"),
+        ("DISPATCHER_RATE_LIMIT_EU_SHOP", "Infinity", "finite"),
+        ("DISPATCHER_CONCURRENCY", "0.5", "whole number"),  # silently 0: nothing ever sent
+        ("DISPATCHER_CONCURRENCY_EU_SHOP", "2.5", "whole number"),
+        ("DISPATCHER_CONCURRENCY", "inf", "finite"),
+        ("DISPATCHER_HTTP_TIMEOUT_SECONDS", "inf", "finite"),
+    ],
+)
+def test_settings_that_would_break_every_delivery_are_refused_by_name(
+    name: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env({name: value})
+    assert says in str(caught.value)
+
+
+def test_whole_and_finite_limits_are_kept() -> None:
+    settings = Settings.from_env(
+        {"DISPATCHER_RATE_LIMIT": "12.5", "DISPATCHER_CONCURRENCY_EU_SHOP": "4.0"}
+    )
+    assert settings.limits("eu-shop").rate == 12.5
+    assert settings.limits("eu-shop").concurrency == 4
