@@ -457,3 +457,40 @@ def test_django_enqueue_before_dispatcher_migrate_raises_outbox_schema_missing(
         and "python manage.py dispatcher_migrate" in line
         for line in out
     ), out
+
+
+def test_the_outbox_url_keeps_the_databases_options() -> None:
+    """sslmode and every other libpq OPTION reach the outbox's connection as Django's own;
+    Django's own keys (isolation_level, …) do not."""
+    from dispatcher.contrib.django.management.commands.dispatcher_migrate import url_of
+
+    url = url_of(
+        {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "shop",
+            "USER": "app",
+            "PASSWORD": "p w@d",
+            "HOST": "db.example",
+            "PORT": "5432",
+            "OPTIONS": {
+                "sslmode": "verify-full",
+                "sslrootcert": "/etc/ssl/db-ca.pem",
+                "connect_timeout": 5,
+                "isolation_level": 2,
+                "server_side_binding": True,
+            },
+        }
+    )
+    parsed = sa.make_url(url)
+    assert parsed.password == "p w@d" and parsed.host == "db.example" and parsed.database == "shop"
+    assert dict(parsed.query) == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/ssl/db-ca.pem",
+        "connect_timeout": "5",
+    }
+    # SQLAlchemy hands them to psycopg as connection parameters.
+    _, kwargs = sa.create_engine(url).dialect.create_connect_args(parsed)
+    assert kwargs["sslmode"] == "verify-full" and kwargs["connect_timeout"] == "5"
+    sqlite = url_of({"ENGINE": "django.db.backends.sqlite3", "NAME": "/x/db.sqlite3",
+                     "OPTIONS": {"timeout": 20, "init_command": "PRAGMA x"}})  # fmt: skip
+    assert sqlite == "sqlite:////x/db.sqlite3?timeout=20"
