@@ -35,7 +35,13 @@ from sqlalchemy.orm import Session, scoped_session
 from dispatcher import outbox, tracing
 from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
-from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
+from dispatcher.events import (
+    CustomEvent,
+    Event,
+    SegmentEvent,
+    ValidationError,
+    dedupe_key_problem,
+)
 from dispatcher.outbox import NewJob, insert_jobs
 from dispatcher.problems import is_schema_missing
 from dispatcher.scrub import redact_url, scrub
@@ -106,10 +112,8 @@ def _to_row(event: object, queue: str, dedupe_key: object, field: str) -> NewJob
         errors.append(
             f"{field}: expected a CustomEvent or SegmentEvent (got {type(event).__name__})"
         )
-    if dedupe_key is not None and (
-        not isinstance(dedupe_key, str) or not 0 < len(dedupe_key) <= MAX_DEDUPE_KEY
-    ):
-        errors.append(f"dedupe_key: must be a string of 1-{MAX_DEDUPE_KEY} characters")
+    if dedupe_key is not None and (problem := dedupe_key_problem(dedupe_key, MAX_DEDUPE_KEY)):
+        errors.append(f"dedupe_key: {problem}")
     if errors or not isinstance(event, CustomEvent | SegmentEvent):
         return errors
     email = event.customer_email if isinstance(event, CustomEvent) else None
