@@ -351,6 +351,26 @@ def api_key(name: str, raw: str) -> Secret:
     return Secret(value)
 
 
+def plain_http_warning(base_url: str) -> str | None:
+    """What to say once at a worker's start when ``ECDP_BASE_URL`` is ``http://`` to a host
+    that is not this machine: the API key and every customer's data would cross the network in
+    clear text. None for https, and for loopback (a local stub or sidecar)."""
+    parts = urlsplit(base_url)
+    if parts.scheme.lower() != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if loopback:
+        return None
+    return (
+        f"ECDP_BASE_URL is plain http:// to {host}: the API key and customer data are sent "
+        "unencrypted; use https:// unless a TLS proxy on this machine's network does it"
+    )
+
+
 def check_base_url(raw: str) -> str:
     """``ECDP_BASE_URL`` as ``http(s)://host[:port][/path]``, without a trailing slash."""
     url = raw.strip().rstrip("/")

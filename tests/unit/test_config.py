@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 
 from dispatcher.breaker import BreakerPolicy
-from dispatcher.config import ConfigError, Secret, Settings, check_lease, proxy_for
+from dispatcher.config import (
+    ConfigError,
+    Secret,
+    Settings,
+    check_base_url,
+    check_lease,
+    proxy_for,
+)
 
 
 def reveal(base_url: str, env: dict[str, str]) -> str | None:
@@ -293,3 +300,44 @@ def test_whole_and_finite_limits_are_kept() -> None:
     )
     assert settings.limits("eu-shop").rate == 12.5
     assert settings.limits("eu-shop").concurrency == 4
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://api.ecdp.example", True),
+        ("http://10.0.0.7:8080/v1", True),
+        ("HTTP://API.ECDP.EXAMPLE", True),
+        ("https://api.ecdp.app", False),
+        ("http://127.0.0.1:9000", False),
+        ("http://[::1]:9000", False),
+        ("http://localhost:9000", False),
+    ],
+)
+def test_a_plain_http_base_url_is_warned_about_unless_loopback(url: str, warned: bool) -> None:
+    from dispatcher.config import plain_http_warning
+
+    warning = plain_http_warning(check_base_url(url))
+    assert (warning is not None) == warned
+    if warning:
+        assert "ECDP_BASE_URL" in warning and "https://" in warning
+
+
+def test_the_worker_warns_once_at_its_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from dispatcher import tasks
+    from dispatcher.config import get_settings
+
+    for url, expected in (("http://api.ecdp.example", 1), ("https://api.ecdp.app", 0)):
+        monkeypatch.setenv("ECDP_BASE_URL", url)
+        get_settings.cache_clear()
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="dispatcher.tasks"):
+                tasks._warn_at_start()
+        finally:
+            get_settings.cache_clear()
+        assert len([r for r in caplog.records if "plain http://" in r.getMessage()]) == expected
