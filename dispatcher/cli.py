@@ -22,7 +22,13 @@ import click
 import sqlalchemy as sa
 
 from dispatcher import __version__, logs, problems
-from dispatcher.config import DEFAULT_QUEUE, ConfigError, get_settings, trusted_proxies
+from dispatcher.config import (
+    DEFAULT_QUEUE,
+    ConfigError,
+    get_settings,
+    log_format_despite,
+    trusted_proxies,
+)
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import (
     CustomEvent,
@@ -39,8 +45,12 @@ FIELD_SPEC = re.compile(r"^(?P<name>[^=]+):(?P<type>[A-Za-z]+)=(?P<value>.*)$", 
 
 
 def fail(message: str, code: int = problems.EXIT_FAILED) -> NoReturn:
-    """One error on stderr (credentials redacted, control characters escaped), then exit."""
-    click.echo(f"error: {terminal_safe(scrub(message), newlines=True)}", err=True)
+    """One error on stderr (credentials redacted, control characters escaped), then exit. Under
+    ``DISPATCHER_LOG_FORMAT=json`` it is a JSON line, as every other line on stderr."""
+    if any(isinstance(h.formatter, logs.JsonFormatter) for h in logging.getLogger().handlers):
+        click.echo(logs.json_line("ERROR", "dispatcher.cli", message), err=True)
+    else:
+        click.echo(f"error: {terminal_safe(scrub(message), newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -91,7 +101,7 @@ def main(verbose: bool) -> None:
     try:
         settings = get_settings()
     except ConfigError as exc:
-        logs.configure(verbose=verbose, fmt="text")
+        logs.configure(verbose=verbose, fmt=log_format_despite(exc))
         fail(f"configuration: {exc}", problems.EXIT_CONFIG)
     logs.configure(verbose=verbose, fmt=settings.log_format)
 

@@ -243,7 +243,7 @@ class Settings:
                 message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
             raise ConfigError(message) from None
         log_format = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
-        if log_format not in ("text", "json"):
+        if log_format not in LOG_FORMATS:
             raise ConfigError(f"DISPATCHER_LOG_FORMAT: text or json (got {log_format!r})")
         dedicated = frozenset(
             name.strip() for name in (env.get("DISPATCHER_DEDICATED_QUEUES") or "").split(",")
@@ -290,6 +290,17 @@ class Settings:
         )
         check_lease(settings)
         return settings
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format_despite(error: ConfigError, env: Mapping[str, str] | None = None) -> str:
+    """The log format to report ``error`` (another setting's) in: ``DISPATCHER_LOG_FORMAT`` if
+    it is valid, so a JSON log pipeline gets a JSON line; else text."""
+    env = os.environ if env is None else env
+    wanted = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
+    return wanted if wanted in LOG_FORMATS else "text"
 
 
 def retention_from(raw: str | None) -> timedelta | None:
@@ -477,10 +488,16 @@ def notice_defaults(settings: Settings | None = None) -> None:
         broker = " and the broker file " + os.path.abspath(
             DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
         )
-    sys.stderr.write(
-        f"dispatcher: DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
-        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)\n"
+    message = (
+        f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
     )
+    if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
+        from dispatcher.logs import json_line
+
+        sys.stderr.write(json_line("WARNING", "dispatcher.config", message) + "\n")
+    else:
+        sys.stderr.write(f"dispatcher: {message}\n")
     sys.stderr.flush()
 
 
