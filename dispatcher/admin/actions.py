@@ -36,6 +36,7 @@ from dispatcher.masking import redact
 from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs, queues
 
 __all__ = [
+    "REASON_MAX",
     "ExpectedCountMismatch",
     "pause_queue",
     "paused_queues",
@@ -69,14 +70,19 @@ def _signal(queues: Iterable[str]) -> None:
 
 # --------------------------------------------------------------------------- pause / resume
 
+REASON_MAX = 500  # an operator's reason for a pause
+
 
 def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an operator") -> bool:
     """Pause ``queue`` and return once no worker will start another request for it (requests
     already in flight may still be answered; jobs claimed but not sent go back to pending).
-    True if it was not paused before."""
+    True if it was not paused before. The reason is at most :data:`REASON_MAX` characters: it
+    is shown on every page, in ``stats`` and in alerts."""
     check_queue(queue)
     if not isinstance(reason, str) or not reason.strip():
         raise AdminError("reason", "say why (it is shown wherever the pause is)")
+    if len(reason) > REASON_MAX:
+        raise AdminError("reason", f"at most {REASON_MAX} characters (got {len(reason)})")
     if "\x00" in reason or not _encodable(reason):  # PostgreSQL text holds neither
         raise AdminError("reason", "NUL characters and lone surrogates are not text we can keep")
     with engine.begin() as conn:
