@@ -10,24 +10,34 @@ opening: no operator is needed (the circuit closes by itself when a probe succee
 is down, or unreachable from here, and deliveries wait.
 
 Neither the log line nor the notice carries the API key: only the queue, the status code and
-the API's problem ``detail``. The webhook URL is a secret too (Slack puts its token in the
-path), so it is never logged, not even when posting to it fails.
+the API's problem ``detail``, with customer identifiers masked (:func:`dispatcher.masking.redact`:
+a Slack channel or a log store is no place for a customer's email or phone number). The webhook
+URL is a secret too (Slack puts its token in the path), so it is never logged, not even when
+posting to it fails.
+
+The post has a total deadline (:data:`WEBHOOK_DEADLINE_SECONDS`), not only httpx's per-read
+timeout, which a webhook that trickles its answer byte by byte would reset forever: past the
+deadline the worker goes back to delivering, and the connection is closed (the thread reading
+it ends at its next read).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from dispatcher.config import Secret
+from dispatcher.masking import redact
 
 log = logging.getLogger("dispatcher.alerts")
 
-WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_TIMEOUT_SECONDS = 5.0  # httpx's, per connect and per read
+WEBHOOK_DEADLINE_SECONDS = 10.0  # the whole post, answer included
 _DETAIL_LIMIT = 1000
 
 
@@ -129,7 +139,7 @@ def _post(
     if not url:
         return
     try:
-        response = post(url, json=notice, timeout=WEBHOOK_TIMEOUT_SECONDS)
+        response = _post_within(url, notice, post, WEBHOOK_DEADLINE_SECONDS)
         response.raise_for_status()
     except Exception as exc:
         # Only the exception's type and status: httpx messages contain the (secret) URL.
@@ -143,7 +153,38 @@ def _post(
         )
 
 
+def _post_within(
+    url: str, notice: dict[str, Any], post: Callable[..., Any], deadline: float
+) -> Any:
+    """``post``'s answer, or TimeoutError after ``deadline`` seconds in all. httpx's own post
+    is sent through a client of ours, closed at the deadline so the trickle ends too."""
+    client = httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS) if post is httpx.post else None
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            if client is not None:
+                outcome.append(client.post(url, json=notice))
+            else:
+                outcome.append(post(url, json=notice, timeout=WEBHOOK_TIMEOUT_SECONDS))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="alert-webhook", daemon=True)
+    thread.start()
+    thread.join(deadline)
+    if client is not None:
+        client.close()
+    if thread.is_alive() or not outcome:
+        raise TimeoutError(f"no complete answer within {deadline:g}s")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
 def _clip(detail: str | None) -> str | None:
+    """``detail`` masked, on one line, at most ``_DETAIL_LIMIT`` characters."""
+    detail = redact(detail)
     if not detail:
         return None
     detail = " ".join(detail.split())

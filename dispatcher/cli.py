@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -21,7 +22,13 @@ import click
 import sqlalchemy as sa
 
 from dispatcher import __version__, logs, problems
-from dispatcher.config import DEFAULT_QUEUE, ConfigError, get_settings
+from dispatcher.config import (
+    DEFAULT_QUEUE,
+    ConfigError,
+    get_settings,
+    log_format_despite,
+    trusted_proxies,
+)
 from dispatcher.db import get_engine, utcnow
 from dispatcher.events import (
     CustomEvent,
@@ -38,8 +45,12 @@ FIELD_SPEC = re.compile(r"^(?P<name>[^=]+):(?P<type>[A-Za-z]+)=(?P<value>.*)$", 
 
 
 def fail(message: str, code: int = problems.EXIT_FAILED) -> NoReturn:
-    """One error on stderr (credentials redacted, control characters escaped), then exit."""
-    click.echo(f"error: {terminal_safe(scrub(message), newlines=True)}", err=True)
+    """One error on stderr (credentials redacted, control characters escaped), then exit. Under
+    ``DISPATCHER_LOG_FORMAT=json`` it is a JSON line, as every other line on stderr."""
+    if any(isinstance(h.formatter, logs.JsonFormatter) for h in logging.getLogger().handlers):
+        click.echo(logs.json_line("ERROR", "dispatcher.cli", message), err=True)
+    else:
+        click.echo(f"error: {terminal_safe(scrub(message), newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -90,7 +101,7 @@ def main(verbose: bool) -> None:
     try:
         settings = get_settings()
     except ConfigError as exc:
-        logs.configure(verbose=verbose, fmt="text")
+        logs.configure(verbose=verbose, fmt=log_format_despite(exc))
         fail(f"configuration: {exc}", problems.EXIT_CONFIG)
     logs.configure(verbose=verbose, fmt=settings.log_format)
 
@@ -1036,34 +1047,33 @@ PROGRESS_EVERY = 0.5  # seconds between redraws of the running count
 )
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(
-    "--forwarded-allow-ips",
-    envvar="FORWARDED_ALLOW_IPS",
-    show_envvar=True,
-    help="Proxies (comma-separated addresses or networks, '*' for any) whose X-Forwarded-Proto "
-    "and X-Forwarded-For are believed, as uvicorn's option of that name (default 127.0.0.1). "
-    "Behind a TLS proxy listed here the session cookie is Secure.",
+    "--trusted-proxies",
+    "--forwarded-allow-ips",  # the old name, uvicorn's
+    "trusted",
+    help="Reverse proxies (comma-separated addresses or networks) whose X-Forwarded-Proto and "
+    "X-Forwarded-For are believed (default: DISPATCHER_TRUSTED_PROXIES, else none). Behind a TLS "
+    "proxy listed here the session cookie is Secure and the login throttle counts the client.",
 )
-def web(host: str, port: int, forwarded_allow_ips: str | None) -> None:
+def web(host: str, port: int, trusted: str | None) -> None:
     """Serve the admin page, its JSON API (/api, OpenAPI at /api/openapi.json) and /metrics."""
-    _serve_web(host, port, pages=True, forwarded_allow_ips=forwarded_allow_ips)
+    _serve_web(host, port, pages=True, trusted=trusted)
 
 
-def _serve_web(
-    host: str, port: int, *, pages: bool, forwarded_allow_ips: str | None = None
-) -> None:
+def _serve_web(host: str, port: int, *, pages: bool, trusted: str | None = None) -> None:
     try:
         from dispatcher.web import BindError, serve
     except ModuleNotFoundError as exc:  # the base install has no web stack
         fail(f"{exc.name} is not installed: pip install 'ecdp-dispatcher[web]'")
 
+    settings = get_settings()
+    if trusted is not None:
+        try:
+            proxies = trusted_proxies(trusted, "--trusted-proxies")
+        except ConfigError as exc:
+            fail(str(exc), problems.EXIT_USAGE)
+        settings = dataclasses.replace(settings, trusted_proxies=proxies)
     try:
-        serve(
-            host,
-            port,
-            get_settings(),
-            pages_and_api=pages,
-            forwarded_allow_ips=forwarded_allow_ips,
-        )
+        serve(host, port, settings, pages_and_api=pages)
     except BindError as exc:
         fail(str(exc))
 

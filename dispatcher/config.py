@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.policy import RetryPolicy
+from dispatcher.scrub import remember
 
 DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
@@ -144,6 +145,9 @@ class Settings:
     admin_token: Secret | None = None
     # Slack-compatible incoming webhook told once per queue pause (its URL holds a secret too).
     alert_webhook_url: Secret | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto the web process
+    # believes; none by default, so a client cannot pick the address the login throttle counts.
+    trusted_proxies: tuple[str, ...] = ()
     # The variables that were not set, so their embedded defaults are used (see notice_defaults).
     defaulted: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -169,6 +173,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        # First: whatever goes wrong below, no message may show these passwords.
+        remember(env.get("DISPATCHER_DATABASE_URL"), env.get("DISPATCHER_BROKER_URL"))
         # Keyed by the variable's suffix, so queue "eu-shop" finds ECDP_API_KEY_EU_SHOP.
         keys = {
             name[len("ECDP_API_KEY_") :]: api_key(name, value)
@@ -188,6 +194,8 @@ class Settings:
                 raise ConfigError(f"{name}: expected a number (got {raw!r})") from None
             if value < minimum or value != value:
                 raise ConfigError(f"{name}: must be at least {minimum} (got {raw!r})")
+            if value == float("inf"):
+                raise ConfigError(f"{name}: expected a finite number (got {raw!r})")
             return value
 
         def flag(name: str, default: bool) -> bool:
@@ -213,6 +221,8 @@ class Settings:
                 if name != prefix and not name.startswith(prefix + "_"):
                     continue
                 value = num(name, 0.0)
+                if kind is int and not value.is_integer():  # 0.5 would become 0: no sending
+                    raise ConfigError(f"{name}: expected a whole number (got {value:g})")
                 if value > 0:
                     found[name[len(prefix) + 1 :]] = kind(value)
             return found
@@ -259,7 +269,7 @@ class Settings:
                 message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
             raise ConfigError(message) from None
         log_format = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
-        if log_format not in ("text", "json"):
+        if log_format not in LOG_FORMATS:
             raise ConfigError(f"DISPATCHER_LOG_FORMAT: text or json (got {log_format!r})")
         dedicated = frozenset(
             name.strip() for name in (env.get("DISPATCHER_DEDICATED_QUEUES") or "").split(",")
@@ -302,9 +312,21 @@ class Settings:
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
+            trusted_proxies=trusted_proxies(env.get("DISPATCHER_TRUSTED_PROXIES")),
         )
         check_lease(settings)
         return settings
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format_despite(error: ConfigError, env: Mapping[str, str] | None = None) -> str:
+    """The log format to report ``error`` (another setting's) in: ``DISPATCHER_LOG_FORMAT`` if
+    it is valid, so a JSON log pipeline gets a JSON line; else text."""
+    env = os.environ if env is None else env
+    wanted = (env.get("DISPATCHER_LOG_FORMAT") or "text").strip().lower()
+    return wanted if wanted in LOG_FORMATS else "text"
 
 
 def retention_from(raw: str | None) -> timedelta | None:
@@ -323,6 +345,25 @@ def retention_from(raw: str | None) -> timedelta | None:
     if age < timedelta(hours=1):
         raise ConfigError(f"DISPATCHER_RETENTION: at least 1h, or off (got {text!r})")
     return age
+
+
+def trusted_proxies(raw: str | None, name: str = "DISPATCHER_TRUSTED_PROXIES") -> tuple[str, ...]:
+    """Comma-separated addresses or networks (``10.0.0.5``, ``10.0.0.0/8``, ``::1``). ``*`` is
+    refused: trusting every sender lets any client choose the address the throttle counts."""
+    found: list[str] = []
+    for entry in (raw or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {entry!r} is not an IP address or network (list your proxies' "
+                "addresses, comma-separated)"
+            ) from None
+        found.append(str(network.network_address) if network.num_addresses == 1 else str(network))
+    return tuple(found)
 
 
 def check_lease(settings: Settings) -> None:
@@ -345,6 +386,26 @@ def api_key(name: str, raw: str) -> Secret:
     if not (value.isascii() and value.isprintable()):
         raise ConfigError(f"{name}: an API key must be printable ASCII (the value is not shown)")
     return Secret(value)
+
+
+def plain_http_warning(base_url: str) -> str | None:
+    """What to say once at a worker's start when ``ECDP_BASE_URL`` is ``http://`` to a host
+    that is not this machine: the API key and every customer's data would cross the network in
+    clear text. None for https, and for loopback (a local stub or sidecar)."""
+    parts = urlsplit(base_url)
+    if parts.scheme.lower() != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if loopback:
+        return None
+    return (
+        f"ECDP_BASE_URL is plain http:// to {host}: the API key and customer data are sent "
+        "unencrypted; use https:// unless a TLS proxy on this machine's network does it"
+    )
 
 
 def check_base_url(raw: str) -> str:
@@ -453,10 +514,16 @@ def notice_defaults(settings: Settings | None = None) -> None:
         broker = " and the broker file " + os.path.abspath(
             DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
         )
-    sys.stderr.write(
-        f"dispatcher: DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
-        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)\n"
+    message = (
+        f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
     )
+    if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
+        from dispatcher.logs import json_line
+
+        sys.stderr.write(json_line("WARNING", "dispatcher.config", message) + "\n")
+    else:
+        sys.stderr.write(f"dispatcher: {message}\n")
     sys.stderr.flush()
 
 

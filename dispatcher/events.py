@@ -46,6 +46,7 @@ __all__ = [
     "ValidationError",
     "event_from_body",
     "event_from_json",
+    "key_problem",
 ]
 
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -215,6 +216,19 @@ def _text(
         return shape(value) if shape else None
 
     return check
+
+
+def key_problem(value: object, max_len: int) -> str | None:
+    """Why ``value`` cannot be a dedupe or ordering key, or None: a string of 1 to ``max_len``
+    characters that PostgreSQL's text can hold (no NUL, no lone surrogate: the driver would
+    refuse them with an error that is not a :class:`ValidationError`)."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        return f"must be a string of 1-{max_len} characters"
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if _SURROGATE.search(value):
+        return "must be valid Unicode (contains a lone surrogate, not encodable as UTF-8)"
+    return None
 
 
 def _hex(digits: int) -> _Check:

@@ -4,7 +4,10 @@
   small heartbeat file, the worker from its consumer loop (every Celery event heartbeat, 2 s) and
   the sweeper after every pass. The probe reads the file's time: no database, no broker, no
   Celery, only the standard library, so a container platform can run it every few seconds for
-  next to nothing (``celery inspect ping`` costs seconds of CPU and a broker round trip).
+  next to nothing (``celery inspect ping`` costs seconds of CPU and a broker round trip). The
+  files belong to one installation: by default their folder is named by a hash of the outbox
+  database's URL (:func:`heartbeat_dir`), so two installations on one host (or a test beside
+  production) never read each other's heartbeat.
 - **Readiness** (``dispatcher check``, ``GET /readyz``): the outbox database answers, its schema
   is at the latest migration, and the broker answers; each with a short timeout. The answer names
   each component's state and nothing else.
@@ -12,27 +15,64 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 KINDS = ("worker", "sweeper")
 MAX_AGE_SECONDS = 30.0  # a heartbeat older than this: the process is stuck or gone
 TIMEOUT_SECONDS = 2.0  # readiness: per component
 
 
-def heartbeat_dir() -> Path:
-    """``DISPATCHER_HEARTBEAT_DIR``, or a folder in the system's temporary directory: read here
-    from the environment directly, so that the probe imports nothing it does not need."""
-    return Path(
-        os.environ.get("DISPATCHER_HEARTBEAT_DIR")
-        or os.path.join(tempfile.gettempdir(), "ecdp-dispatcher")
-    )
+def heartbeat_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``DISPATCHER_HEARTBEAT_DIR``, or ``ecdp-dispatcher-<hash>`` in the system's temporary
+    directory, the hash that of the outbox database's URL without its password
+    (:func:`installation_id`). Read here from the environment directly (the one exception to
+    :mod:`dispatcher.config`), so that the probe imports nothing it does not need."""
+    env = os.environ if env is None else env
+    explicit = env.get("DISPATCHER_HEARTBEAT_DIR")
+    if explicit:
+        return Path(explicit)
+    name = f"ecdp-dispatcher-{installation_id(env.get('DISPATCHER_DATABASE_URL') or '')}"
+    return Path(tempfile.gettempdir()) / name
+
+
+def installation_id(database_url: str) -> str:
+    """12 hex digits that name the installation of ``database_url``: the same for every
+    spelling of one database (``postgres://``, ``postgresql+psycopg://``, another password, a
+    relative SQLite path from the same folder), different for another database."""
+    from dispatcher.config import DEFAULT_DATABASE_URL  # the standard library only, too
+
+    url = (database_url or DEFAULT_DATABASE_URL).strip()
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.split("+", 1)[0].lower()
+    scheme = "postgresql" if scheme == "postgres" else scheme
+    if not sep:  # a libpq conninfo string: its words, but the password's
+        words = sorted(w for w in url.split() if not w.lower().startswith(("password", "ssl")))
+        canonical = "conninfo:" + " ".join(words)
+    elif scheme == "sqlite":
+        path = urlsplit(url).path.removeprefix("/")
+        canonical = "sqlite:" + (os.path.abspath(path) if path and path != ":memory:" else path)
+    else:
+        parts = urlsplit(f"{scheme}://{rest}")
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        query = urlencode(
+            sorted(
+                (k, v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if k.lower() not in ("password", "sslpassword")
+            )
+        )
+        canonical = f"{scheme}://{user}@{host.lower()}{parts.path}?{query}"
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def beat(kind: str, directory: Path | None = None) -> None:

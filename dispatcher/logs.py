@@ -4,24 +4,40 @@ line with ``DISPATCHER_LOG_FORMAT=json`` for a log pipeline.
 JSON lines have stable keys: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, and,
 where a record carries them, ``queue``, ``job_id``, ``status_code``, ``attempt``, ``outcome`` and
 the few others in :data:`FIELDS`; ``exc`` holds a traceback. Celery's own records go through the
-same handler (the worker connects :func:`configure` to Celery's ``setup_logging`` signal).
+same handler (the worker connects :func:`configure` to Celery's ``setup_logging`` signal), and so
+do Python's warnings. What Celery's signal handlers print themselves ("worker: Warm shutdown",
+written with ``os.write`` since a handler may not take the logging lock) becomes a JSON line
+too (:func:`json_line`), as does the notice that the default SQLite files are used.
 
 Every line has database and broker passwords redacted (:func:`dispatcher.scrub.scrub`: a URL's
 user-info, ``password=`` parameters), exception tracebacks included.
 
 What the dispatcher logs never carries a customer identifier or a payload: per-job lines name the
-job by id, and the API's answers are passed through :func:`redact` first.
+job by id, and the API's answers are passed through :func:`redact` first
+(:mod:`dispatcher.masking`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+import os
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
+from dispatcher.masking import redact
 from dispatcher.scrub import scrub, terminal_safe
+
+__all__ = [
+    "FIELDS",
+    "FORMATS",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure",
+    "json_line",
+    "redact",
+]
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -40,20 +56,6 @@ FIELDS = (
     "removed_attempts",
 )
 
-_EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+")
-_LONG_NUMBER = re.compile(r"\d{5,}")
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-
-
-def redact(text: str | None) -> str | None:
-    """The API's words with anything that may identify a customer masked: email addresses,
-    hashes and long numbers (ids, phone numbers)."""
-    if text is None:
-        return None
-    text = _EMAIL.sub("<email>", text)
-    text = _LONG_HEX.sub("<hash>", text)
-    return _LONG_NUMBER.sub("<number>", text)
-
 
 class TextFormatter(logging.Formatter):
     """``TEXT_FORMAT``, with any database or broker password redacted (tracebacks included) and
@@ -64,17 +66,27 @@ class TextFormatter(logging.Formatter):
         return terminal_safe(scrub(super().format(record)), newlines=True)
 
 
+def json_line(level: str, logger: str, message: str, created: float | None = None) -> str:
+    """One JSON log line (no newline) with the stable keys, for text that is not a record."""
+    return scrub(json.dumps(_head(level, logger, message, created), ensure_ascii=False))
+
+
+def _head(level: str, logger: str, message: str, created: float | None) -> dict[str, object]:
+    at = datetime.now(UTC) if created is None else datetime.fromtimestamp(created, UTC)
+    return {
+        "ts": at.isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return scrub(self._line(record))
 
     def _line(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        line = _head(record.levelname, record.name, record.getMessage(), record.created)
         for name in FIELDS:
             value = record.__dict__.get(name)
             if value is not None:
@@ -98,8 +110,41 @@ def configure(*, verbose: bool = False, fmt: str | None = None, **_: object) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Celery's process pool (billiard) logs to "multiprocessing" without propagating ("Process
+    # 'ForkPoolWorker-1' exited with signal 15"): with no handler of its own, Python's last
+    # resort printed those as bare text. It gets ours.
+    pool = logging.getLogger("multiprocessing")
+    for old in list(pool.handlers):
+        pool.removeHandler(old)
+    pool.addHandler(handler)
+    pool.propagate = False
+    pool.setLevel(logging.DEBUG if verbose else logging.WARNING)  # its INFO is per child start
     logging.captureWarnings(True)  # Python's warnings (Celery's root warning) as records too
+    _celery_says(fmt)
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     # httpx logs every request's URL at INFO: the pause alert's webhook URL is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _json_say(msg: str, f: Any = None) -> None:
+    """Celery's ``safe_say`` as a JSON line on stderr, with the same ``os.write`` (it runs in
+    signal handlers: no logging, no locks). Never raises."""
+    try:
+        line = json_line("WARNING", "celery.apps.worker", " ".join(str(msg).split())) + "\n"
+        os.write(sys.__stderr__.fileno() if sys.__stderr__ else 2, line.encode())
+    except (OSError, ValueError):
+        pass
+
+
+def _celery_says(fmt: str) -> None:
+    """Route what Celery's worker prints from its signal handlers through :func:`_json_say`
+    under the JSON format (and back to Celery's own under text)."""
+    worker = sys.modules.get("celery.apps.worker")
+    if worker is None:  # not a worker: nothing of Celery's prints
+        return
+    original = getattr(worker, "_dispatcher_original_safe_say", None)
+    if original is None:
+        original = worker.safe_say
+        setattr(worker, "_dispatcher_original_safe_say", original)  # noqa: B010
+    setattr(worker, "safe_say", _json_say if fmt == "json" else original)  # noqa: B010

@@ -20,12 +20,14 @@ from enum import StrEnum
 from http import HTTPStatus
 
 __all__ = [
+    "CAUSES",
     "MAX_ATTEMPTS_REASON",
     "Decision",
     "Outcome",
     "QueueEffect",
     "RetryPolicy",
     "backoff_delay",
+    "cause",
     "decide",
     "parse_retry_after",
     "problem_summary",
@@ -33,6 +35,21 @@ __all__ = [
 ]
 
 MAX_ATTEMPTS_REASON = "max attempts exceeded"
+# Why a queue is paused or its circuit is open, in a word: a bounded set, for a metric's label
+# (a reason is free text, with the API's words in it: unbounded, and maybe personal).
+CAUSES = (
+    "unauthorized",  # 401
+    "forbidden",  # 403
+    "rate_limited",  # 429
+    "outage",  # 5xx, 408, timeout, connection error: the API (or the way to it) is down
+    "rejected",  # any other HTTP status
+    "no_key",  # no API key configured for the queue
+    "operator",  # paused by an operator (dispatcher pause, the admin page, the API)
+    "unknown",  # no reason recorded
+)
+NO_KEY_REASON = "no API key configured"
+_STATUS_HEAD = re.compile(rf"(?:{MAX_ATTEMPTS_REASON}: )?([1-9][0-9]{{2}})(?![0-9])")
+_NO_ANSWER_HEADS = ("timeout", "connection error", "connect error", "no response", "no answer")
 
 # RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2**31. It also spares us
 # int() on a 5000-digit header (Python refuses to convert more than 4300 digits).
@@ -168,6 +185,32 @@ def decide(
         effect=effect,
         effect_seconds=effect_seconds,
     )
+
+
+def cause(reason: str | None, *, circuit: bool = False) -> str:
+    """The :data:`CAUSES` word for a pause's (or, ``circuit=True``, an open circuit's) reason,
+    read from the shape of the reasons the worker writes: a status line (``"401 Unauthorized:
+    …"``), a failure without an answer (``"timeout: …"``), the missing key. Anything else is an
+    operator's own words (or, for a circuit, which only an outage opens, an outage)."""
+    if not reason:
+        return "unknown"
+    head = _STATUS_HEAD.match(reason)
+    if head is not None:
+        code = int(head[1])
+        if code == HTTPStatus.UNAUTHORIZED:
+            return "unauthorized"
+        if code == HTTPStatus.FORBIDDEN:
+            return "forbidden"
+        if code == HTTPStatus.TOO_MANY_REQUESTS:
+            return "rate_limited"
+        if code == HTTPStatus.REQUEST_TIMEOUT or 500 <= code <= 599:
+            return "outage"
+        return "rejected"
+    if reason.startswith(NO_KEY_REASON):
+        return "no_key"
+    if circuit or reason.lower().startswith(_NO_ANSWER_HEADS):
+        return "outage"
+    return "operator"
 
 
 def _is_final_rejection(status_code: int) -> bool:

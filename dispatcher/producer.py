@@ -35,7 +35,13 @@ from sqlalchemy.orm import Session, scoped_session
 from dispatcher import outbox, tracing
 from dispatcher.config import DEFAULT_QUEUE, QUEUE_NAME, get_settings
 from dispatcher.db import get_engine, utcnow
-from dispatcher.events import CustomEvent, Event, SegmentEvent, ValidationError
+from dispatcher.events import (
+    CustomEvent,
+    Event,
+    SegmentEvent,
+    ValidationError,
+    key_problem,
+)
 from dispatcher.outbox import NewJob, insert_jobs
 from dispatcher.problems import is_schema_missing
 from dispatcher.scrub import redact_url, scrub
@@ -105,18 +111,9 @@ MAX_ORDERING_KEY = 255
 
 def check_key(value: object, field: str, limit: int) -> list[str]:
     """A dedupe or ordering key: None, or 1-``limit`` characters that the database can store
-    (no NUL, no lone surrogate: a driver error otherwise, after the caller's other writes)."""
-    if value is None:
-        return []
-    if not isinstance(value, str) or not 0 < len(value) <= limit:
-        return [f"{field}: must be a string of 1-{limit} characters"]
-    if "\x00" in value:
-        return [f"{field}: must not contain a NUL character"]
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return [f"{field}: must be valid Unicode text (it has a lone surrogate)"]
-    return []
+    (see :func:`dispatcher.events.key_problem`)."""
+    problem = None if value is None else key_problem(value, limit)
+    return [f"{field}: {problem}"] if problem else []
 
 
 def _to_row(

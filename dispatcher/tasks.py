@@ -46,6 +46,7 @@ from dispatcher.config import (
     Settings,
     broker_timeouts,
     get_settings,
+    plain_http_warning,
 )
 from dispatcher.db import dispose_engines
 from dispatcher.delivery import Deliverer
@@ -133,6 +134,14 @@ def stopping() -> bool:
 def _on_worker_init(**_: object) -> None:
     global _stopping
     _stopping = multiprocessing.get_context("fork").Event()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _warn_at_start(**_: object) -> None:
+    """Once per worker, with its logging in place: settings that work but should not."""
+    warning = plain_http_warning(get_settings().base_url)
+    if warning is not None:
+        log.warning(warning)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -7,6 +7,10 @@ job id, custom event id, attempt number, HTTP status and outcome. Without the pa
 imported (a spec look-up at import time says whether it is there) and nothing changes; without a
 configured SDK the API is a no-op and no context is stored.
 
+Only the W3C trace context is stored (``traceparent``, ``tracestate``), whatever propagators the
+application configured: OpenTelemetry baggage travels with the same global propagator and often
+holds a user id or an email, which has no business in the outbox row.
+
 Sentry picks the spans up through its OpenTelemetry integration; Jaeger, Tempo and any OTLP
 backend through the SDK's OTLP exporter (see the README).
 """
@@ -23,21 +27,29 @@ AVAILABLE = importlib.util.find_spec("opentelemetry") is not None
 TRACER_NAME = "ecdp-dispatcher"
 
 
+STORED_KEYS = ("traceparent", "tracestate")
+
+
 @cache
 def _otel() -> Any:
-    from opentelemetry import propagate, trace
+    """The W3C trace-context propagator alone (never the global one, which adds baggage), and
+    the trace API."""
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    return propagate, trace
+    return TraceContextTextMapPropagator(), trace
 
 
 def current_context() -> str | None:
-    """The caller's trace context as JSON (``traceparent``, ``tracestate``), or None."""
+    """The caller's trace context as JSON (``traceparent``, ``tracestate``; no baggage), or
+    None."""
     if not AVAILABLE:
         return None
-    propagate, _ = _otel()
+    propagator, _ = _otel()
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return json.dumps(carrier, separators=(",", ":")) if carrier else None
+    propagator.inject(carrier)
+    stored = {k: v for k, v in carrier.items() if k in STORED_KEYS}
+    return json.dumps(stored, separators=(",", ":")) if stored else None
 
 
 def record_attempt(
@@ -52,9 +64,9 @@ def record_attempt(
     """One finished attempt as a span, child of the stored context (none stored: no span)."""
     if not AVAILABLE or not trace_context:
         return
-    propagate, trace = _otel()
+    propagator, trace = _otel()
     try:
-        parent = propagate.extract(json.loads(trace_context))
+        parent = propagator.extract(json.loads(trace_context))
     except (ValueError, TypeError):
         return  # a context we did not write: no span rather than a broken one
     start_ns = int(started_at.timestamp() * 1e9)

@@ -25,6 +25,7 @@ by ``updated_at`` (when they reached their final state).
 from __future__ import annotations
 
 from dispatcher.admin.actions import (
+    REASON_MAX,
     ExpectedCountMismatch,
     pause_queue,
     paused_queues,
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_EXPECTED",
     "MAX_JOB_IDS",
     "MAX_LIMIT",
+    "REASON_MAX",
     "Activity",
     "ActivityBucket",
     "AdminError",

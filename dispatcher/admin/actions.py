@@ -32,9 +32,11 @@ from dispatcher.admin.filters import (
 from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import PurgeResult, ReplayResult
 from dispatcher.db import utcnow
+from dispatcher.masking import redact
 from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs, queues
 
 __all__ = [
+    "REASON_MAX",
     "ExpectedCountMismatch",
     "pause_queue",
     "paused_queues",
@@ -68,21 +70,26 @@ def _signal(queues: Iterable[str]) -> None:
 
 # --------------------------------------------------------------------------- pause / resume
 
+REASON_MAX = 500  # an operator's reason for a pause
+
 
 def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an operator") -> bool:
     """Pause ``queue`` and return once no worker will start another request for it (requests
     already in flight may still be answered; jobs claimed but not sent go back to pending).
-    True if it was not paused before."""
+    True if it was not paused before. The reason is at most :data:`REASON_MAX` characters: it
+    is shown on every page, in ``stats`` and in alerts."""
     check_queue(queue)
     if not isinstance(reason, str) or not reason.strip():
         raise AdminError("reason", "say why (it is shown wherever the pause is)")
+    if len(reason) > REASON_MAX:
+        raise AdminError("reason", f"at most {REASON_MAX} characters (got {len(reason)})")
     if "\x00" in reason or not _encodable(reason):  # PostgreSQL text holds neither
         raise AdminError("reason", "NUL characters and lone surrogates are not text we can keep")
     with engine.begin() as conn:
         changed = outbox.pause(conn, queue, reason, utcnow())
     time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
     if changed:
-        log.info("admin: paused queue %s: %s", queue, reason, extra={"queue": queue})
+        log.info("admin: paused queue %s: %s", queue, redact(reason), extra={"queue": queue})
     return changed
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PER_PAGE",
     "PER_PAGE",
     "STATUS_CODES",
+    "TIME_RANGE",
     "AdminError",
     "Filter",
     "Page",
@@ -50,6 +51,9 @@ MAX_BATCH_SIZE = 10_000  # purge
 PER_PAGE = 50
 MAX_PER_PAGE = 100
 MAX_EXPECTED = 2**31  # replay's expected count
+# since/until: the reads widen a window by margins (an hour), which must stay within datetime's
+# range (years 1-9999); no job is older than 1900 or will be created after 9000.
+TIME_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
 
 # Every field a filter has, in the order surfaces show them.
 FILTER_FIELDS = ("status", "queue", "event_id", "customer_email", "status_code", "since", "until")
@@ -141,10 +145,13 @@ class Filter:
             raise AdminError("customer_email", f"expected at most {EMAIL_MAX} characters")
         if self.status_code is not None:
             check_int("status_code", self.status_code, *STATUS_CODES)
-        if self.since is not None:
-            check_time("since", self.since)
-        if self.until is not None:
-            check_time("until", self.until)
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                check_time(name, value)
+                if not TIME_RANGE[0] <= value < TIME_RANGE[1]:
+                    low, high = (t.date().isoformat() for t in TIME_RANGE)
+                    raise AdminError(name, f"expected a time from {low} to before {high}")
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise AdminError("since", "must be before until")
 

@@ -28,6 +28,7 @@ from dispatcher.admin.filters import (
 from dispatcher.admin.results import Attempt, JobDetail, JobSummary, QueueStats
 from dispatcher.admin.times import iso as _iso
 from dispatcher.db import utcnow
+from dispatcher.masking import redact
 from dispatcher.policy import Outcome
 from dispatcher.schema import (
     DUE_STATUSES,
@@ -228,7 +229,8 @@ def show(bind: Bind, job: int | str) -> JobDetail | None:
 
 def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
     """Per queue (those with jobs or a queue row), sorted by name: counts by status, delivery lag,
-    the pause switch and the circuit breaker's state.
+    the pause switch and the circuit breaker's state. Their reasons hold the API's words, so they
+    are masked (:func:`dispatcher.masking.redact`) for every output that shows them.
 
     Nothing here reads the finished history, so it costs the same with ten million delivered
     rows as with ten: live counts and the lag are one grouped index-only scan of
@@ -275,7 +277,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
         result[name] = QueueStats(
             name=name,
             paused=bool(switch is not None and switch.paused),
-            pause_reason=switch.pause_reason if switch is not None else None,
+            pause_reason=redact(switch.pause_reason) if switch is not None else None,
             paused_at=switch.paused_at if switch is not None else None,
             counts=counts.get(name, dict.fromkeys(STATUSES, 0)),
             oldest_due_age_seconds=(
@@ -283,7 +285,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
             ),
             circuit=circuit,
             circuit_since=switch.circuit_since if switch is not None else None,
-            circuit_reason=switch.circuit_reason if switch is not None else None,
+            circuit_reason=redact(switch.circuit_reason) if switch is not None else None,
             circuit_next_probe_at=(
                 switch.circuit_retry_at if switch is not None and circuit == "open" else None
             ),

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from dispatcher.admin.times import iso as _iso
-from dispatcher.policy import Outcome
+from dispatcher.policy import Outcome, cause
 from dispatcher.schema import JobStatus
 
 __all__ = ["Attempt", "JobDetail", "JobSummary", "PurgeResult", "QueueStats", "ReplayResult"]
@@ -122,6 +122,16 @@ class QueueStats:
     def circuit_open(self) -> bool:
         """Open or half_open: nothing but probes is sent for the queue."""
         return self.circuit != "closed"
+
+    @property
+    def pause_cause(self) -> str | None:
+        """The pause's reason in a word (:data:`dispatcher.policy.CAUSES`); None unless paused."""
+        return cause(self.pause_reason) if self.paused else None
+
+    @property
+    def circuit_cause(self) -> str | None:
+        """Why the circuit opened, in a word; None while it is closed."""
+        return cause(self.circuit_reason, circuit=True) if self.circuit_open else None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -86,37 +86,46 @@ def check_bind(host: str, token: Secret | None) -> None:
 class Throttle:
     """Wrong tokens per client address: the first :attr:`FREE` cost nothing, then each one locks
     that address out for twice as long as the one before (1 s, 2 s, 4 s … at most
-    :attr:`MAX_LOCK` s); a right token clears the address. Kept in memory (at most
-    :attr:`MAX_CLIENTS` addresses, the longest idle dropped first)."""
+    :attr:`MAX_LOCK` s); :attr:`FORGET_AFTER` seconds without a wrong one clear the address.
+    Kept in memory (at most :attr:`MAX_CLIENTS` addresses, the longest idle dropped first).
+
+    The lock holds back wrong tokens only: :meth:`Gate.who` and the login form let a right
+    token in whatever the address did before (the operator and Prometheus' scrape often share
+    an address with whoever typed a wrong one), and it does not clear the address either, or a
+    scrape every 15 s would lift the lock of a guesser behind the same address. Guessing is
+    made hopeless by the token's length (16 characters at least); the lock slows clients that
+    honour 429 and keeps the log short."""
 
     FREE = 5
     MAX_LOCK = 900.0
+    FORGET_AFTER = 3600.0
     MAX_CLIENTS = 10_000
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, locked until
+        # count, locked until, last failure
+        self._failures: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def wait(self, client: str) -> float:
-        """Seconds ``client`` must wait before it may try again (0: now)."""
+        """Seconds ``client``'s wrong tokens are refused for without being counted (0: none)."""
         with self._lock:
-            _, until = self._failures.get(client, (0, 0.0))
+            _, until, _ = self._failures.get(client, (0, 0.0, 0.0))
         return max(0.0, until - self._clock())
 
     def failed(self, client: str) -> tuple[int, float]:
         """Count a wrong token; return the address's failures and its lock in seconds."""
         with self._lock:
-            count = self._failures.pop(client, (0, 0.0))[0] + 1
-            lock = 0.0 if count <= self.FREE else min(self.MAX_LOCK, 2.0 ** (count - self.FREE - 1))
-            self._failures[client] = (count, self._clock() + lock)
+            now = self._clock()
+            count, _, last = self._failures.pop(client, (0, 0.0, now))
+            count = 1 if now - last >= self.FORGET_AFTER else count + 1
+            # The exponent is capped: 2.0 ** 1024 overflows (after about 1,030 failures).
+            doubling = min(count - self.FREE - 1, 32)
+            lock = 0.0 if count <= self.FREE else min(self.MAX_LOCK, 2.0**doubling)
+            self._failures[client] = (count, now + lock, now)
             while len(self._failures) > self.MAX_CLIENTS:
                 self._failures.popitem(last=False)
         return count, lock
-
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)
 
 
 class Gate:
@@ -189,12 +198,10 @@ class Gate:
             return "open" if is_loopback(request.url.hostname or "") else None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            if self.throttle.wait(client_address(request)) > 0:
-                return None
-            if self.token_ok(given.strip()):
-                self.throttle.succeeded(client_address(request))
+            if self.token_ok(given.strip()):  # never refused, whatever the address did before
                 return "bearer"
-            self.refused(request, "bearer")
+            if self.throttle.wait(client_address(request)) <= 0:  # locked: refused, not counted
+                self.refused(request, "bearer")
             return None
         return "cookie" if self.session_ok(request.cookies.get(SESSION_COOKIE)) else None
 
@@ -203,8 +210,8 @@ class Gate:
 
 
 def client_address(request: Request) -> str:
-    """The client's address (behind a trusted proxy, the one it forwarded: uvicorn's
-    ``--forwarded-allow-ips``)."""
+    """The client's address (behind a proxy of ``DISPATCHER_TRUSTED_PROXIES``, the one it
+    forwarded: :func:`dispatcher.web.serve` has uvicorn believe those proxies alone)."""
     return request.client.host if request.client is not None else "unknown"
 
 

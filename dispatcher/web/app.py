@@ -4,6 +4,7 @@ metrics``."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import jinja2
 import sqlalchemy as sa
@@ -109,26 +110,28 @@ def serve(
     settings: Settings,
     *,
     pages_and_api: bool = True,
-    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Run the site with uvicorn until interrupted; refuses a non-loopback host without a token.
 
-    ``forwarded_allow_ips`` (uvicorn's option of that name; None: uvicorn's default, the
-    ``FORWARDED_ALLOW_IPS`` variable or 127.0.0.1): the proxies whose ``X-Forwarded-Proto`` and
-    ``X-Forwarded-For`` are believed. Behind a TLS proxy listed there the session cookie gets
-    ``Secure`` and the login throttle counts the real client's address."""
+    Only the proxies of ``settings.trusted_proxies`` (``DISPATCHER_TRUSTED_PROXIES``) have their
+    ``X-Forwarded-Proto`` and ``X-Forwarded-For`` believed; uvicorn's own default (believe
+    127.0.0.1, or ``FORWARDED_ALLOW_IPS``) is off, so behind no proxy named there a client cannot
+    choose the address the login throttle counts. Behind a TLS proxy named there the session
+    cookie gets ``Secure`` and the throttle counts the real client's address."""
     import uvicorn
 
     check_bind(host, settings.admin_token)
-    # No access log: history searches put customer emails in URLs. State changes log themselves.
     app = create_app(settings, pages_and_api=pages_and_api)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        server_header=False,
-        access_log=False,
-        log_config=None,  # uvicorn's records go through dispatcher.logs (text or JSON lines)
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
-    )
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What :func:`serve` tells uvicorn besides the app and the address."""
+    return {
+        "server_header": False,
+        # No access log: history searches put customer emails in URLs. State changes log.
+        "access_log": False,
+        "log_config": None,  # uvicorn's records go through dispatcher.logs (text or JSON lines)
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies),  # never uvicorn's default
+    }

@@ -4,9 +4,10 @@ Workers are separate processes, often on separate machines, so the numbers come 
 database they all write, not from in-process counters:
 
 - Gauges (jobs by queue and status, the oldest due job's age, the pause switch and the circuit
-  breaker's state, with their reasons) come from :func:`dispatcher.admin.stats`, one grouped
-  query, cached for ``ttl_seconds`` so a scrape every 15 s (or several Prometheus servers)
-  costs the database next to nothing.
+  breaker's state, with their causes: a word of :data:`dispatcher.policy.CAUSES`, never the
+  reason's free text, which is unbounded and may hold the API's words) come from
+  :func:`dispatcher.admin.stats`, one grouped query, cached for ``ttl_seconds`` so a scrape
+  every 15 s (or several Prometheus servers) costs the database next to nothing.
 - Counters (HTTP attempts by queue and status-code class, dead letters) and the latency
   histogram are accumulated by this process from the attempt rows written since it started.
   Each refresh reads only rows above an id floor (a range scan on the primary key, joined to
@@ -16,12 +17,18 @@ database they all write, not from in-process counters:
   commit a lower id after a higher one was read; re-reading that window (and skipping ids
   already counted) counts it anyway. Each serving process counts from its own start, like any
   counter after a restart; ``rate()`` and ``increase()`` are made for that.
+
+While the database cannot be read (down, refusing us, or without the outbox tables) a scrape
+still answers, with ``dispatcher_database_up 0`` and the counters so far but no gauge read from
+the outbox (a number from before the outage would be a guess): the alerts then say "the
+dispatcher cannot see" instead of going quiet (``prometheus/alerts.yml``).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -50,7 +57,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "other", "no_answer")
 GRACE_SECONDS = 60.0
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_REASON_LIMIT = 200
+# What a database that cannot be read raises (a missing table is a ProgrammingError: checked).
+_UNREADABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+log = logging.getLogger("dispatcher.web")
 
 
 def code_class(status_code: int | None) -> str:
@@ -80,6 +90,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._stats: dict[str, admin.QueueStats] = {}
         self._stats_at: float | None = None
+        self.database_up = True  # did the last refresh read the database?
         self._floor: int | None = None  # every attempt id <= floor has been counted (or skipped)
         self._counted: set[int] = set()  # ids above the floor already counted
         self._marks: deque[tuple[float, int]] = deque()  # (when, highest id seen then)
@@ -103,11 +114,26 @@ class Metrics:
             moment = self._clock()
             if self._stats_at is not None and moment - self._stats_at < self.ttl_seconds:
                 return
-            with self.engine.connect() as conn:
-                self._stats = admin.stats(conn, self._now())
-                self._count_new_attempts(conn, moment)
-                conn.rollback()
-            self._stats_at = moment
+            try:
+                with self.engine.connect() as conn:
+                    self._stats = admin.stats(conn, self._now())
+                    self._count_new_attempts(conn, moment)
+                    conn.rollback()
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+                if not self._unreadable(exc):
+                    raise
+                if self.database_up:
+                    log.warning("metrics: cannot read the database: %s", type(exc).__name__)
+                self.database_up, self._stats = False, {}
+            else:
+                self.database_up = True
+            self._stats_at = moment  # a failure is cached too: a dead database is not hammered
+
+    @staticmethod
+    def _unreadable(exc: sa.exc.DBAPIError | sa.exc.TimeoutError) -> bool:
+        from dispatcher.problems import is_schema_missing
+
+        return isinstance(exc, _UNREADABLE) or is_schema_missing(exc)
 
     def _count_new_attempts(self, conn: sa.Connection, moment: float) -> None:
         if self._floor is None:  # count from now: reading the whole history would be a scan
@@ -175,7 +201,10 @@ class _Collector(Collector):
             "dispatcher_queue_paused", "1 while the queue is paused, else 0.", labels=["queue"]
         )
         reason = InfoMetricFamily(
-            "dispatcher_queue_pause", "Why a paused queue is paused.", labels=["queue"]
+            "dispatcher_queue_pause",
+            "Why a paused queue is paused, in a word (cause: unauthorized, forbidden, no_key, "
+            "operator, ...; the reason itself is on the admin page).",
+            labels=["queue"],
         )
         circuit = GaugeMetricFamily(
             "dispatcher_queue_circuit_open",
@@ -185,7 +214,8 @@ class _Collector(Collector):
         )
         circuit_reason = InfoMetricFamily(
             "dispatcher_queue_circuit",
-            "Why a queue's circuit breaker is open, and its state (open or half_open).",
+            "Why a queue's circuit breaker is open, in a word (cause), and its state (open or "
+            "half_open).",
             labels=["queue"],
         )
         window = GaugeMetricFamily(
@@ -211,6 +241,12 @@ class _Collector(Collector):
             "Jobs that became dead letters, counted from this exporter's start.",
             labels=["queue"],
         )
+        up = GaugeMetricFamily(
+            "dispatcher_database_up",
+            "1 if the last scrape could read the outbox database, 0 if not (then the gauges "
+            "read from it are missing).",
+            value=1.0 if m.database_up else 0.0,
+        )
         latency = HistogramMetricFamily(
             "dispatcher_delivery_duration_seconds",
             "Duration of each HTTP request to the ECDP API, from this exporter's start.",
@@ -221,16 +257,14 @@ class _Collector(Collector):
                 by_status.add_metric([name, status], q.counts[status])
             oldest.add_metric([name], q.oldest_due_age_seconds or 0.0)
             paused.add_metric([name], 1.0 if q.paused else 0.0)
-            if q.paused:
-                text = " ".join((q.pause_reason or "").split())[:_REASON_LIMIT]
-                reason.add_metric([name], {"reason": text})
+            if q.pause_cause is not None:  # a word of CAUSES: free text is no label
+                reason.add_metric([name], {"cause": q.pause_cause})
             circuit.add_metric([name], 1.0 if q.circuit_open else 0.0)
             if q.window is not None:
                 window.add_metric([name], q.window)
             maybe_twice.add_metric([name], q.maybe_twice)
-            if q.circuit_open:
-                text = " ".join((q.circuit_reason or "").split())[:_REASON_LIMIT]
-                circuit_reason.add_metric([name], {"state": q.circuit, "reason": text})
+            if q.circuit_cause is not None:
+                circuit_reason.add_metric([name], {"state": q.circuit, "cause": q.circuit_cause})
         for name in sorted(m._stats.keys() | m._latency.keys()):
             for cls in CODE_CLASSES:
                 tries.add_metric([name, cls], m._attempts[name, cls])
@@ -238,6 +272,7 @@ class _Collector(Collector):
             histogram = m._latency.get(name) or _Histogram()
             latency.add_metric([name], histogram.buckets(), histogram.total)
         return [
+            up,
             by_status,
             oldest,
             paused,

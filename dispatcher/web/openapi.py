@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispatcher.admin.actions import REASON_MAX
 from dispatcher.admin.filters import (
     EMAIL_MAX,
     INT32,
@@ -149,6 +150,7 @@ OPENAPI: dict[str, Any] = {
                                     reason={
                                         "type": "string",
                                         "minLength": 1,
+                                        "maxLength": REASON_MAX,
                                         "description": "Why; shown wherever the pause is.",
                                     }
                                 ),

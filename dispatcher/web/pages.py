@@ -90,20 +90,19 @@ async def login(request: Request) -> Response:
     if site.gate.token is None:
         return RedirectResponse(nxt, 303)
     client = client_address(request)
-    wait = site.gate.throttle.wait(client)
-    if wait > 0:  # not even checked: a locked-out address learns nothing
-        log.warning("admin: refused a login from %s: locked out for %.0fs more", client, wait)
-        return site.render(
-            request,
-            "login.html",
-            429,
-            next=nxt,
-            error=f"Too many wrong tokens: try again in {int(wait + 0.999)} s.",
-        )
-    if not site.gate.token_ok(str(form.get("token", ""))):
+    if not site.gate.token_ok(str(form.get("token", ""))):  # a right one is never refused
+        wait = site.gate.throttle.wait(client)
+        if wait > 0:  # locked out: refused, and not counted again
+            log.warning("admin: refused a login from %s: locked out for %.0fs more", client, wait)
+            return site.render(
+                request,
+                "login.html",
+                429,
+                next=nxt,
+                error=f"Too many wrong tokens: try again in {int(wait + 0.999)} s.",
+            )
         site.gate.refused(request, "login form")
         return site.render(request, "login.html", 401, next=nxt, error="That is not the token.")
-    site.gate.throttle.succeeded(client)
     response = RedirectResponse(nxt, 303)
     response.set_cookie(
         SESSION_COOKIE,

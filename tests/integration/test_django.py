@@ -224,9 +224,10 @@ signaller._send = sent.append
 ok = enqueue(CustomEvent(9, customer_email="Eve@Example.com"))
 dead = enqueue(CustomEvent(9, customer_id=2))
 Job.objects.filter(pk=dead).update(status="dead", last_status_code=400, last_error="400: bad")
+Job.objects.filter(pk=ok).update(last_error="429: slow down, anna.secret@example.com")
 Attempt.objects.create(
     job_id=dead, started_at=timezone.now(), duration_ms=7, status_code=400, outcome="dead",
-    counted=True, response_body='{"title": "a rejected body"}',
+    counted=True, response_body='{"title": "a rejected body", "detail": "bob.secret@example.com"}',
 )
 User.objects.create_superuser("admin", "admin@example.com", "pw")
 client = Client()
@@ -235,6 +236,8 @@ base = "/admin/ecdp_dispatcher/job/"
 listing = client.get(base, {"status__exact": "dead"})
 search = client.get(base, {"q": "EVE@example.com"})
 page = client.get(f"{base}{dead}/change/")
+everything = [client.get(base).content.decode(), search.content.decode(), page.content.decode(),
+              client.get(f"{base}{ok}/change/").content.decode()]
 replay = client.post(base, {"action": "replay_dead_jobs", "_selected_action": [ok, dead]})
 signaller.flush()
 job = Job.objects.get(pk=dead)
@@ -244,6 +247,11 @@ print(json.dumps({
     "search": [search.status_code, f"{base}{ok}/" in search.content.decode(),
                f"{base}{dead}/" in search.content.decode()],
     "page": [page.status_code, "a rejected body" in page.content.decode()],
+    "unmasked": [s for s in ("Eve@", "eve@", "anna.secret", "bob.secret")
+                 if any(s in text for text in everything)],
+    "masked": [s for s in ("e***@example.com", "E***@Example.com", "a***@example.com",
+                           "b***@example.com")
+               if any(s in text for text in everything)],
     "replay": replay.status_code,
     "after": [job.status, job.replays, Attempt.objects.filter(job_id=dead).count()],
     "sent": sorted(set(sent)),
@@ -379,6 +387,8 @@ def test_django_admin_lists_shows_and_replays(
     assert out["listing"] == [200, True, False]  # the status filter
     assert out["search"] == [200, True, False]  # an email, whatever its case
     assert out["page"] == [200, True]  # the job with its attempts
+    assert out["unmasked"] == []  # no customer email in the list, a search, a job or an attempt
+    assert len(out["masked"]) == 4  # the list, the payload, an error, an answer
     assert out["replay"] == 302
     assert out["after"] == ["pending", 1, 1]  # replayed, its history kept
     assert out["sent"] == ["default"]
@@ -447,3 +457,40 @@ def test_django_enqueue_before_dispatcher_migrate_raises_outbox_schema_missing(
         and "python manage.py dispatcher_migrate" in line
         for line in out
     ), out
+
+
+def test_the_outbox_url_keeps_the_databases_options() -> None:
+    """sslmode and every other libpq OPTION reach the outbox's connection as Django's own;
+    Django's own keys (isolation_level, …) do not."""
+    from dispatcher.contrib.django.management.commands.dispatcher_migrate import url_of
+
+    url = url_of(
+        {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "shop",
+            "USER": "app",
+            "PASSWORD": "p w@d",
+            "HOST": "db.example",
+            "PORT": "5432",
+            "OPTIONS": {
+                "sslmode": "verify-full",
+                "sslrootcert": "/etc/ssl/db-ca.pem",
+                "connect_timeout": 5,
+                "isolation_level": 2,
+                "server_side_binding": True,
+            },
+        }
+    )
+    parsed = sa.make_url(url)
+    assert parsed.password == "p w@d" and parsed.host == "db.example" and parsed.database == "shop"
+    assert dict(parsed.query) == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/ssl/db-ca.pem",
+        "connect_timeout": "5",
+    }
+    # SQLAlchemy hands them to psycopg as connection parameters.
+    _, kwargs = sa.create_engine(url).dialect.create_connect_args(parsed)
+    assert kwargs["sslmode"] == "verify-full" and kwargs["connect_timeout"] == "5"
+    sqlite = url_of({"ENGINE": "django.db.backends.sqlite3", "NAME": "/x/db.sqlite3",
+                     "OPTIONS": {"timeout": 20, "init_command": "PRAGMA x"}})  # fmt: skip
+    assert sqlite == "sqlite:////x/db.sqlite3?timeout=20"

@@ -129,6 +129,9 @@ def test_enqueue_many_is_all_or_nothing(engine: sa.Engine) -> None:
         ({"queue": ""}, "queue"),
         ({"dedupe_key": ""}, "dedupe_key"),
         ({"dedupe_key": "x" * 256}, "dedupe_key"),
+        # PostgreSQL's text holds neither: a driver error, not a ValidationError, before
+        ({"dedupe_key": "order-\x00-1"}, "dedupe_key"),
+        ({"dedupe_key": "order-\ud800-1"}, "dedupe_key"),
     ],
 )
 def test_bad_enqueue_arguments_write_nothing(engine: sa.Engine, kwargs: dict, field: str) -> None:
@@ -185,3 +188,13 @@ def test_property_enqueue_writes_only_valid_events(
         return
     enqueue(made)
     assert count(engine) == before + 1
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "\udfff", "x\ud83d"])
+def test_enqueue_many_refuses_an_unstorable_dedupe_key(engine: sa.Engine, key: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        enqueue_many([event(0), event(1)], dedupe_keys=["fine", key])
+    assert "dedupe_key" in str(info.value) and (
+        "NUL" in str(info.value) or "Unicode" in str(info.value)
+    )
+    assert count(engine) == 0

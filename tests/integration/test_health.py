@@ -18,10 +18,13 @@ from tests.integration.test_celery import system  # noqa: F401 - the fixture
 from tests.support import free_port, start, stop, wait_until
 
 
-def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_check(
+    *args: str, env: dict[str, str] | None = None, clear: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``dispatcher check ARGS`` with ``env`` added to this environment (``clear``: instead)."""
     return subprocess.run(
         [sys.executable, "-c", "from dispatcher.entry import main; main()", "check", *args],
-        env={**os.environ, **(env or {})},
+        env=dict(env or {}) if clear else {**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -152,3 +155,36 @@ def test_a_real_worker_and_sweeper_keep_their_heartbeats(
     time.sleep(1.5)
     assert run_check("--worker", "--max-age", "1", env=env).returncode == 1
     assert run_check("--sweeper", "--max-age", "1", env=env).returncode == 1
+
+
+def test_heartbeats_belong_to_one_installation(tmp_path: Path) -> None:
+    """The default folder is named by the database URL: another installation's worker on this
+    host (or a test beside production) is not taken for this one's."""
+    ours = {"DISPATCHER_DATABASE_URL": "postgresql://app:s3cret-pw@db.example/shop"}
+    theirs = {"DISPATCHER_DATABASE_URL": "postgresql://app:s3cret-pw@db.example/staging"}
+    assert health.heartbeat_dir(ours) != health.heartbeat_dir(theirs)
+    assert "s3cret" not in str(health.heartbeat_dir(ours))
+    # One database, however it is spelled, is one installation (a password change included).
+    for same in (
+        "postgres://app:another@db.example/shop",
+        "postgresql+psycopg://app@DB.example/shop",
+    ):
+        assert health.heartbeat_dir({"DISPATCHER_DATABASE_URL": same}) == health.heartbeat_dir(ours)
+    assert health.heartbeat_dir({}) == health.heartbeat_dir(
+        {"DISPATCHER_DATABASE_URL": f"sqlite:///{os.path.abspath('dispatcher.db')}"}
+    )
+    explicit = {**ours, "DISPATCHER_HEARTBEAT_DIR": str(tmp_path)}
+    assert health.heartbeat_dir(explicit) == tmp_path
+
+    # Their worker beats; ours is not running: the probe says so.
+    theirs_dir = health.heartbeat_dir(theirs)
+    try:
+        health.beat("worker", theirs_dir)
+        env = {k: v for k, v in os.environ.items() if k != "DISPATCHER_HEARTBEAT_DIR"}
+        ours_probe = run_check("--worker", env={**env, **ours}, clear=True)
+        assert ours_probe.returncode == 1 and "no heartbeat yet" in ours_probe.stdout
+        assert "s3cret" not in ours_probe.stdout
+        theirs_probe = run_check("--worker", env={**env, **theirs}, clear=True)
+        assert theirs_probe.returncode == 0 and "alive" in theirs_probe.stdout
+    finally:
+        (theirs_dir / "worker.heartbeat").unlink(missing_ok=True)

@@ -43,6 +43,17 @@ def test_json_formatter_has_stable_keys() -> None:
         ("Customer 1234567 not found", "Customer <number> not found"),
         ("md5 " + "a" * 32, "md5 <hash>"),
         ("nothing personal", "nothing personal"),
+        # An escape (JSON, URL, HTML, fullwidth) cannot hide an address from the mask.
+        ("no customer anna\\u002b1@example.com", "no customer <email>"),
+        ("no customer anna%2B1@example.com", "no customer <email>"),
+        ("no customer anna%2b1%40example.com", "no customer <email>"),
+        ("no customer anna&#43;1&#64;example.com", "no customer <email>"),
+        ("no customer anna\uff20example.com", "no customer <email>"),
+        # Phone numbers in groups; dates, times, addresses and small counts stay.
+        ("call +48 601 234 567.", "call <number>."),
+        ("call (030) 123-4567", "call <number>"),
+        ("at 2026-12-07 22:52:12 (17 of 20)", "at 2026-12-07 22:52:12 (17 of 20)"),
+        ("connect error: 10.0.0.1:8080", "connect error: 10.0.0.1:8080"),
     ],
 )
 def test_redact(raw: str, masked: str) -> None:
@@ -78,8 +89,7 @@ def test_every_line_a_json_worker_writes_parses(
         json.loads(line)  # every line: a JSON object, or this raises
         for path in (log_file, tmp_path / "sweeper.log")
         for line in path.read_text().splitlines()
-        # Celery prints this one to stdout itself (with a blank line before it): not a record
-        if line and not line.startswith("worker: Warm shutdown")
+        if line
     ]
     assert lines
     for line in lines:
@@ -130,3 +140,49 @@ def test_the_web_process_and_the_cli_write_json_lines_too(db_url: str, tmp_path:
     assert [r["message"] for r in records] == ["admin: paused queue eu-shop: json test"]
     for r in (*web_records, *records):
         assert {"ts", "level", "logger", "message"} <= r.keys(), r
+
+
+def test_nothing_but_json_lines_from_start_to_shutdown(tmp_path: Path) -> None:
+    """The lines that used to escape DISPATCHER_LOG_FORMAT=json: Celery's "worker: Warm shutdown"
+    (printed from its signal handler), its pool's "Process 'ForkPoolWorker-1' exited with signal
+    15" (a logger of its own, printed by Python's last resort), the notice that the default
+    SQLite files are used, and an error at start (a bad setting)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "ECDP_"))} | {
+        "DISPATCHER_LOG_FORMAT": "json",
+        "DISPATCHER_HEARTBEAT_DIR": str(tmp_path / "beats"),
+    }
+    # DISPATCHER_DATABASE_URL not set: the default SQLite files, in this folder.
+    migrate = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "migrate"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr
+    log_file = tmp_path / "worker.log"
+    with log_file.open("ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", "worker", "--concurrency=1"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: b"ready" in log_file.read_bytes(), "the worker to start")
+    finally:
+        stop(worker, signal.SIGTERM)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "worker"],
+        cwd=tmp_path, env=env | {"DISPATCHER_CONCURRENCY": "0.5"}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 3
+    lines = [*log_file.read_text().splitlines(), *migrate.stderr.splitlines()]
+    lines += bad.stderr.splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]  # each one JSON, or this raises
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("worker: Warm shutdown") for m in messages), messages
+    assert any("DISPATCHER_DATABASE_URL is not set" in m for m in messages), messages
+    assert any("DISPATCHER_CONCURRENCY" in m and r["level"] == "ERROR"
+               for m, r in zip(messages, records, strict=True))  # fmt: skip

@@ -67,3 +67,28 @@ def test_no_trace_no_context_no_span(
         assert conn.execute(sa.select(jobs.c.trace_context)).scalar() is None
     settle(deliverer, engine)
     assert EXPORTER.get_finished_spans() == ()
+
+
+def test_baggage_is_never_stored_in_the_outbox(
+    deliverer: Deliverer,  # noqa: F811 - the fixture
+    engine: sa.Engine,
+) -> None:
+    """The global propagator injects W3C baggage too (often a user id or an email): only
+    traceparent and tracestate reach the row, and the spans still join the trace."""
+    from opentelemetry import baggage, context
+
+    EXPORTER.clear()
+    token = context.attach(baggage.set_baggage("user.email", "anna.private@example.com"))
+    try:
+        with trace.get_tracer("shop").start_as_current_span("POST /orders"):
+            enqueue(CustomEvent(33, customer_id=7))
+    finally:
+        context.detach(token)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(jobs.c.trace_context)).scalar()
+    assert stored is not None and "traceparent" in stored
+    assert "anna" not in stored and "baggage" not in stored
+    settle(deliverer, engine)
+    producer = next(s for s in EXPORTER.get_finished_spans() if s.name == "POST /orders")
+    attempt = next(s for s in EXPORTER.get_finished_spans() if s.name.startswith("ecdp "))
+    assert attempt.context.trace_id == producer.context.trace_id

@@ -70,6 +70,11 @@ def test_only_the_offered_fields_are_read() -> None:
         ({"since": "1h", "until": "2h"}, "since"),  # since must come first
         ({"queue": ""}, "queue"),
         ({"queue": "   "}, "queue"),
+        # Edge dates: the reads widen the window by an hour, past datetime's range (was a 500).
+        ({"since": "0001-01-01"}, "since"),
+        ({"until": "9999-12-31T23:59:59Z"}, "until"),
+        ({"since": "1899-12-31T23:59:59Z"}, "since"),
+        ({"until": "9000-01-01"}, "until"),
     ],
 )
 def test_refused_naming_the_field(texts: dict[str, str], field: str) -> None:
@@ -120,7 +125,8 @@ def test_typed_values_are_checked_too() -> None:
         event_id=st.none() | st.integers(*INT32),
         customer_email=st.none() | st.emails().filter(lambda e: len(e) <= 320),
         status_code=st.none() | st.integers(*STATUS_CODES),
-        since=st.none() | st.datetimes(timezones=st.just(UTC)),
+        since=st.none()
+        | st.datetimes(datetime(1900, 1, 1), datetime(8999, 12, 31), timezones=st.just(UTC)),
     )
 )
 def test_as_text_reads_back_to_the_same_filter(f: Filter) -> None:

@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 
 from dispatcher.breaker import BreakerPolicy
-from dispatcher.config import ConfigError, Secret, Settings, check_lease, proxy_for
+from dispatcher.config import (
+    ConfigError,
+    Secret,
+    Settings,
+    check_base_url,
+    check_lease,
+    proxy_for,
+)
 
 
 def reveal(base_url: str, env: dict[str, str]) -> str | None:
@@ -266,3 +273,71 @@ def test_a_deliverer_refuses_a_lease_that_cannot_cover_a_request() -> None:
     )
     with pytest.raises(ConfigError, match="DISPATCHER_LEASE_SECONDS"):
         Deliverer(settings, engine=object())  # type: ignore[arg-type]  # refused before use
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DISPATCHER_RATE_LIMIT", "inf", "finite"),
+        ("DISPATCHER_RATE_LIMIT_EU_SHOP", "Infinity", "finite"),
+        ("DISPATCHER_CONCURRENCY", "0.5", "whole number"),  # silently 0: nothing ever sent
+        ("DISPATCHER_CONCURRENCY_EU_SHOP", "2.5", "whole number"),
+        ("DISPATCHER_CONCURRENCY", "inf", "finite"),
+        ("DISPATCHER_HTTP_TIMEOUT_SECONDS", "inf", "finite"),
+    ],
+)
+def test_settings_that_would_break_every_delivery_are_refused_by_name(
+    name: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env({name: value})
+    assert says in str(caught.value)
+
+
+def test_whole_and_finite_limits_are_kept() -> None:
+    settings = Settings.from_env(
+        {"DISPATCHER_RATE_LIMIT": "12.5", "DISPATCHER_CONCURRENCY_EU_SHOP": "4.0"}
+    )
+    assert settings.limits("eu-shop").rate == 12.5
+    assert settings.limits("eu-shop").concurrency == 4
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://api.ecdp.example", True),
+        ("http://10.0.0.7:8080/v1", True),
+        ("HTTP://API.ECDP.EXAMPLE", True),
+        ("https://api.ecdp.app", False),
+        ("http://127.0.0.1:9000", False),
+        ("http://[::1]:9000", False),
+        ("http://localhost:9000", False),
+    ],
+)
+def test_a_plain_http_base_url_is_warned_about_unless_loopback(url: str, warned: bool) -> None:
+    from dispatcher.config import plain_http_warning
+
+    warning = plain_http_warning(check_base_url(url))
+    assert (warning is not None) == warned
+    if warning:
+        assert "ECDP_BASE_URL" in warning and "https://" in warning
+
+
+def test_the_worker_warns_once_at_its_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from dispatcher import tasks
+    from dispatcher.config import get_settings
+
+    for url, expected in (("http://api.ecdp.example", 1), ("https://api.ecdp.app", 0)):
+        monkeypatch.setenv("ECDP_BASE_URL", url)
+        get_settings.cache_clear()
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="dispatcher.tasks"):
+                tasks._warn_at_start()
+        finally:
+            get_settings.cache_clear()
+        assert len([r for r in caplog.records if "plain http://" in r.getMessage()]) == expected

@@ -12,12 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.policy import (
+    CAUSES,
     MAX_ATTEMPTS_REASON,
     Decision,
     Outcome,
     QueueEffect,
     RetryPolicy,
     backoff_delay,
+    cause,
     decide,
     parse_retry_after,
     problem_summary,
@@ -880,3 +882,26 @@ def test_truncate_valid_utf8_roundtrip_prefix(text: str, limit: int) -> None:
     out = truncate_body(body, limit=limit)
     kept = out.split("…[truncated ", 1)[0] if len(body) > limit else out
     assert text.replace("\x00", "\ufffd").startswith(kept)
+
+
+@pytest.mark.parametrize(
+    ("reason", "circuit", "word"),
+    [
+        ("401 Unauthorized: The API key is missing or invalid.", False, "unauthorized"),
+        ("403 Forbidden", False, "forbidden"),
+        ("429 Too Many Requests: slow down", False, "rate_limited"),
+        ("max attempts exceeded: 503 Service Unavailable", True, "outage"),
+        ("408 Request Timeout (20 of the last 20 answers were outages)", True, "outage"),
+        ("timeout: no complete answer within 10s (5 of 5)", True, "outage"),
+        ("connection error: refused", True, "outage"),
+        ("400 Bad Request: nope", False, "rejected"),
+        ("no API key configured (set ECDP_API_KEY_EU_SHOP)", False, "no_key"),
+        ("maintenance till 3pm, ask anna@example.com", False, "operator"),
+        ("something the breaker wrote", True, "outage"),
+        (None, False, "unknown"),
+        ("", True, "unknown"),
+    ],
+)
+def test_cause_is_a_bounded_word(reason: str | None, circuit: bool, word: str) -> None:
+    assert cause(reason, circuit=circuit) == word
+    assert word in CAUSES

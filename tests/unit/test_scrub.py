@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from dispatcher import logs
 from dispatcher.producer import OutboxSchemaMissing, OutboxUnavailable
-from dispatcher.scrub import redact_url, scrub, terminal_safe
+from dispatcher.scrub import redact_url, remember, scrub, terminal_safe
 
 SECRET = "hunter2-S3cr3t"
 
@@ -91,3 +91,56 @@ def test_text_log_lines_escape_control_characters(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "reason=\\x1b]0;pwned\\x07\\x0dOK" in err and "\x1b" not in err
     logging.getLogger().handlers.clear()
+
+
+# Passwords a pattern cannot find the end of: a blank, an unescaped '@' (or both), a '/'.
+PARSED = [
+    "postgresql://app:se cret-Pw9@127.0.0.1:1/shop",
+    "postgresql://app:p@ss-Pw9@127.0.0.1:1/shop",
+    "postgresql://app:p@ss w/rd-Pw9@127.0.0.1:1/shop",
+    "postgresql://app@127.0.0.1:1/shop?password=se%20cret-Pw9",
+]
+
+
+@pytest.mark.parametrize("url", PARSED)
+def test_a_password_with_a_blank_or_an_at_is_never_printed_by_the_cli(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+    from dispatcher.config import get_settings
+
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        for args in (["stats"], ["-v", "stats"], ["history"]):
+            done = CliRunner().invoke(main, args)
+            assert done.exit_code != 0
+            shown = done.output
+            assert "cannot reach the outbox database" in shown, shown
+            assert not [p for p in ("cret", "ss-Pw9", "rd-Pw9", "Pw9") if p in shown], shown
+            assert "127.0.0.1" in shown  # the host stays: it is what to check
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("url", PARSED)
+def test_redact_url_parses_the_url(url: str) -> None:
+    shown = redact_url(url)
+    assert "Pw9" not in shown and "***" in shown and "127.0.0.1:1/shop" in shown
+    assert "Pw9" not in redact_url(sa.make_url(url))
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "host=db user=app password='se cret@Pw9' dbname=shop",
+        "host=db password=se@cret-Pw9 dbname=shop",
+    ],
+)
+def test_a_conninfo_password_is_parsed_by_libpq_rules(conninfo: str) -> None:
+    assert "Pw9" not in redact_url(conninfo)
+    remember(conninfo)
+    password = "se cret@Pw9" if "'" in conninfo else "se@cret-Pw9"
+    assert "Pw9" not in scrub(f"driver said: authentication failed for {password!r}")

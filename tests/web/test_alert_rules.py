@@ -48,6 +48,9 @@ def test_the_rules_an_operator_needs() -> None:
         "DispatcherDeliveryLag",
         "DispatcherDeadLettersGrowing",
         "DispatcherNoDeliveries",
+        "DispatcherDatabaseDown",
+        "DispatcherScrapeFailing",
+        "DispatcherMetricsAbsent",
     }
     assert found["DispatcherQueuePaused"]["for"] == "5m"
     assert "dispatcher_queue_paused" in found["DispatcherQueuePaused"]["expr"]

@@ -174,3 +174,45 @@ def test_slack_markup_in_the_apis_words_is_escaped_and_kept_raw_in_detail(notice
         "&lt;@U123&gt;" in text
     )
     assert body["detail"] == HOSTILE  # the raw words, for machines
+
+
+def test_a_webhook_that_trickles_its_answer_does_not_hold_the_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx's timeout is per read: one byte every 0.2 s never trips it. The post has a total
+    deadline instead (shortened here; the margins are for a loaded machine)."""
+    import socket
+    import threading
+    import time
+
+    from dispatcher import alerts
+
+    monkeypatch.setattr(alerts, "WEBHOOK_DEADLINE_SECONDS", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    began = time.monotonic()
+    try:
+        notify_pause("eu-shop", 401, DETAIL, webhook_url=url)  # httpx.post: the real client
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        server.close()
+        thread.join(10)
+    assert took < 30, took  # it trickles for as long as it is read: without a deadline, forever
+    assert "TimeoutError" in caplog.text and url not in caplog.text

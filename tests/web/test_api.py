@@ -250,8 +250,10 @@ def test_an_unreachable_database_is_a_503_not_a_crash(
     engine = create_engine(f"sqlite:///{tmp_path}/no/such/folder/outbox.db")
     url = serve(create_app(Settings(admin_token=Secret(TOKEN)), engine=engine))
     with httpx.Client(base_url=url, headers=AUTH) as c:
-        for path in ("/api/queues", "/metrics"):
-            response = c.get(path)
-            assert response.status_code == 503 and response.headers["retry-after"] == "5"
-            assert response.json()["error"].startswith("the outbox database is unavailable")
+        response = c.get("/api/queues")
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.json()["error"].startswith("the outbox database is unavailable")
         assert c.get("/").status_code == 503
+        # /metrics answers, and says so: a 503 would silence every alert (test_metrics.py).
+        metrics = c.get("/metrics")
+        assert metrics.status_code == 200 and "dispatcher_database_up 0.0" in metrics.text

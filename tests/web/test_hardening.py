@@ -86,25 +86,67 @@ def test_wrong_logins_are_throttled_per_address_and_logged_without_the_token(
     app.state.site.gate.throttle = Throttle(clock)
     tried = "wrong-token-attempt-xyz"
     c = Asgi(app)
+    wrong = {"Authorization": f"Bearer {tried}"}
     with caplog.at_level(logging.INFO, logger="dispatcher.web"):
         for _ in range(Throttle.FREE):
             assert _login(c, tried).status_code == 401
         assert _login(c, tried).status_code == 401  # the 6th is checked, then locks for 1 s
-        locked = _login(c, TOKEN)  # locked out: even the right token is not looked at
+        locked = _login(c, tried)  # locked out: a wrong token is refused with 429
         assert locked.status_code == 429 and "try again" in locked.text
-        assert c.get("/api/queues", headers=AUTH).status_code == 429
+        assert c.get("/api/queues", headers=wrong).status_code == 429
+        # The right token is never refused, whoever failed from the address before.
+        assert c.get("/api/queues", headers=AUTH).status_code == 200
+        assert c.get("/metrics", headers=AUTH).status_code == 200  # Prometheus' scrape
         clock.now += 1.5
-        assert _login(c, tried).status_code == 401  # 7th: locked for 2 s now
-        clock.now += 1.0
-        assert _login(c, TOKEN).status_code == 429
-        clock.now += 1.5
-        assert _login(c, TOKEN).status_code == 303  # the lock ran out: the right token works
-        assert _login(c, tried).status_code == 401  # and it cleared the count
+        assert _login(c, tried).status_code == 401  # the count went on: locked again
+        assert _login(c, tried).status_code == 429
+        assert _login(c, TOKEN).status_code == 303  # the right token, during the lock
+        assert _login(c, tried).status_code == 429  # which does not lift the lock
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) >= Throttle.FREE + 2
     assert all("10.1.2.3" in m for m in refusals)  # the client's address
     assert "locked out for 1s" in refusals[Throttle.FREE]
     assert all(tried not in r.getMessage() and TOKEN not in r.getMessage() for r in caplog.records)
+
+
+def test_twelve_wrong_tokens_never_lock_out_the_right_one(app: Starlette) -> None:
+    clock = FakeClock()
+    app.state.site.gate.throttle = Throttle(clock)
+    c = Asgi(app)
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    answers = [c.get("/api/queues", headers=wrong).status_code for _ in range(12)]
+    assert answers[: Throttle.FREE] == [401] * Throttle.FREE and answers[-1] == 429
+    for _ in range(3):  # a wrong token every 15 minutes keeps the address locked for them...
+        clock.now += 900
+        c.get("/api/queues", headers=wrong)
+        assert c.get("/api/queues", headers=wrong).status_code == 429
+        # ...never for the right one
+        assert c.get("/metrics", headers=AUTH).status_code == 200
+        assert c.get("/api/queues", headers=AUTH).status_code == 200
+        assert _login(c).status_code == 303
+
+
+def test_spaced_out_failures_never_crash_the_throttle() -> None:
+    """2.0 ** (count - 6) overflowed a float after about 1,030 failures (each one counted once
+    its lock ran out)."""
+    clock = FakeClock()
+    throttle = Throttle(clock)
+    for n in range(1, 2001):
+        count, lock = throttle.failed("10.0.0.1")
+        assert count == n
+        clock.now += lock + 0.5
+    assert lock == Throttle.MAX_LOCK
+    assert throttle.failed("10.0.0.1") == (2001, Throttle.MAX_LOCK)
+    assert throttle.wait("10.0.0.1") == Throttle.MAX_LOCK
+
+
+def test_an_address_quiet_for_an_hour_starts_afresh() -> None:
+    clock = FakeClock()
+    throttle = Throttle(clock)
+    for _ in range(Throttle.FREE + 3):
+        throttle.failed("10.0.0.1")
+    clock.now += Throttle.FORGET_AFTER
+    assert throttle.failed("10.0.0.1") == (1, 0.0)
 
 
 def test_the_throttle_is_per_address() -> None:
@@ -131,7 +173,7 @@ def _cookie_line(app: Any, client_ip: str = "10.1.2.3") -> str:
 
 
 def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(app: Starlette) -> None:
-    # What `dispatcher web --forwarded-allow-ips 10.1.2.3` runs: uvicorn's proxy headers.
+    # What `dispatcher web --trusted-proxies 10.1.2.3` runs: uvicorn's proxy headers.
     trusted = ProxyHeadersMiddleware(app, trusted_hosts="10.1.2.3")
 
     class Forwarded:
@@ -149,25 +191,108 @@ def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(app: Starlette) -> None
     assert "secure" not in _cookie_line(Forwarded(untrusted, b"https")).lower().split("; ")
 
 
-def test_dispatcher_web_passes_forwarded_allow_ips_to_uvicorn(
+@pytest.mark.parametrize(
+    ("env", "args", "proxy_headers", "allowed"),
+    [
+        ({}, [], False, ""),  # uvicorn's default (believe 127.0.0.1) is off
+        ({"FORWARDED_ALLOW_IPS": "*"}, [], False, ""),  # and so is its variable
+        ({"DISPATCHER_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}, [], True, "10.0.0.5,10.1.0.0/16"),
+        ({}, ["--trusted-proxies", "10.0.0.0/8"], True, "10.0.0.0/8"),
+        ({}, ["--forwarded-allow-ips", "::1"], True, "::1"),  # the old name
+    ],
+)
+def test_dispatcher_web_trusts_only_the_proxies_it_is_told(
     monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    args: list[str],
+    proxy_headers: bool,
+    allowed: str,
 ) -> None:
     from click.testing import CliRunner
 
     from dispatcher.cli import main
+    from dispatcher.config import get_settings
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))
     monkeypatch.setenv("DISPATCHER_ADMIN_TOKEN", TOKEN)
-    from dispatcher.config import get_settings
-
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(main, ["web", "--forwarded-allow-ips", "10.0.0.0/8"])
+        result = CliRunner().invoke(main, ["web", *args])
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
-    assert seen["proxy_headers"] is True and seen["forwarded_allow_ips"] == "10.0.0.0/8"
+    assert (seen["proxy_headers"], seen["forwarded_allow_ips"]) == (proxy_headers, allowed)
+
+
+@pytest.mark.parametrize(
+    ("env", "args"),
+    [({"DISPATCHER_TRUSTED_PROXIES": "*"}, []), ({}, ["--trusted-proxies", "proxy.local"])],
+)
+def test_a_trusted_proxy_must_be_an_address(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+    from dispatcher.config import get_settings
+
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["web", *args])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code in (2, 3), result.output
+    assert "TRUSTED_PROXIES" in result.output.upper().replace("-", "_")
+
+
+def _wrong_tokens_through(app: Starlette, trusted: tuple[str, ...]) -> list[int]:
+    """Wrong tokens, each with a new X-Forwarded-For, to uvicorn run as `dispatcher web` runs
+    it (from 127.0.0.1, where a local proxy would be)."""
+    import threading
+
+    import uvicorn
+
+    from dispatcher.config import Settings
+    from dispatcher.web.app import uvicorn_options
+
+    options = uvicorn_options(Settings(trusted_proxies=trusted))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", **options)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            return [
+                c.get(
+                    "/api/queues",
+                    headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"10.9.0.{n}"},
+                ).status_code
+                for n in range(Throttle.FREE + 5)
+            ]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_forged_x_forwarded_for_is_not_believed(app: Starlette) -> None:
+    answers = _wrong_tokens_through(app, ())
+    assert answers[-1] == 429  # one address, 127.0.0.1, however many headers it forged
+
+
+def test_x_forwarded_for_is_believed_from_a_trusted_proxy(app: Starlette) -> None:
+    assert set(_wrong_tokens_through(app, ("127.0.0.1",))) == {401}  # each a client of its own
 
 
 # --------------------------------------------------------------------------- email masking

@@ -188,6 +188,9 @@ def test_pause_from_the_page(client: httpx.Client, outbox: Outbox, engine: sa.En
     assert client.post("/queues/default/pause", data={**form, "csrf": "0" * 64}).status_code == 403
     refused = client.post("/queues/default/pause", data={"reason": "  ", "csrf": csrf})
     assert refused.status_code == 400 and 'data-field="reason"' in refused.text
+    long = client.post("/queues/default/pause", data={"reason": "x" * 501, "csrf": csrf})
+    assert long.status_code == 400 and 'data-field="reason"' in long.text
+    assert "at most 500 characters" in long.text
     assert not admin.stats(engine, NOW)["default"].paused
     assert (
         client.post("/queues/Not%20a%20queue/pause", data={**form, "csrf": csrf}).status_code == 404
@@ -221,6 +224,7 @@ def test_pause_through_the_api(client: httpx.Client, outbox: Outbox, engine: sa.
         ("default", {}, "reason"),
         ("default", {"reason": " "}, "reason"),
         ("default", {"reason": 7}, "reason"),
+        ("default", {"reason": "x" * 501}, "reason"),  # at most 500 characters
         ("default", {"reason": "x", "why": "y"}, "why"),
     ):
         response = pause(queue, **body)

@@ -1,6 +1,10 @@
 """The outbox in the Django admin: jobs (filter by status and queue, find a customer's email),
-each with its exact body and every attempt, and an action that replays the selected dead jobs
-(the same replay as ``dispatcher replay``: one UPDATE, attempt history kept)."""
+each with its body and every attempt, and an action that replays the selected dead jobs (the
+same replay as ``dispatcher replay``: one UPDATE, attempt history kept).
+
+Customer emails are shown masked (``a***@example.com``, :func:`dispatcher.masking.mask_emails`)
+in the list, the job's page and its attempts, as on the dispatcher's own admin page: a search by
+the exact address still finds the job."""
 
 from __future__ import annotations
 
@@ -9,9 +13,27 @@ from typing import Any
 from django.contrib import admin, messages
 
 from dispatcher.contrib.django.models import Attempt, Job
+from dispatcher.masking import mask_emails
 
-_JOB_FIELDS = [f.name for f in Job._meta.fields]
-_ATTEMPT_FIELDS = [f.name for f in Attempt._meta.fields if f.name != "job"]
+# Fields that may hold a customer's email: each is shown through a masked_<name> method.
+_MASKED = ("customer_email", "payload", "last_error", "error", "response_body")
+
+
+def _shown(names: list[str]) -> list[str]:
+    return [f"masked_{n}" if n in _MASKED else n for n in names]
+
+
+def _masked(name: str) -> Any:
+    def show(self: Any, obj: Any) -> str | None:
+        return mask_emails(getattr(obj, name))
+
+    show.short_description = name.replace("_", " ")  # type: ignore[attr-defined]
+    show.__name__ = f"masked_{name}"
+    return show
+
+
+_JOB_FIELDS = _shown([f.name for f in Job._meta.fields])
+_ATTEMPT_FIELDS = _shown([f.name for f in Attempt._meta.fields if f.name != "job"])
 
 
 class AttemptInline(admin.TabularInline):
@@ -19,6 +41,9 @@ class AttemptInline(admin.TabularInline):
     fields = readonly_fields = _ATTEMPT_FIELDS
     extra = 0
     can_delete = False
+
+    masked_error = _masked("error")
+    masked_response_body = _masked("response_body")
 
     def has_add_permission(self, request: Any, obj: Any = None) -> bool:
         return False
@@ -31,16 +56,19 @@ class JobAdmin(admin.ModelAdmin):
         "queue",
         "status",
         "custom_event_id",
-        "customer_email",
+        "masked_customer_email",
         "attempts",
         "last_status_code",
         "created_at",
     )
     list_filter = ("status", "queue")
     search_fields = ("=customer_email", "=dedupe_key")
-    readonly_fields = _JOB_FIELDS
+    fields = readonly_fields = _JOB_FIELDS
     inlines = (AttemptInline,)
     actions = ("replay_dead_jobs",)
+    masked_customer_email = _masked("customer_email")
+    masked_payload = _masked("payload")
+    masked_last_error = _masked("last_error")
 
     def has_add_permission(self, request: Any) -> bool:
         return False

@@ -4,6 +4,7 @@ own version table, ``dispatcher_alembic_version``, so Django's and your Alembic'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,16 +13,29 @@ from django.db import connections
 
 from dispatcher.migrate import upgrade
 
+# OPTIONS keys Django's PostgreSQL backend reads itself; every other one is a libpq parameter
+# (sslmode, sslrootcert, connect_timeout, options, target_session_attrs, …) that it passes on.
+_DJANGO_ONLY_OPTIONS = frozenset(
+    {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory"}
+)
+
 
 def database_url(alias: str = "default") -> str:
     """The SQLAlchemy URL of Django's database ``alias`` (PostgreSQL or SQLite)."""
-    config = connections[alias].settings_dict
+    return url_of(connections[alias].settings_dict, alias)
+
+
+def url_of(config: Mapping[str, Any], alias: str = "default") -> str:
+    """The SQLAlchemy URL of one ``DATABASES`` entry, its ``OPTIONS`` included: the outbox is
+    reached as Django reaches the database (``sslmode=verify-full`` stays verify-full)."""
     engine = str(config["ENGINE"])
+    options = dict(config.get("OPTIONS") or {})
     if engine.endswith("sqlite3"):
         name = str(config["NAME"])
         if name in ("", ":memory:") or name.startswith("file:"):
             raise CommandError(f"database {alias!r}: an in-memory SQLite database has no outbox")
-        return f"sqlite:///{name}"
+        timeout = options.get("timeout")  # the only one of Django's SQLite OPTIONS for the driver
+        return f"sqlite:///{name}" + (f"?timeout={float(timeout):g}" if timeout is not None else "")
     if "postgresql" in engine or "postgis" in engine:
         url = sa.URL.create(
             "postgresql+psycopg",
@@ -30,6 +44,11 @@ def database_url(alias: str = "default") -> str:
             host=config.get("HOST") or None,
             port=int(config["PORT"]) if config.get("PORT") else None,
             database=config.get("NAME") or None,
+            query={
+                str(k): str(v)
+                for k, v in sorted(options.items())
+                if k not in _DJANGO_ONLY_OPTIONS and v is not None
+            },
         )
         return url.render_as_string(hide_password=False)
     raise CommandError(f"database {alias!r}: the outbox works with PostgreSQL and SQLite")
