@@ -29,11 +29,11 @@ from dispatcher.admin.filters import (
     check_status,
     check_time,
 )
-from dispatcher.admin.names import require_queue
+from dispatcher.admin.names import in_use, require_queue
 from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import CancelResult, PurgeResult, ReplayResult
 from dispatcher.db import utcnow
-from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs, queues
+from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs
 
 __all__ = [
     "ExpectedCountMismatch",
@@ -115,20 +115,13 @@ def resume_queue(engine: sa.Engine, queue: str) -> bool:
 
 def queue_in_use(bind: Bind, queue: str) -> bool:
     """Whether ``queue`` has a job or a row (paused, throttled, a circuit) already: pausing a
-    name that has neither pauses it ahead of use, which the CLI says (a typo would show here)."""
+    name that has neither (``create``) pauses it ahead of use, which the CLI says."""
     check_queue(queue)
     with connected(bind) as conn:
-        found = conn.execute(
-            sa.select(
-                sa.or_(
-                    sa.exists().where(jobs.c.queue == queue),
-                    sa.exists().where(queues.c.name == queue),
-                )
-            )
-        ).scalar_one()
+        found = in_use(conn, queue)
         if isinstance(bind, sa.Engine):
             conn.rollback()
-    return bool(found)
+    return found
 
 
 def paused_queues(bind: Bind, names: Iterable[str]) -> list[str]:

@@ -85,7 +85,7 @@ def existing_queues(bind: Bind) -> set[str]:
     return found
 
 
-def _in_use(conn: sa.Connection, queue: str) -> bool:
+def in_use(conn: sa.Connection, queue: str) -> bool:
     """One queue's :func:`existing_queues` test: primary-key and partial-index lookups."""
     live = sa.select(jobs.c.id).where(sa.text(LIVE_WHERE), jobs.c.queue == queue)
     return bool(
@@ -108,7 +108,7 @@ def require_queue(bind: Bind, queue: str) -> str:
     ``eu-shop`` and ``eu_shop``) is refused when another spelling of it is the one in use."""
     check_queue(queue)
     with connected(bind) as conn:
-        used = _in_use(conn, queue)
+        used = in_use(conn, queue)
         if isinstance(bind, sa.Engine):
             conn.rollback()
     if used:

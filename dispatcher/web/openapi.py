@@ -14,6 +14,7 @@ from dispatcher.admin.filters import (
     EMAIL_MAX,
     INT32,
     MAX_EXPECTED,
+    MAX_JOB_IDS,
     MAX_PER_PAGE,
     PER_PAGE,
     STATUS_CODES,
@@ -62,6 +63,7 @@ _ERRORS = {
     "400": _json(_ref("Error"), "A parameter was refused; `field` names it."),
     "401": _json(_ref("Error"), "No or a wrong admin token."),
 }
+_NO_QUEUE = _json(_ref("Error"), "No such queue: no job used it and the settings do not name it.")
 _FILTERS = [
     _query("queue", {"type": "string", "pattern": QUEUE_NAME.pattern}, "Queue name."),
     _query(
@@ -150,8 +152,14 @@ OPENAPI: dict[str, Any] = {
                                         "type": "string",
                                         "minLength": 1,
                                         "description": "Why; shown wherever the pause is.",
-                                    }
+                                    },
+                                    create={
+                                        "type": "boolean",
+                                        "description": "Pause a queue no job has used yet "
+                                        "(without it, an unknown queue is a 404).",
+                                    },
                                 ),
+                                "required": ["reason"],
                                 "additionalProperties": False,
                             }
                         }
@@ -164,6 +172,7 @@ OPENAPI: dict[str, Any] = {
                         "is kept).",
                     ),
                     **_ERRORS,
+                    "404": _NO_QUEUE,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
@@ -179,6 +188,7 @@ OPENAPI: dict[str, Any] = {
                         "`resumed` is false if the queue was not paused.",
                     ),
                     **_ERRORS,
+                    "404": _NO_QUEUE,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
@@ -255,7 +265,46 @@ OPENAPI: dict[str, Any] = {
                     "200": _json(_ref("ReplayResult"), "Replayed (or counted, with dry_run)."),
                     **_ERRORS,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "404": _NO_QUEUE,
                     "409": _json(_ref("Error"), "expected_count differs: nothing was replayed."),
+                },
+            }
+        },
+        "/api/jobs/cancel": {
+            "post": {
+                "summary": "Cancel waiting jobs (by id and/or filter): they are never sent",
+                "description": "Pending and retrying jobs become cancelled. Jobs in flight cannot "
+                "be recalled (their request may be on the wire): they are left alone and "
+                "counted in `in_flight`.",
+                "operationId": "cancel",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CancelRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("CancelResult"), "Cancelled (or counted, with dry_run)."),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "404": _NO_QUEUE,
+                    "409": _json(_ref("Error"), "expected_count differs: nothing was cancelled."),
+                },
+            }
+        },
+        "/api/forget": {
+            "post": {
+                "summary": "Erase one customer's personal data (GDPR art. 17)",
+                "description": "Name the customer by exactly one identifier. Their jobs lose "
+                "body, email, dedupe key and error texts (waiting ones are cancelled); other "
+                "texts lose any mention. An audit row keeps the counts, never the identifier.",
+                "operationId": "forget",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ForgetRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ForgetResult"), "Erased (or counted, with dry_run)."),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
         },
@@ -358,6 +407,67 @@ OPENAPI: dict[str, Any] = {
             "ReplayResult": _object(
                 count={"type": "integer"},
                 queues={"type": "array", "items": {"type": "string"}},
+                dry_run={"type": "boolean"},
+            ),
+            "CancelRequest": {
+                **_object(
+                    required=False,
+                    job_ids={
+                        "type": "array",
+                        "items": {"type": ["integer", "string"]},
+                        "maxItems": MAX_JOB_IDS,
+                    },
+                    status={"type": "string", "enum": ["pending", "retrying"]},
+                    queue={"type": "string", "pattern": QUEUE_NAME.pattern},
+                    event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+                    customer_email={"type": "string", "maxLength": EMAIL_MAX},
+                    status_code={
+                        "type": "integer",
+                        "minimum": STATUS_CODES[0],
+                        "maximum": STATUS_CODES[1],
+                    },
+                    since={"type": "string", "description": _TIME},
+                    until={"type": "string", "description": _TIME},
+                    dry_run={"type": "boolean", "description": "Only count."},
+                    expected_count={
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_EXPECTED,
+                        "description": "Cancel only if exactly this many match (409 otherwise).",
+                    },
+                ),
+                "additionalProperties": False,
+            },
+            "CancelResult": _object(
+                count={"type": "integer"},
+                queues={"type": "array", "items": {"type": "string"}},
+                dry_run={"type": "boolean"},
+                in_flight={
+                    "type": "integer",
+                    "description": "Matching jobs in flight, left alone (may be on the wire).",
+                },
+            ),
+            "ForgetRequest": {
+                **_object(
+                    required=False,
+                    email={"type": "string", "maxLength": EMAIL_MAX},
+                    customer_id={"type": "integer"},
+                    phone={"type": "string", "maxLength": 20},
+                    crm_id={"type": "string", "maxLength": 128},
+                    email_md5={"type": "string", "pattern": "^[0-9a-fA-F]{32}$"},
+                    email_sha256={"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                    dry_run={"type": "boolean", "description": "Only count."},
+                ),
+                "minProperties": 1,
+                "additionalProperties": False,
+            },
+            "ForgetResult": _object(
+                identifier_kind={"type": "string"},
+                jobs={"type": "integer"},
+                cancelled={"type": "integer"},
+                in_flight={"type": "integer"},
+                attempts={"type": "integer"},
+                mentions={"type": "integer"},
                 dry_run={"type": "boolean"},
             ),
         },
