@@ -238,6 +238,12 @@ page = client.get(f"{base}{dead}/change/")
 replay = client.post(base, {"action": "replay_dead_jobs", "_selected_action": [ok, dead]})
 signaller.flush()
 job = Job.objects.get(pk=dead)
+waiting = enqueue(CustomEvent(9, customer_id=3))
+leased = enqueue(CustomEvent(9, customer_id=4))
+Job.objects.filter(pk=leased).update(status="in_flight", lease_token="t")
+cancel = client.post(
+    base, {"action": "cancel_waiting_jobs", "_selected_action": [waiting, leased]}, follow=True
+)
 print(json.dumps({
     "listing": [listing.status_code, f"{base}{dead}/" in listing.content.decode(),
                 f"{base}{ok}/" in listing.content.decode()],
@@ -246,6 +252,9 @@ print(json.dumps({
     "page": [page.status_code, "a rejected body" in page.content.decode()],
     "replay": replay.status_code,
     "after": [job.status, job.replays, Attempt.objects.filter(job_id=dead).count()],
+    "cancel": [cancel.status_code, Job.objects.get(pk=waiting).status,
+               Job.objects.get(pk=leased).status,
+               [str(m) for m in cancel.context["messages"]]],
     "sent": sorted(set(sent)),
 }))
 """
@@ -371,7 +380,7 @@ def test_readme_django_example(
     assert [json.loads(b)["customerEmail"] for b in sandbox.bodies()] == ["dora@example.com"]
 
 
-def test_django_admin_lists_shows_and_replays(
+def test_django_admin_lists_shows_replays_and_cancels(
     django_database: tuple[dict[str, object], str], tmp_path: Path
 ) -> None:
     database, _ = django_database
@@ -381,6 +390,12 @@ def test_django_admin_lists_shows_and_replays(
     assert out["page"] == [200, True]  # the job with its attempts
     assert out["replay"] == 302
     assert out["after"] == ["pending", 1, 1]  # replayed, its history kept
+    status, waiting, leased, said = out["cancel"]
+    assert (status, waiting, leased) == (200, "cancelled", "in_flight")  # in flight: left alone
+    assert said == [
+        "Cancelled 1 waiting job(s). 1 in flight could not be cancelled: a request may be on "
+        "the wire."
+    ]
     assert out["sent"] == ["default"]
 
 

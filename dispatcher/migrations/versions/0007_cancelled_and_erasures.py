@@ -25,31 +25,37 @@ down_revision = "0005"  # the lead re-points this at "0006" when merging
 branch_labels = None
 depends_on = None
 
-NAME = "ck_dispatcher_jobs_status"
+NAME = "ck_dispatcher_jobs_status"  # dispatcher.schema's name for it
+# What 0001 actually called it (the naming convention was applied to a full name): replaced here.
+OLD_NAME = "ck_dispatcher_jobs_ck_dispatcher_jobs_status"
 OLD = "status IN ('pending', 'in_flight', 'retrying', 'delivered', 'dead')"
 NEW = "status IN ('pending', 'in_flight', 'retrying', 'delivered', 'dead', 'cancelled')"
 
 
-def _set_check(check: str) -> None:
+def _set_check(check: str, name: str) -> None:
+    """Replace the jobs' status CHECK (under either name) with ``check`` called ``name``."""
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
+        found = {c["name"] for c in sa.inspect(bind).get_check_constraints("dispatcher_jobs")}
         with op.batch_alter_table("dispatcher_jobs", recreate="always") as batch:
-            batch.drop_constraint(NAME, type_="check")
-            batch.create_check_constraint(op.f(NAME), sa.text(check))
+            for old in sorted(found & {NAME, OLD_NAME}):
+                batch.drop_constraint(op.f(old), type_="check")
+            batch.create_check_constraint(op.f(name), sa.text(check))
         return
     partitioned = bind.exec_driver_sql(
         "SELECT relkind = 'p' FROM pg_class WHERE oid = 'dispatcher_jobs'::regclass"
     ).scalar()
-    op.execute(f"ALTER TABLE dispatcher_jobs DROP CONSTRAINT {NAME}")
+    for old in (NAME, OLD_NAME):
+        op.execute(f"ALTER TABLE dispatcher_jobs DROP CONSTRAINT IF EXISTS {old}")
     if partitioned:
-        op.execute(f"ALTER TABLE dispatcher_jobs ADD CONSTRAINT {NAME} CHECK ({check})")
+        op.execute(f"ALTER TABLE dispatcher_jobs ADD CONSTRAINT {name} CHECK ({check})")
         return
-    op.execute(f"ALTER TABLE dispatcher_jobs ADD CONSTRAINT {NAME} CHECK ({check}) NOT VALID")
-    op.execute(f"ALTER TABLE dispatcher_jobs VALIDATE CONSTRAINT {NAME}")
+    op.execute(f"ALTER TABLE dispatcher_jobs ADD CONSTRAINT {name} CHECK ({check}) NOT VALID")
+    op.execute(f"ALTER TABLE dispatcher_jobs VALIDATE CONSTRAINT {name}")
 
 
 def upgrade() -> None:
-    _set_check(NEW)
+    _set_check(NEW, NAME)
     op.create_table(
         "dispatcher_erasures",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -80,4 +86,4 @@ def downgrade() -> None:
     )
     op.execute("DELETE FROM dispatcher_counts WHERE status = 'cancelled'")
     op.execute("UPDATE dispatcher_jobs SET status = 'dead' WHERE status = 'cancelled'")
-    _set_check(OLD)
+    _set_check(OLD, OLD_NAME)
