@@ -1,7 +1,8 @@
 """Forget a customer (GDPR art. 17): erase their personal data from every outbox table.
 
 The customer is named by one identifier an ECDP body carries (:data:`IDENTIFIER_KINDS`); an
-email also matches its MD5 and SHA-256 forms. :func:`forget` walks the jobs table in primary-key
+email also matches its MD5 and SHA-256 forms, and a hash also matches the jobs whose email
+hashes to it. :func:`forget` walks the jobs table in primary-key
 ranges, one short transaction each, and for every job:
 
 - of that customer (its body names them): the body becomes :data:`ERASED_PAYLOAD`, the email
@@ -128,6 +129,16 @@ class Customer:
                 if found in values:
                     return True
         return False
+
+    def owns_email(self, email: str | None) -> bool:
+        """Whether a job's ``customer_email`` column (lower-cased) is theirs: the address, or
+        for a hash, the address that hashes to it (so a hash finds the jobs sent by email)."""
+        if email is None or self.kind not in ("email", "email_md5", "email_sha256"):
+            return False
+        if self.kind == "email":
+            return email == self.value
+        digest = hashlib.md5 if self.kind == "email_md5" else hashlib.sha256
+        return digest(email.encode()).hexdigest() == self.value
 
     def body_patterns(self) -> list[str]:
         """Text a body of theirs contains (``"key":value`` as the producer writes it, compact);
@@ -343,6 +354,12 @@ def _jobs_batch(
         _any_contains([jobs.c.payload], customer.body_patterns()),
         _any_contains(texts, customer.needles()),
         *([jobs.c.customer_email == customer.value] if customer.kind == "email" else []),
+        # A hash: every job with an email is a candidate (its address is hashed to compare).
+        *(
+            [jobs.c.customer_email.is_not(None)]
+            if customer.kind in ("email_md5", "email_sha256")
+            else []
+        ),
     )
     query = sa.select(
         jobs.c.id,
@@ -362,9 +379,7 @@ def _jobs_batch(
         key_dropped = (
             row.dedupe_key is not None and customer.scrub(row.dedupe_key) != row.dedupe_key
         )
-        if customer.owns(row.payload) or (
-            customer.kind == "email" and row.customer_email == customer.value
-        ):
+        if customer.owns(row.payload) or customer.owns_email(row.customer_email):
             owned.add(row.id)
             tally.jobs += 1
             changes = {"payload": ERASED_PAYLOAD, "customer_email": None}
