@@ -240,35 +240,31 @@ def _job_or_none(site: Any, number: str) -> admin.JobDetail | None:
 async def forget_page(request: Request) -> Response:
     """GET: the form; POST: what it would erase, and with ``confirm=1``, erase it."""
     site = site_of(request)
-    kinds = list(admin.IDENTIFIER_KINDS)
+
+    def page(status: int = 200, **shown: Any) -> Response:
+        context: dict[str, Any] = {"kinds": list(admin.IDENTIFIER_KINDS), "kind": "email"}
+        context["value"] = ""
+        context |= {"error": None, "planned": None, "done": None, **shown}
+        return site.render(request, "forget.html", status, **context)
+
     if request.method == "GET":
-        return site.render(request, "forget.html", kinds=kinds, kind="email", error=None)
+        return page()
     form = await request.form()
     kind, value = str(form.get("kind", "")), str(form.get("value", ""))
     confirm = form.get("confirm") == "1"
     try:
         if kind not in admin.IDENTIFIER_KINDS:
-            raise admin.AdminError("kind", f"expected one of {', '.join(kinds)}")
+            raise admin.AdminError("kind", f"expected one of {', '.join(admin.IDENTIFIER_KINDS)}")
         customer = admin.parse_customer({kind: value})
         result = await run_in_threadpool(
             lambda: admin.forget(site.engine, customer, dry_run=not confirm, now=utcnow())
         )
     except admin.AdminError as exc:
-        return site.render(
-            request, "forget.html", 400, kinds=kinds, kind=kind or "email", error=exc
-        )
+        return page(400, kind=kind if kind in admin.IDENTIFIER_KINDS else "email", error=exc)
     if confirm:
         site.metrics.invalidate()
-        return site.render(request, "forget.html", kinds=kinds, kind=kind, done=result, error=None)
-    return site.render(
-        request,
-        "forget.html",
-        kinds=kinds,
-        kind=kind,
-        value=customer.value,
-        planned=result,
-        error=None,
-    )
+        return page(kind=kind, done=result)
+    return page(kind=kind, value=customer.value, planned=result)
 
 
 @guarded

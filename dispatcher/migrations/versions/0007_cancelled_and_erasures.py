@@ -36,7 +36,8 @@ def _set_check(check: str, name: str) -> None:
     """Replace the jobs' status CHECK (under either name) with ``check`` called ``name``."""
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
-        found = {c["name"] for c in sa.inspect(bind).get_check_constraints("dispatcher_jobs")}
+        checks = sa.inspect(bind).get_check_constraints("dispatcher_jobs")
+        found = {str(c["name"]) for c in checks if c["name"]}
         with op.batch_alter_table("dispatcher_jobs", recreate="always") as batch:
             for old in sorted(found & {NAME, OLD_NAME}):
                 batch.drop_constraint(op.f(old), type_="check")
