@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("dispatcher.admin")
+Moved = TypeVar("Moved", bound=ReplayResult)  # what _move returns: ReplayResult, CancelResult
 
 # After each batch, a purge waits this multiple of the time the batch took, so it uses a third of
 # the time it would back to back (about 10,000 jobs/s instead of 30,000 on 2 cores) and a drain
@@ -206,7 +207,7 @@ def replay(
             )
         return f"job {i} is {state}: only dead, cancelled or delivered jobs can be replayed"
 
-    per_queue, _ = _move(
+    result = _move(
         bind,
         f,
         job_ids,
@@ -219,13 +220,7 @@ def replay(
         expected=expected,
         result=lambda found, skipped: ReplayResult(found.total(), tuple(sorted(found)), dry_run),
     )
-    result = ReplayResult(per_queue.total(), tuple(sorted(per_queue)), dry_run)
     if isinstance(bind, sa.Engine) and result.count and not dry_run:
-        log.info(
-            "admin: replayed %d jobs (%s)",
-            result.count,
-            " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
-        )
         _signal(result.queues)
     return result
 
@@ -270,7 +265,7 @@ def cancel(
             return None  # skipped and counted: it may be on the wire
         return f"job {i} is {state}: only pending or retrying jobs can be cancelled"
 
-    per_queue, in_flight = _move(
+    result = _move(
         bind,
         f,
         job_ids,
@@ -286,13 +281,6 @@ def cancel(
         ),
         skipped=JobStatus.IN_FLIGHT,
     )
-    result = CancelResult(per_queue.total(), tuple(sorted(per_queue)), dry_run, in_flight)
-    if isinstance(bind, sa.Engine) and result.count and not dry_run:
-        log.info(
-            "admin: cancelled %d jobs (%s)",
-            result.count,
-            " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
-        )
     return result
 
 
@@ -308,14 +296,15 @@ def _move(
     verb: str,
     dry_run: bool,
     expected: int | None,
-    result: Callable[[Counter[str], int], ReplayResult],
+    result: Callable[[Counter[str], int], Moved],
     skipped: JobStatus | None = None,
-) -> tuple[Counter[str], int]:
+) -> Moved:
     """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
     ``targets`` move to ``into`` with one UPDATE per target status (``statement``, RETURNING
     the queue), so that ``dispatcher_counts`` gains and loses exactly what moved; or, with
-    ``dry_run``, are only counted. Returns the moved (or movable) jobs per queue and how many
-    jobs of status ``skipped`` the selection left alone.
+    ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
+    jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
+    transaction and moved any.
 
     Named ids are checked first: an unknown one, or one whose status is neither a target nor
     ``skipped``, fails the whole call (``refusal`` says why). ``expected``: see :func:`replay`.
@@ -331,7 +320,7 @@ def _move(
     if job_ids is not None:
         given = list(job_ids)
         if not given:  # an empty selection moves nothing, never "everything"
-            return Counter(), 0
+            return result(Counter(), 0)
         if len(given) > MAX_JOB_IDS:
             raise AdminError(
                 "job_ids", f"at most {MAX_JOB_IDS} ids per call (use filters for more)"
@@ -368,7 +357,7 @@ def _move(
                 per_queue[r.queue] = int(r.n)
             if isinstance(bind, sa.Engine):
                 conn.rollback()
-            return per_queue, left_alone
+            return result(per_queue, left_alone)
         moved: Counter[tuple[str, str]] = Counter()
         for target in targets:
             for queue in conn.execute(statement([*conditions, jobs.c.status == target])).scalars():
@@ -383,7 +372,14 @@ def _move(
                 conn.rollback()
                 raise ExpectedCountMismatch(expected, result(per_queue, left_alone))
             conn.commit()
-    return per_queue, left_alone
+    if isinstance(bind, sa.Engine) and per_queue:
+        log.info(
+            "admin: %s %d jobs (%s)",
+            verb,
+            per_queue.total(),
+            " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
+        )
+    return result(per_queue, left_alone)
 
 
 def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:

@@ -254,72 +254,67 @@ def forget(
         ).one()
         dedupe = _dedupe_table(conn)
         conn.rollback()
-    if low is not None:
-        start = int(low) - 1
-        while start < high:
-            stop = start + batch_size
-            with engine.begin() as conn:
-                owned |= _jobs_batch(conn, customer, start, stop, now, tally, dry_run, dedupe)
-                if dry_run:
-                    conn.rollback()
-            start = stop
-            if progress is not None:
-                progress(min(stop, int(high)) - int(low) + 1, int(high) - int(low) + 1)
+
+    def jobs_batch(conn: sa.Connection, start: int, stop: int) -> None:
+        owned.update(_jobs_batch(conn, customer, start, stop, now, tally, dry_run, dedupe))
+
+    _in_batches(engine, low, high, batch_size, jobs_batch, dry_run, progress)
     ids = sorted(owned)  # their own jobs' attempts: every text erased
     for at in range(0, len(ids), 1000):
         with engine.begin() as conn:
             _erase_attempts(conn, ids[at : at + 1000], tally, dry_run)
             if dry_run:
                 conn.rollback()
-    if a_low is not None and customer.needles():  # other jobs' attempts: mentions cut out
-        start = int(a_low) - 1
-        while start < a_high:
-            stop = start + batch_size
-            with engine.begin() as conn:
-                _attempts_batch(conn, customer, owned, start, stop, tally, dry_run)
-                if dry_run:
-                    conn.rollback()
-            start = stop
+    if customer.needles():  # other jobs' attempts: mentions cut out
+
+        def attempts_batch(conn: sa.Connection, start: int, stop: int) -> None:
+            _attempts_batch(conn, customer, owned, start, stop, tally, dry_run)
+
+        _in_batches(engine, a_low, a_high, batch_size, attempts_batch, dry_run)
     with engine.begin() as conn:
         _queue_reasons(conn, customer, tally, dry_run)
         if dry_run:
             conn.rollback()
         else:
             conn.execute(
-                erasures.insert().values(
-                    at=now,
-                    identifier_kind=customer.kind,
-                    jobs=tally.jobs,
-                    cancelled=tally.cancelled,
-                    in_flight=tally.in_flight,
-                    attempts=tally.attempts,
-                    mentions=tally.mentions,
-                )
+                erasures.insert().values(at=now, identifier_kind=customer.kind, **vars(tally))
             )
-    result = ForgetResult(
-        customer.kind,
-        tally.jobs,
-        tally.cancelled,
-        tally.in_flight,
-        tally.attempts,
-        tally.mentions,
-        dry_run,
-    )
+    result = ForgetResult(customer.kind, **vars(tally), dry_run=dry_run)
     if not dry_run:
         from dispatcher.admin.actions import _vacuum
 
         log.info(
-            "admin: forgot a customer (by %s): %d jobs erased, %d cancelled, %d in flight, "
-            "%d attempts, %d mentions",
+            "admin: forgot a customer (by %s): %s",
             customer.kind,
-            tally.jobs,
-            tally.cancelled,
-            tally.in_flight,
-            tally.attempts,
-            tally.mentions,
+            ", ".join(f"{n} {k}" for k, n in vars(tally).items()),
         )
         _vacuum(engine, analyze=False, what="forget")  # the old row versions hold the data too
     return result
+
+
+def _in_batches(
+    engine: sa.Engine,
+    low: int | None,
+    high: int | None,
+    size: int,
+    work: Callable[[sa.Connection, int, int], None],
+    dry_run: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """``work(conn, start, stop)`` for the ids ``start < id <= stop`` of ``[low, high]``, ``size``
+    at a time, each batch its own transaction (rolled back in a dry run)."""
+    if low is None or high is None:
+        return
+    start = low - 1
+    while start < high:
+        stop = start + size
+        with engine.begin() as conn:
+            work(conn, start, stop)
+            if dry_run:
+                conn.rollback()
+        start = stop
+        if progress is not None:
+            progress(min(stop, high) - low + 1, high - low + 1)
 
 
 def _dedupe_table(conn: sa.Connection) -> sa.Table | None:

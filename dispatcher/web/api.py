@@ -8,6 +8,7 @@ or an empty value is refused (a script's unset variable must not widen a filter)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -166,49 +167,43 @@ async def pause(request: Request) -> Response:
 
 @guarded
 async def replay(request: Request) -> Response:
-    site = site_of(request)
-    body = await _body(request, REPLAY_FIELDS)
-    if isinstance(body, Response):
-        return body
-    texts = {k: str(v) for k, v in body.items() if k in DEAD_FIELDS}
-    dry_run = bool(body.get("dry_run"))
-    try:
-        f = admin.parse_filter(texts, utcnow(), fields=DEAD_FIELDS)
-        f = admin.Filter(**{**f.given(), "status": JobStatus.DEAD})
-        result = await run_in_threadpool(
-            lambda: admin.replay(
-                site.engine,
-                f,
-                dry_run=dry_run,
-                expected=body.get("expected_count"),
-                now=utcnow(),
-            )
-        )
-    except admin.ExpectedCountMismatch as exc:
-        return error(409, exc.message)
-    except admin.AdminError as exc:
-        return _bad(exc)
-    if result.count and not dry_run:
-        site.metrics.invalidate()
-    return JSONResponse(result.as_dict())
+    def call(engine: Any, f: admin.Filter, body: dict[str, Any], **kw: Any) -> Any:
+        return admin.replay(engine, admin.Filter(**{**f.given(), "status": JobStatus.DEAD}), **kw)
+
+    return await _move(request, REPLAY_FIELDS, DEAD_FIELDS, call)
 
 
 @guarded
 async def cancel(request: Request) -> Response:
     """Cancel waiting jobs by ``job_ids`` and/or filters; in-flight ones are left alone."""
+
+    def call(engine: Any, f: admin.Filter, body: dict[str, Any], **kw: Any) -> Any:
+        return admin.cancel(engine, f, job_ids=body.get("job_ids"), **kw)
+
+    return await _move(request, CANCEL_FIELDS, admin.FILTER_FIELDS, call)
+
+
+async def _move(
+    request: Request,
+    fields: dict[str, type],
+    filters: tuple[str, ...],
+    call: Callable[..., Any],
+) -> Response:
+    """What replay and cancel share: the body's filter, ``dry_run`` and ``expected_count``
+    (409 if the count changed), the metrics told after a change."""
     site = site_of(request)
-    body = await _body(request, CANCEL_FIELDS)
+    body = await _body(request, fields)
     if isinstance(body, Response):
         return body
-    texts = {k: str(v) for k, v in body.items() if k in admin.FILTER_FIELDS}
+    texts = {k: str(v) for k, v in body.items() if k in filters}
     dry_run = bool(body.get("dry_run"))
     try:
-        f = admin.parse_filter(texts, utcnow())
+        f = admin.parse_filter(texts, utcnow(), fields=filters)
         result = await run_in_threadpool(
-            lambda: admin.cancel(
+            lambda: call(
                 site.engine,
                 f,
-                job_ids=body.get("job_ids"),
+                body,
                 dry_run=dry_run,
                 expected=body.get("expected_count"),
                 now=utcnow(),

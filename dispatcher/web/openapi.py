@@ -58,6 +58,29 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _move_body(verb: str) -> dict[str, Any]:
+    """The filter, ``dry_run`` and ``expected_count`` of a replay's or a cancel's body."""
+    return {
+        "queue": {"type": "string", "pattern": QUEUE_NAME.pattern},
+        "event_id": {"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+        "status_code": {
+            "type": "integer",
+            "minimum": STATUS_CODES[0],
+            "maximum": STATUS_CODES[1],
+            "description": "The last HTTP status the job got.",
+        },
+        "since": {"type": "string", "description": _TIME},
+        "until": {"type": "string", "description": _TIME},
+        "dry_run": {"type": "boolean", "description": "Only count."},
+        "expected_count": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_EXPECTED,
+            "description": f"{verb} only if the filter matches exactly this many (409 otherwise).",
+        },
+    }
+
+
 _TIME = "ISO 8601 (naive means UTC) or an age like 2h or 7d meaning that long ago; on created_at"
 _ERRORS = {
     "400": _json(_ref("Error"), "A parameter was refused; `field` names it."),
@@ -382,26 +405,7 @@ OPENAPI: dict[str, Any] = {
                 attempt_log={"type": "array", "items": _ref("Attempt")},
             ),
             "ReplayRequest": {
-                **_object(
-                    required=False,
-                    queue={"type": "string", "pattern": QUEUE_NAME.pattern},
-                    event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
-                    status_code={
-                        "type": "integer",
-                        "minimum": STATUS_CODES[0],
-                        "maximum": STATUS_CODES[1],
-                        "description": "The last HTTP status the job got.",
-                    },
-                    since={"type": "string", "description": _TIME},
-                    until={"type": "string", "description": _TIME},
-                    dry_run={"type": "boolean", "description": "Only count."},
-                    expected_count={
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": MAX_EXPECTED,
-                        "description": "Replay only if the filter matches exactly this many.",
-                    },
-                ),
+                **_object(required=False, **_move_body("Replay")),
                 "additionalProperties": False,
             },
             "ReplayResult": _object(
@@ -418,23 +422,8 @@ OPENAPI: dict[str, Any] = {
                         "maxItems": MAX_JOB_IDS,
                     },
                     status={"type": "string", "enum": ["pending", "retrying"]},
-                    queue={"type": "string", "pattern": QUEUE_NAME.pattern},
-                    event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
                     customer_email={"type": "string", "maxLength": EMAIL_MAX},
-                    status_code={
-                        "type": "integer",
-                        "minimum": STATUS_CODES[0],
-                        "maximum": STATUS_CODES[1],
-                    },
-                    since={"type": "string", "description": _TIME},
-                    until={"type": "string", "description": _TIME},
-                    dry_run={"type": "boolean", "description": "Only count."},
-                    expected_count={
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": MAX_EXPECTED,
-                        "description": "Cancel only if exactly this many match (409 otherwise).",
-                    },
+                    **_move_body("Cancel"),
                 ),
                 "additionalProperties": False,
             },

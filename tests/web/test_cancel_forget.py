@@ -13,17 +13,10 @@ import sqlalchemy as sa
 from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import erasures, jobs, queues
+from tests.integration.test_cancel import status_of
 
 from .conftest import AUTH, Outbox
 from .test_queues import log_in
-
-
-def status_of(engine: sa.Engine, job_id: str) -> str:
-    with engine.connect() as conn:
-        found: str = conn.execute(
-            sa.select(jobs.c.status).where(jobs.c.id == int(job_id))
-        ).scalar_one()
-        return found
 
 
 @pytest.fixture(autouse=True)
