@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from dispatcher.admin.filters import AdminError, check_queue
 from dispatcher.admin.reads import Bind, connected
-from dispatcher.config import get_settings, queue_env_suffix
+from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
     DUE_WHERE,
     LEASED_WHERE,
@@ -115,7 +115,7 @@ def require_queue(bind: Bind, queue: str) -> str:
         return queue
     settings = get_settings()
     if settings.configures(queue):
-        exact = queue in settings.dedicated_queues or queue == "default"
+        exact = queue in settings.dedicated_queues or queue == DEFAULT_QUEUE
         if exact:
             return queue
         twins = {q for q in existing_queues(bind) if queue_env_suffix(q) == queue_env_suffix(queue)}
