@@ -536,7 +536,7 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 _TIME_HELP = "ISO 8601 (naive = UTC) or an age like 2h, 7d meaning that long ago; on created_at"
-_STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead."
+_STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead, cancelled."
 # The filter's options (dispatcher.admin.Filter's fields, as text: the service parses them).
 _FILTER_OPTIONS = {
     "status": ("--status", _STATUS_HELP),
@@ -816,7 +816,7 @@ def stats(as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@_filter_options("dead (or delivered, with --include-delivered).")
+@_filter_options("dead or cancelled (or delivered, with --include-delivered).")
 @click.option("--include-delivered", is_flag=True, help="Also send delivered jobs again.")
 @click.option("--expected-count", type=int, help="Replay only if the filter matches this many.")
 @click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
@@ -832,6 +832,8 @@ def replay(
     **filters: str | None,
 ) -> None:
     """Send dead jobs again (JOB_ID... or --status dead and filters) with a fresh attempt budget.
+
+    Cancelled jobs too: by id, or with --status cancelled.
 
     Their attempt history is kept and the replay is recorded on the job. Pending, in-flight and
     retrying jobs are never touched; delivered ones only with --include-delivered. More than
