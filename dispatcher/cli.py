@@ -1006,6 +1006,8 @@ def queues_command(delete: str | None, as_json: bool) -> None:
         return
     with _admin_errors():
         per_queue = admin.stats(_engine(), utcnow())
+        # Also a queue whose jobs were all purged (its counts are zero): it can be deleted.
+        emptied = admin.existing_queues(_engine()) - per_queue.keys()
     rows = {
         name: {
             "paused": q.paused,
@@ -1015,6 +1017,9 @@ def queues_command(delete: str | None, as_json: bool) -> None:
         }
         for name, q in per_queue.items()
     }
+    for name in emptied:
+        rows[name] = {"paused": False, "circuit": "closed", "live": 0, "finished": 0}
+    rows = dict(sorted(rows.items()))
     if as_json:
         _json({"queues": rows})
         return

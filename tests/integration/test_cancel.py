@@ -133,6 +133,8 @@ def test_queues_lists_and_deletes_only_empty_queues(
     run("cancel", "--queue", "eu-shop", "--yes")
     assert "has jobs (3 finished)" in run("queues", "--delete", "eu-shop", code=2).stderr
     admin.purge(engine, older_than=timedelta(0), now=utcnow() + timedelta(seconds=1))
+    emptied = json.loads(run("queues", "--json").stdout)["queues"]["eu-shop"]
+    assert emptied == {"paused": False, "circuit": "closed", "live": 0, "finished": 0}
     assert run("queues", "--delete", "eu-shop").stdout == "queue eu-shop deleted\n"
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(counts)).scalar_one() == 0
