@@ -20,11 +20,9 @@ from collections.abc import Collection
 import sqlalchemy as sa
 
 from dispatcher.admin.filters import AdminError, check_queue
-from dispatcher.admin.reads import Bind, connected
+from dispatcher.admin.reads import Bind, _queue_names, connected
 from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
-    DUE_WHERE,
-    LEASED_WHERE,
     LIVE_WHERE,
     activity_buckets,
     activity_marks,
@@ -54,32 +52,11 @@ class UnknownQueue(AdminError):
         self.suggestion = close[0] if close else None
 
 
-# Queues with a waiting job, one index seek each (a loose scan of ix_dispatcher_jobs_due).
-_WAITING_QUEUES = sa.text(
-    f"""
-    WITH RECURSIVE walk(queue) AS (
-        SELECT (SELECT min(j.queue) FROM dispatcher_jobs AS j WHERE {DUE_WHERE})
-        UNION ALL
-        SELECT (SELECT min(j.queue) FROM dispatcher_jobs AS j
-                WHERE {DUE_WHERE} AND j.queue > walk.queue)
-        FROM walk WHERE walk.queue IS NOT NULL
-    )
-    SELECT queue FROM walk WHERE queue IS NOT NULL
-    """
-)
-
-
 def existing_queues(bind: Bind) -> set[str]:
-    """Every queue in use: with a waiting or leased job, a queue row, or finished jobs counted."""
+    """Every queue in use: with a live job, a queue row, or finished jobs counted (also zero:
+    its jobs were purged)."""
     with connected(bind) as conn:
-        found = {
-            *conn.execute(_WAITING_QUEUES).scalars(),
-            *conn.execute(
-                sa.select(jobs.c.queue).where(sa.text(LEASED_WHERE)).distinct()
-            ).scalars(),
-            *conn.execute(sa.select(queues.c.name)).scalars(),
-            *conn.execute(sa.select(counts.c.queue).distinct()).scalars(),
-        }
+        found = _queue_names(conn) | set(conn.execute(sa.select(counts.c.queue)).scalars())
         if isinstance(bind, sa.Engine):
             conn.rollback()
     return found
