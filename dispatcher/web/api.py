@@ -20,7 +20,7 @@ from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import JobStatus
 from dispatcher.web.access import error, guarded
-from dispatcher.web.openapi import OPENAPI
+from dispatcher.web.openapi import API_MAX_JOB_IDS, OPENAPI
 from dispatcher.web.pages import DEAD_FIELDS, HISTORY_FIELDS
 from dispatcher.web.site import mask_emails, site_of
 
@@ -178,7 +178,10 @@ async def cancel(request: Request) -> Response:
     """Cancel waiting jobs by ``job_ids`` and/or filters; in-flight ones are left alone."""
 
     def call(engine: Any, f: admin.Filter, body: dict[str, Any], **kw: Any) -> Any:
-        return admin.cancel(engine, f, job_ids=body.get("job_ids"), **kw)
+        ids = body.get("job_ids")
+        if ids is not None and len(ids) > API_MAX_JOB_IDS:
+            raise admin.AdminError("job_ids", f"at most {API_MAX_JOB_IDS} per call (or a filter)")
+        return admin.cancel(engine, f, job_ids=ids, **kw)
 
     return await _move(request, CANCEL_FIELDS, admin.FILTER_FIELDS, call)
 

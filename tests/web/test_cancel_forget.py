@@ -65,6 +65,7 @@ def test_cancel_through_the_api(client: httpx.Client, outbox: Outbox, engine: sa
         ({"status": "dead"}, "status"),
         ({"job_ids": "7"}, "job_ids"),
         ({"job_ids": [-1]}, "job_id"),
+        ({"job_ids": list(range(1, 1002))}, "job_ids"),  # at most 1,000 per call
         ({"queue": "eu-shop", "nope": 1}, "nope"),
     ):
         answer = cancel(**body)
