@@ -492,21 +492,27 @@ def sandbox(
 @main.command()
 @click.argument("queue", default=DEFAULT_QUEUE)
 @click.option("--reason", default="paused by an operator", show_default=True)
-def pause(queue: str, reason: str) -> None:
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Pause a queue no job has used yet (otherwise an unknown name is refused as a typo).",
+)
+def pause(queue: str, reason: str, create: bool) -> None:
     """Stop all deliveries for QUEUE; jobs wait (and new ones queue up) until `resume`.
 
-    Returns once no worker will start another request for QUEUE."""
+    Returns once no worker will start another request for QUEUE. A queue that no job has used
+    and the settings do not name is refused (exit 2), naming the closest one, unless --create."""
     from dispatcher import admin
     from dispatcher.admin.actions import queue_in_use
 
     with _admin_errors(queue="QUEUE", reason="--reason"):
-        known = queue_in_use(_engine(), queue)
-        changed = admin.pause_queue(_engine(), queue, reason)
+        known = not create or queue_in_use(_engine(), queue)
+        changed = admin.pause_queue(_engine(), queue, reason, create=create)
     echo(f"queue {queue} paused" if changed else f"queue {queue} was already paused")
     if not known:
         echo(
             f"note: no job has used queue {queue} yet: it is paused ahead of use "
-            "(`dispatcher stats` lists the queues in use)",
+            "(`dispatcher queues` lists the queues in use)",
             err=True,
         )
 
@@ -570,7 +576,7 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 _TIME_HELP = "ISO 8601 (naive = UTC) or an age like 2h, 7d meaning that long ago; on created_at"
-_STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead."
+_STATUS_HELP = "One of pending, in_flight, retrying, delivered, dead, cancelled."
 # The filter's options (dispatcher.admin.Filter's fields, as text: the service parses them).
 _FILTER_OPTIONS = {
     "status": ("--status", _STATUS_HELP),
@@ -864,7 +870,7 @@ def stats(as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@_filter_options("dead (or delivered, with --include-delivered).")
+@_filter_options("dead or cancelled (or delivered, with --include-delivered).")
 @click.option("--include-delivered", is_flag=True, help="Also send delivered jobs again.")
 @click.option("--expected-count", type=int, help="Replay only if the filter matches this many.")
 @click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
@@ -880,6 +886,8 @@ def replay(
     **filters: str | None,
 ) -> None:
     """Send dead jobs again (JOB_ID... or --status dead and filters) with a fresh attempt budget.
+
+    Cancelled jobs too: by id, or with --status cancelled.
 
     Their attempt history is kept and the replay is recorded on the job. Pending, in-flight and
     retrying jobs are never touched; delivered ones only with --include-delivered. More than
@@ -898,27 +906,83 @@ def replay(
             include_delivered=include_delivered,
             now=utcnow(),
         )
-        if not dry_run and not yes and expected_count is None:
-            planned = selected(dry_run=True)
-            if planned.count > CONFIRM_ABOVE:
-                queues = ", ".join(planned.queues)
-                _confirm(f"replay {planned.count:,} jobs in {queues}", "replay")
-                expected_count = planned.count  # what was confirmed, or nothing
-        with _progress(f"replaying {expected_count or ''}", quiet=as_json or dry_run):
-            result = selected(dry_run=dry_run, expected=expected_count)
+        result = _confirmed_move(selected, "replay", dry_run, yes, expected_count, as_json)
         paused = admin.paused_queues(engine, result.queues)
-    if as_json:
-        _json(result.as_dict())
-    else:
-        jobs_text = f"{result.count} job{'' if result.count == 1 else 's'}"
-        where = f" in {', '.join(result.queues)}" if result.queues else ""
-        echo(
-            f"would replay {jobs_text}{where} (dry run: nothing changed)"
-            if dry_run
-            else f"replayed {jobs_text}{where}"
-        )
     for q in paused:
         echo(f"note: queue {q} is paused; `dispatcher resume {q}` to deliver", err=True)
+
+
+def _confirmed_move(
+    selected: Callable[..., Any],
+    verb: str,
+    dry_run: bool,
+    yes: bool,
+    expected_count: int | None,
+    as_json: bool,
+) -> Any:
+    """What replay and cancel share: count first and confirm above CONFIRM_ABOVE jobs (then
+    exactly the confirmed number moves, or nothing), a running line, and the answer printed."""
+    if not dry_run and not yes and expected_count is None:
+        planned = selected(dry_run=True)
+        if planned.count > CONFIRM_ABOVE:
+            queues = ", ".join(planned.queues)
+            _confirm(f"{verb} {planned.count:,} jobs in {queues}", verb)
+            expected_count = planned.count  # what was confirmed, or nothing
+    ing = verb.removesuffix("e") + "ing"
+    with _progress(f"{ing} {expected_count or ''}", quiet=as_json or dry_run):
+        result = selected(dry_run=dry_run, expected=expected_count)
+    if as_json:
+        _json(result.as_dict())
+        return result
+    jobs_text = f"{result.count} job{'' if result.count == 1 else 's'}"
+    where = f" in {', '.join(result.queues)}" if result.queues else ""
+    done = "cancelled" if verb == "cancel" else f"{verb}ed"
+    echo(
+        f"would {verb} {jobs_text}{where} (dry run: nothing changed)"
+        if dry_run
+        else f"{done} {jobs_text}{where}"
+    )
+    return result
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@_filter_options("pending or retrying (default: both).")
+@click.option("--expected-count", type=int, help="Cancel only if the filter matches this many.")
+@click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help=f"No confirmation above {CONFIRM_ABOVE:,} jobs.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def cancel(
+    job_ids: tuple[str, ...],
+    expected_count: int | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    **filters: str | None,
+) -> None:
+    """Cancel waiting jobs (JOB_ID... and/or filters): they are never sent.
+
+    Pending and retrying jobs take the final status `cancelled` (`dispatcher replay` can send
+    them after all). A job in flight cannot be recalled, its request may be on the wire: it is
+    left alone and counted. At least one id or filter is needed; more than 1,000 jobs need a
+    confirmation (or --yes, or --expected-count), then exactly the confirmed number is cancelled,
+    or nothing.
+    """
+    from dispatcher import admin
+
+    with _admin_errors():
+        selected = functools.partial(
+            admin.cancel, _engine(), _filter(filters), job_ids=job_ids or None, now=utcnow()
+        )
+        result = _confirmed_move(selected, "cancel", dry_run, yes, expected_count, as_json)
+    if result.in_flight and not as_json:
+        n = result.in_flight
+        echo(
+            f"note: {n} job{'' if n == 1 else 's'} in flight {'was' if n == 1 else 'were'} not "
+            "cancelled: a request may be on the wire and cannot be recalled (its worker records "
+            "the answer)",
+            err=True,
+        )
 
 
 @main.command()
@@ -975,6 +1039,117 @@ def purge(
         echo(f"purged {result.jobs} jobs and {result.attempts} attempts")
 
 
+@main.command("queues")
+@click.option("--delete", metavar="NAME", help="Remove queue NAME, which must have no jobs.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def queues_command(delete: str | None, as_json: bool) -> None:
+    """The queues in use: paused or not, circuit, live and finished jobs.
+
+    `--delete NAME` removes a queue without jobs (a typo's pause row, a queue whose jobs were
+    purged): its pause switch, throttle and circuit state, counts and chart buckets."""
+    from dispatcher import admin
+    from dispatcher.schema import FINISHED_STATUSES
+
+    if delete is not None:
+        with _admin_errors(queue="--delete"):
+            removed = admin.delete_queue(_engine(), delete)
+        if as_json:
+            _json({"queue": delete, "deleted": removed})
+        else:
+            echo(f"queue {delete} deleted" if removed else f"queue {delete} had nothing to delete")
+        return
+    with _admin_errors():
+        per_queue = admin.stats(_engine(), utcnow())
+        # Also a queue whose jobs were all purged (its counts are zero): it can be deleted.
+        emptied = admin.existing_queues(_engine()) - per_queue.keys()
+    rows = {
+        name: {
+            "paused": q.paused,
+            "circuit": q.circuit,
+            "live": sum(n for s, n in q.counts.items() if s not in FINISHED_STATUSES),
+            "finished": sum(n for s, n in q.counts.items() if s in FINISHED_STATUSES),
+        }
+        for name, q in per_queue.items()
+    }
+    for name in emptied:
+        rows[name] = {"paused": False, "circuit": "closed", "live": 0, "finished": 0}
+    rows = dict(sorted(rows.items()))
+    if as_json:
+        _json({"queues": rows})
+        return
+    if not rows:
+        echo("no queues yet")
+        return
+    _print_table(
+        ("QUEUE", "PAUSED", "CIRCUIT", "LIVE", "FINISHED"),
+        [
+            (name, "yes" if r["paused"] else "no", r["circuit"], r["live"], r["finished"])
+            for name, r in rows.items()
+        ],
+        right={3, 4},
+    )
+
+
+@main.command()
+@click.option("--email", help="Also matches the body's customerEmailMd5 and Sha256 of it.")
+@click.option("--customer-id", help="customerId.")
+@click.option("--phone", help="customerPhone (spaces and punctuation ignored).")
+@click.option("--crm-id", help="customerCrmId.")
+@click.option("--email-md5", help="customerEmailMd5.")
+@click.option("--email-sha256", help="customerEmailSha256.")
+@click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="No confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
+def forget(dry_run: bool, yes: bool, as_json: bool, **identifiers: str | None) -> None:
+    """Erase one customer's personal data from the outbox (GDPR art. 17); name them by one
+    identifier.
+
+    Their jobs stay (counts and history keep their shape) but lose their body, email, dedupe key
+    and error texts; their waiting jobs are cancelled. Other texts that mention them (other
+    bodies, attempts' answers, queue reasons) lose the identifier. An audit row records the kind
+    of identifier and how many rows changed, never the identifier. Irreversible: asks first (or
+    --yes). Scans every job and attempt, in batches.
+    """
+    from dispatcher import admin
+
+    hints = {k: "--" + k.replace("_", "-") for k in admin.IDENTIFIER_KINDS}
+    with _admin_errors(**hints):
+        customer = admin.parse_customer(identifiers)
+        engine = _engine()
+        if not dry_run and not yes:
+            planned = admin.forget(engine, customer, dry_run=True, now=utcnow())
+            _confirm(
+                f"erase {planned.jobs:,} jobs' data (cancel {planned.cancelled:,}), "
+                f"{planned.attempts:,} attempts and {planned.mentions:,} mentions",
+                "forget",
+                "it cannot be undone",
+            )
+        with _progress("forgetting", quiet=as_json or dry_run) as progress:
+            result = admin.forget(
+                engine,
+                customer,
+                dry_run=dry_run,
+                now=utcnow(),
+                progress=lambda done, total: progress(f"{done:,} of {total:,} jobs"),
+            )
+    if as_json:
+        _json(result.as_dict())
+        return
+    what = (
+        f"{result.jobs} job{'' if result.jobs == 1 else 's'} of this customer "
+        f"({result.cancelled} waiting, cancelled), {result.attempts} attempts, "
+        f"{result.mentions} mentions elsewhere"
+    )
+    echo(f"would erase {what} (dry run: nothing changed)" if dry_run else f"erased {what}")
+    if result.in_flight:
+        echo(
+            f"note: {result.in_flight} of their jobs were in flight: a request may be on the wire "
+            "(their data is erased all the same); run forget again once they have finished, to "
+            "erase what the API's answer may echo",
+            err=True,
+        )
+
+
 def _interactive() -> bool:
     return sys.stdin.isatty()
 
@@ -983,12 +1158,11 @@ def _stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _confirm(what: str, command: str) -> None:
+def _confirm(what: str, command: str, why: str = f"more than {CONFIRM_ABOVE:,} jobs") -> None:
     """Ask on a terminal; elsewhere refuse (exit 7): a script must say --yes."""
     if not _interactive():
         fail(
-            f"this would {what}: confirm on a terminal, or add --yes\n"
-            f"(more than {CONFIRM_ABOVE:,} jobs; nothing changed)",
+            f"this would {what}: confirm on a terminal, or add --yes\n({why}; nothing changed)",
             problems.EXIT_DECLINED,
         )
     if not click.confirm(f"{command}: {what}?", default=False, err=True):

@@ -154,6 +154,19 @@ class Settings:
     def api_key(self, queue: str) -> Secret | None:
         return self.api_keys.get(queue_env_suffix(queue))
 
+    def configures(self, queue: str) -> bool:
+        """Whether the settings name ``queue``: the default queue, a dedicated queue, or a
+        per-queue API key or limit (``…_<QUEUE>``). Operator commands refuse other names that no
+        job has used (a typo must not pause a phantom queue: see dispatcher.admin.names)."""
+        suffix = queue_env_suffix(queue)
+        return (
+            queue == DEFAULT_QUEUE
+            or queue in self.dedicated_queues
+            or suffix in self.api_keys
+            or suffix in self.rate_limits
+            or suffix in self.concurrency_limits
+        )
+
     def proxy_url(self) -> Secret | None:
         """The egress proxy for ``base_url``, if the environment names one for it."""
         return proxy_for(self.base_url, self.proxy_env)

@@ -8,7 +8,7 @@ keep "what is due?" as cheap with ten million delivered rows as with ten.
 What an operator reads most (``dispatcher stats``, ``/metrics``, the overview) must not grow with
 history either, so counting never scans finished rows: live jobs (pending, in flight, retrying)
 are counted from ``ix_dispatcher_jobs_live``, a partial index over live rows only (an index-only
-scan, its size the backlog's), and finished ones (delivered, dead) are read from
+scan, its size the backlog's), and finished ones (delivered, dead, cancelled) are read from
 ``dispatcher_counts``, kept exact by the very transactions that move a job into or out of a
 finished state (``outbox.record``, ``outbox.open_circuit``, ``outbox.purge_batch``,
 ``admin.replay``: see ``outbox.add_counts``).
@@ -34,12 +34,15 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"  # failed, waiting for next_attempt_at
     DELIVERED = "delivered"  # the API answered 2xx (final)
     DEAD = "dead"  # rejected, or out of attempts (final; an operator may replay it)
+    # Never sent, on an operator's word (``dispatcher cancel`` or ``forget``): final, counted in
+    # dispatcher_counts like delivered and dead; an operator may replay it.
+    CANCELLED = "cancelled"
 
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 CIRCUIT_STATES = ("closed", "open", "half_open")  # see dispatcher.breaker
 DUE_STATUSES = (JobStatus.PENDING, JobStatus.RETRYING)
-FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD)
+FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
 
@@ -191,9 +194,10 @@ queues = sa.Table(
     sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
 )
 
-# Finished jobs per queue and status (delivered, dead), exact: every statement that moves a job
-# into or out of a finished state (or deletes one) adds its delta here in the same transaction, as
-# one upsert per (status, queue) in that order (so concurrent transactions never deadlock on it).
+# Finished jobs per queue and status (delivered, dead, cancelled), exact: every statement that
+# moves a job into or out of a finished state (or deletes one) adds its delta here in the same
+# transaction, as one upsert per (status, queue) in that order (so concurrent transactions never
+# deadlock on it).
 counts = sa.Table(
     "dispatcher_counts",
     metadata,
@@ -228,4 +232,19 @@ activity_marks = sa.Table(
     sa.Column("step_seconds", sa.Integer, primary_key=True),
     sa.Column("since", UTCDateTime, nullable=False),
     sa.Column("through", UTCDateTime, nullable=False),
+)
+
+# What ``dispatcher forget`` erased, and when (GDPR art. 17 asks to show that a request was
+# answered): which kind of identifier it was given, never its value, and how many rows changed.
+erasures = sa.Table(
+    "dispatcher_erasures",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("identifier_kind", sa.String(32), nullable=False),  # email, phone, customer_id …
+    sa.Column("jobs", sa.Integer, nullable=False),  # jobs of the customer, their data erased
+    sa.Column("cancelled", sa.Integer, nullable=False),  # of those, waiting ones now cancelled
+    sa.Column("in_flight", sa.Integer, nullable=False),  # of those, on the wire at the time
+    sa.Column("attempts", sa.Integer, nullable=False),  # attempt rows whose texts were erased
+    sa.Column("mentions", sa.Integer, nullable=False),  # other texts the identifier was cut from
 )

@@ -43,6 +43,7 @@ TABLES = (
     "dispatcher_counts",
     "dispatcher_activity",
     "dispatcher_activity_marks",
+    "dispatcher_erasures",
 )
 EMPTY_OUTBOX = f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"
 

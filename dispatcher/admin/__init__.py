@@ -1,10 +1,11 @@
 """The operator's service: the one place where operator rules live.
 
-``dispatcher history|show|stats|pause|resume|replay|purge``, the admin page, its JSON API, the demo
-and the benchmark all call this package and hold no rule of their own; an application can call it
-for its own pages too. One :class:`Filter` type, parsed once from text by :func:`parse_filter`
-(status, queue, event id, customer email, last status code, since/until as a time or an age like
-``2h``), feeds every read and the replay; queue names follow the rule ``enqueue`` applies.
+``dispatcher history|show|stats|queues|pause|resume|replay|cancel|purge|forget``, the admin
+page, its JSON API, the demo and the benchmark all call this package and hold no rule of their
+own; an application can call it for its own pages too. One :class:`Filter` type, parsed once
+from text by :func:`parse_filter` (status, queue, event id, customer email, last status code,
+since/until as a time or an age like ``2h``), feeds every read, the replay and the cancel; queue
+names follow the rule ``enqueue`` applies.
 
 - :mod:`~dispatcher.admin.filters`: the filter, its parsing from text, and every limit.
 - :mod:`~dispatcher.admin.times`: ``2h`` and ISO 8601 times (pure).
@@ -12,7 +13,12 @@ for its own pages too. One :class:`Filter` type, parsed once from text by :func:
   :func:`activity` / :func:`delivered_per_minute` (the admin page's charts).
 - :mod:`~dispatcher.admin.actions`: :func:`pause_queue` (returns once no worker sends),
   :func:`resume_queue` (tells the workers after its commit), :func:`replay` (optionally only if
-  the filter still matches the expected number of jobs), :func:`purge`.
+  the filter still matches the expected number of jobs), :func:`cancel` (waiting jobs, the same
+  way), :func:`purge`.
+- :mod:`~dispatcher.admin.names`: which queues exist (:func:`require_queue` refuses a typo with
+  :class:`UnknownQueue`, naming the closest), :func:`delete_queue` for a queue without jobs.
+- :mod:`~dispatcher.admin.forget`: :func:`forget` a customer (GDPR art. 17), by one identifier
+  (:func:`parse_customer`).
 - :mod:`~dispatcher.admin.results`: what they return; ``as_dict()`` is the JSON ``--json`` prints.
 
 Every function takes a ``Connection`` or an ``Engine`` (reads and ``replay`` run in the caller's
@@ -27,6 +33,7 @@ from __future__ import annotations
 from dispatcher.admin.actions import (
     REASON_MAX,
     ExpectedCountMismatch,
+    cancel,
     pause_queue,
     paused_queues,
     purge,
@@ -46,6 +53,8 @@ from dispatcher.admin.filters import (
     parse_int,
     parse_page,
 )
+from dispatcher.admin.forget import IDENTIFIER_KINDS, Customer, forget, parse_customer
+from dispatcher.admin.names import UnknownQueue, delete_queue, existing_queues, require_queue
 from dispatcher.admin.reads import (
     ACTIVITY_WINDOWS,
     Activity,
@@ -60,6 +69,8 @@ from dispatcher.admin.reads import (
 )
 from dispatcher.admin.results import (
     Attempt,
+    CancelResult,
+    ForgetResult,
     JobDetail,
     JobSummary,
     PurgeResult,
@@ -71,6 +82,7 @@ from dispatcher.admin.times import parse_age, parse_when
 __all__ = [
     "ACTIVITY_WINDOWS",
     "FILTER_FIELDS",
+    "IDENTIFIER_KINDS",
     "MAX_EXPECTED",
     "MAX_JOB_IDS",
     "MAX_LIMIT",
@@ -79,21 +91,30 @@ __all__ = [
     "ActivityBucket",
     "AdminError",
     "Attempt",
+    "CancelResult",
+    "Customer",
     "ExpectedCountMismatch",
     "Filter",
+    "ForgetResult",
     "JobDetail",
     "JobSummary",
     "Page",
     "PurgeResult",
     "QueueStats",
     "ReplayResult",
+    "UnknownQueue",
     "activity",
+    "cancel",
     "check_queue",
+    "delete_queue",
     "delivered_per_minute",
+    "existing_queues",
+    "forget",
     "history",
     "history_page",
     "keep_activity",
     "parse_age",
+    "parse_customer",
     "parse_filter",
     "parse_int",
     "parse_page",
@@ -102,6 +123,7 @@ __all__ = [
     "paused_queues",
     "purge",
     "replay",
+    "require_queue",
     "resume_queue",
     "show",
     "stats",

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -29,15 +29,17 @@ from dispatcher.admin.filters import (
     check_status,
     check_time,
 )
+from dispatcher.admin.names import in_use, require_queue
 from dispatcher.admin.reads import Bind, connected, job_id, where
-from dispatcher.admin.results import PurgeResult, ReplayResult
+from dispatcher.admin.results import CancelResult, PurgeResult, ReplayResult
 from dispatcher.db import utcnow
 from dispatcher.masking import redact
-from dispatcher.schema import FINISHED_STATUSES, JobStatus, attempts, jobs, queues
+from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs
 
 __all__ = [
     "REASON_MAX",
     "ExpectedCountMismatch",
+    "cancel",
     "pause_queue",
     "paused_queues",
     "purge",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("dispatcher.admin")
+Moved = TypeVar("Moved", bound=ReplayResult)  # what _move returns: ReplayResult, CancelResult
 
 # After each batch, a purge waits this multiple of the time the batch took, so it uses a third of
 # the time it would back to back (about 10,000 jobs/s instead of 30,000 on 2 cores) and a drain
@@ -73,11 +76,15 @@ def _signal(queues: Iterable[str]) -> None:
 REASON_MAX = 500  # an operator's reason for a pause
 
 
-def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an operator") -> bool:
+def pause_queue(
+    engine: sa.Engine, queue: str, reason: str = "paused by an operator", *, create: bool = False
+) -> bool:
     """Pause ``queue`` and return once no worker will start another request for it (requests
     already in flight may still be answered; jobs claimed but not sent go back to pending).
     True if it was not paused before. The reason is at most :data:`REASON_MAX` characters: it
-    is shown on every page, in ``stats`` and in alerts."""
+    is shown on every page, in ``stats`` and in alerts. A queue that does not exist yet is
+    refused (:class:`~dispatcher.admin.names.UnknownQueue`: a typo pauses nothing) unless
+    ``create``."""
     check_queue(queue)
     if not isinstance(reason, str) or not reason.strip():
         raise AdminError("reason", "say why (it is shown wherever the pause is)")
@@ -85,6 +92,8 @@ def pause_queue(engine: sa.Engine, queue: str, reason: str = "paused by an opera
         raise AdminError("reason", f"at most {REASON_MAX} characters (got {len(reason)})")
     if "\x00" in reason or not _encodable(reason):  # PostgreSQL text holds neither
         raise AdminError("reason", "NUL characters and lone surrogates are not text we can keep")
+    if not create:
+        require_queue(engine, queue)
     with engine.begin() as conn:
         changed = outbox.pause(conn, queue, reason, utcnow())
     time.sleep(outbox.PAUSE_SETTLE_SECONDS)  # every sending worker re-reads the row by then
@@ -103,8 +112,8 @@ def _encodable(text: str) -> bool:
 
 def resume_queue(engine: sa.Engine, queue: str) -> bool:
     """Deliver ``queue``'s backlog again: unpause it and, after the commit, tell the workers.
-    True if it was paused."""
-    check_queue(queue)
+    True if it was paused. A queue that does not exist is refused, as by :func:`pause_queue`."""
+    require_queue(engine, queue)
     with engine.begin() as conn:
         changed = outbox.resume(conn, queue, utcnow())
     if changed:
@@ -115,20 +124,13 @@ def resume_queue(engine: sa.Engine, queue: str) -> bool:
 
 def queue_in_use(bind: Bind, queue: str) -> bool:
     """Whether ``queue`` has a job or a row (paused, throttled, a circuit) already: pausing a
-    name that has neither pauses it ahead of use, which the CLI says (a typo would show here)."""
+    name that has neither (``create``) pauses it ahead of use, which the CLI says."""
     check_queue(queue)
     with connected(bind) as conn:
-        found = conn.execute(
-            sa.select(
-                sa.or_(
-                    sa.exists().where(jobs.c.queue == queue),
-                    sa.exists().where(queues.c.name == queue),
-                )
-            )
-        ).scalar_one()
+        found = in_use(conn, queue)
         if isinstance(bind, sa.Engine):
             conn.rollback()
-    return bool(found)
+    return found
 
 
 def paused_queues(bind: Bind, names: Iterable[str]) -> list[str]:
@@ -167,13 +169,14 @@ def replay(
 ) -> ReplayResult:
     """Send finished jobs again: back to ``pending`` with a fresh attempt budget, in one UPDATE.
 
-    Choose them by ``job_ids`` or by ``f.status`` (dead; delivered needs ``include_delivered``)
-    plus the rest of ``f``; the filter narrows ids when both are given, and a filter without ids
-    or status is refused so a typo cannot replay everything. Only dead jobs (and, with
-    ``include_delivered``, delivered ones) ever change; a named id that is unknown or not
-    replayable makes the whole call fail before anything changes. Attempt rows stay (they are
-    the history); ``replays``/``replayed_at`` record the replay, ``last_status_code`` and
-    ``last_error`` are kept until the next attempt.
+    Choose them by ``job_ids`` or by ``f.status`` (dead or cancelled; delivered needs
+    ``include_delivered``) plus the rest of ``f``; the filter narrows ids when both are given,
+    and a filter without ids or status is refused so a typo cannot replay everything. Only dead
+    and cancelled jobs (and, with ``include_delivered``, delivered ones) ever change: a cancelled
+    job is replayed like a dead one (the operator who cancelled it changed their mind); by id
+    both are taken. A named id that is unknown or not replayable makes the whole call fail before
+    anything changes. Attempt rows stay (they are the history); ``replays``/``replayed_at``
+    record the replay, ``last_status_code`` and ``last_error`` are kept until the next attempt.
 
     ``expected``: replay only if the filter still matches exactly that many jobs (what the
     operator confirmed); otherwise nothing changes and :class:`ExpectedCountMismatch` carries
@@ -181,17 +184,14 @@ def replay(
     """
     f = f or Filter()
     now = check_time("now", now)
-    if expected is not None:
-        check_int("expected_count", expected, 0, MAX_EXPECTED)
-        if not isinstance(bind, sa.Engine):
-            raise TypeError("replay(expected=...) needs an Engine: it owns its transaction")
-    targets: tuple[JobStatus, ...] = (
-        (JobStatus.DEAD, JobStatus.DELIVERED) if include_delivered else (JobStatus.DEAD,)
-    )
+    targets: tuple[JobStatus, ...] = (JobStatus.DEAD, JobStatus.CANCELLED)
+    if include_delivered:
+        targets = (*targets, JobStatus.DELIVERED)
     if f.status is not None:
         if f.status not in FINISHED_STATUSES:
             raise AdminError(
-                "status", f"only dead or delivered jobs can be replayed ({f.status} jobs are live)"
+                "status",
+                f"only dead, cancelled or delivered jobs can be replayed ({f.status} is live)",
             )
         if f.status is JobStatus.DELIVERED and not include_delivered:
             raise AdminError(
@@ -201,13 +201,134 @@ def replay(
             )
         if not (include_delivered and f.status is JobStatus.DEAD):
             targets = (f.status,)
+        else:
+            targets = (JobStatus.DEAD, JobStatus.DELIVERED)
+    if job_ids is None and f.status is None:
+        # A filter alone (a queue, a time window) never replays: that is too easy to mistype.
+        raise AdminError("status", "give job ids, or status dead and filters")
 
+    def refusal(i: int, state: str) -> str | None:
+        if state == JobStatus.DELIVERED:
+            return (
+                f"job {i} is delivered: replaying sends it again, which needs include_delivered "
+                "(--include-delivered)"
+            )
+        return f"job {i} is {state}: only dead, cancelled or delivered jobs can be replayed"
+
+    result = _move(
+        bind,
+        f,
+        job_ids,
+        targets,
+        lambda conditions: _replay_statement(conditions, now),
+        into=JobStatus.PENDING,
+        refusal=refusal,
+        verb="replayed",
+        dry_run=dry_run,
+        expected=expected,
+        result=lambda found, skipped: ReplayResult(found.total(), tuple(sorted(found)), dry_run),
+    )
+    if isinstance(bind, sa.Engine) and result.count and not dry_run:
+        _signal(result.queues)
+    return result
+
+
+def cancel(
+    bind: Bind,
+    f: Filter | None = None,
+    *,
+    job_ids: Iterable[int | str] | None = None,
+    dry_run: bool = False,
+    expected: int | None = None,
+    now: datetime,
+) -> CancelResult:
+    """Cancel waiting jobs (pending, retrying): they take the finished status ``cancelled`` and
+    are never sent; in one UPDATE, counted in ``dispatcher_counts`` in the same transaction.
+
+    Choose them by ``job_ids`` and/or ``f`` (a filter with at least one field: an empty one is
+    refused; ``f.status`` may narrow to pending or retrying). A job in flight (leased by a worker)
+    cannot be recalled, its request may be on the wire: it is left alone and counted in
+    ``in_flight`` (its worker records its answer as usual). A named id that is unknown or
+    finished makes the whole call fail before anything changes. ``expected`` as for
+    :func:`replay` (the number cancelled, in-flight ones not included).
+    """
+    f = f or Filter()
+    now = check_time("now", now)
+    targets: tuple[JobStatus, ...] = DUE_STATUSES
+    if f.status is not None:
+        if f.status is JobStatus.IN_FLIGHT:
+            raise AdminError(
+                "status", "in-flight jobs cannot be recalled: their request may be on the wire"
+            )
+        if f.status not in DUE_STATUSES:
+            raise AdminError(
+                "status", f"only pending or retrying jobs can be cancelled ({f.status} is final)"
+            )
+        targets = (f.status,)
+    if job_ids is None and not f.given():
+        raise AdminError(None, "give job ids or at least one filter (nothing is cancelled blindly)")
+
+    def refusal(i: int, state: str) -> str | None:
+        if state == JobStatus.IN_FLIGHT:
+            return None  # skipped and counted: it may be on the wire
+        return f"job {i} is {state}: only pending or retrying jobs can be cancelled"
+
+    result = _move(
+        bind,
+        f,
+        job_ids,
+        targets,
+        lambda conditions: _cancel_statement(conditions, now),
+        into=JobStatus.CANCELLED,
+        refusal=refusal,
+        verb="cancelled",
+        dry_run=dry_run,
+        expected=expected,
+        result=lambda found, skipped: CancelResult(
+            found.total(), tuple(sorted(found)), dry_run, in_flight=skipped
+        ),
+        skipped=JobStatus.IN_FLIGHT,
+    )
+    return result
+
+
+def _move(
+    bind: Bind,
+    f: Filter,
+    job_ids: Iterable[int | str] | None,
+    targets: tuple[JobStatus, ...],
+    statement: Callable[[list[sa.ColumnElement[bool]]], sa.Update],
+    *,
+    into: JobStatus,
+    refusal: Callable[[int, str], str | None],
+    verb: str,
+    dry_run: bool,
+    expected: int | None,
+    result: Callable[[Counter[str], int], Moved],
+    skipped: JobStatus | None = None,
+) -> Moved:
+    """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
+    ``targets`` move to ``into`` with one UPDATE per target status (``statement``, RETURNING
+    the queue), so that ``dispatcher_counts`` gains and loses exactly what moved; or, with
+    ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
+    jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
+    transaction and moved any.
+
+    Named ids are checked first: an unknown one, or one whose status is neither a target nor
+    ``skipped``, fails the whole call (``refusal`` says why). ``expected``: see :func:`replay`.
+    """
+    if expected is not None:
+        check_int("expected_count", expected, 0, MAX_EXPECTED)
+        if not isinstance(bind, sa.Engine):
+            raise TypeError(f"{verb[:-1]}(expected=...) needs an Engine: it owns its transaction")
+    if f.queue is not None:
+        require_queue(bind, f.queue)
     ids: list[int] | None = None
     missing: list[str] = []
     if job_ids is not None:
         given = list(job_ids)
-        if not given:  # an empty selection replays nothing, never "everything"
-            return ReplayResult(0, (), dry_run)
+        if not given:  # an empty selection moves nothing, never "everything"
+            return result(Counter(), 0)
         if len(given) > MAX_JOB_IDS:
             raise AdminError(
                 "job_ids", f"at most {MAX_JOB_IDS} ids per call (use filters for more)"
@@ -215,58 +336,58 @@ def replay(
         parsed = [(g, job_id(g)) for g in given]
         ids = [i for _, i in parsed if i is not None]
         missing = [str(g).strip() for g, i in parsed if i is None]
-    elif f.status is None:
-        # A filter alone (a queue, a time window) never replays: that is too easy to mistype.
-        raise AdminError("status", "give job ids, or status dead and filters")
 
-    conditions = where(Filter(**{**f.given(), "status": None}))
-    conditions.append(jobs.c.status.in_(targets))
+    chosen = where(Filter(**{**f.given(), "status": None}))
+    conditions = [*chosen, jobs.c.status.in_(targets)]
+    left_alone = 0
     with connected(bind, write=not dry_run and expected is None) as conn:
         if ids is not None:
-            _check_replayable(conn, ids, missing, targets)
-            conditions.append(jobs.c.id.in_(ids))
-        if dry_run:
-            per_queue: Counter[str] = Counter(
-                {
-                    r.queue: int(r.n)
-                    for r in conn.execute(
-                        sa.select(jobs.c.queue, sa.func.count().label("n"))
-                        .where(*conditions)
-                        .group_by(jobs.c.queue)
-                    )
-                }
+            _check_ids(
+                conn, ids, missing, (*targets, *([skipped] if skipped else [])), verb, refusal
             )
+            conditions.append(jobs.c.id.in_(ids))
+            chosen.append(jobs.c.id.in_(ids))
+        if skipped is not None:
+            left_alone = int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(*chosen, jobs.c.status == skipped)
+                ).scalar_one()
+            )
+        per_queue: Counter[str] = Counter()
+        if dry_run:
+            for r in conn.execute(
+                sa.select(jobs.c.queue, sa.func.count().label("n"))
+                .where(*conditions)
+                .group_by(jobs.c.queue)
+            ):
+                per_queue[r.queue] = int(r.n)
             if isinstance(bind, sa.Engine):
                 conn.rollback()
-        else:
-            # One UPDATE per replayed status, so dispatcher_counts loses exactly what left it.
-            per_queue = Counter()
-            left: Counter[tuple[str, str]] = Counter()
-            for target in targets:
-                moved = conn.execute(
-                    _replay_statement([*conditions, jobs.c.status == target], now)
-                ).scalars()
-                for queue in moved:
-                    per_queue[queue] += 1
-                    left[(queue, target)] -= 1
-            outbox.add_counts(conn, left)
-            found = sum(per_queue.values())
-            if expected is not None:  # this call's own connection: commit or undo here
-                if found != expected:
-                    conn.rollback()
-                    raise ExpectedCountMismatch(
-                        expected, ReplayResult(found, tuple(sorted(per_queue)))
-                    )
-                conn.commit()
-    result = ReplayResult(sum(per_queue.values()), tuple(sorted(per_queue)), dry_run)
-    if isinstance(bind, sa.Engine) and result.count and not dry_run:
+            return result(per_queue, left_alone)
+        moved: Counter[tuple[str, str]] = Counter()
+        for target in targets:
+            for queue in conn.execute(statement([*conditions, jobs.c.status == target])).scalars():
+                per_queue[queue] += 1
+                if target in FINISHED_STATUSES:
+                    moved[(queue, target)] -= 1
+                if into in FINISHED_STATUSES:
+                    moved[(queue, into)] += 1
+        outbox.add_counts(conn, moved)
+        if expected is not None:  # this call's own connection: commit or undo here
+            if per_queue.total() != expected:
+                conn.rollback()
+                raise ExpectedCountMismatch(expected, result(per_queue, left_alone))
+            conn.commit()
+    if isinstance(bind, sa.Engine) and per_queue:
         log.info(
-            "admin: replayed %d jobs (%s)",
-            result.count,
+            "admin: %s %d jobs (%s)",
+            verb,
+            per_queue.total(),
             " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
         )
-        _signal(result.queues)
-    return result
+    return result(per_queue, left_alone)
 
 
 def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
@@ -288,8 +409,23 @@ def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -
     )
 
 
-def _check_replayable(
-    conn: sa.Connection, ids: list[int], missing: list[str], targets: tuple[JobStatus, ...]
+def _cancel_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
+    # Only waiting rows (the conditions hold status): a leased row is its worker's to record.
+    return (
+        sa.update(jobs)
+        .where(*conditions)
+        .values(status=JobStatus.CANCELLED, updated_at=now)
+        .returning(jobs.c.queue)
+    )
+
+
+def _check_ids(
+    conn: sa.Connection,
+    ids: list[int],
+    missing: list[str],
+    allowed: tuple[JobStatus, ...],
+    verb: str,
+    refusal: Callable[[int, str], str | None],
 ) -> None:
     found = {
         r.id: r.status
@@ -300,21 +436,14 @@ def _check_replayable(
         state = found.get(i)
         if state is None:
             problems.append(f"no job {i}")
-        elif state in targets:
+        elif state in allowed:
             continue
-        elif state == JobStatus.DELIVERED:
-            problems.append(
-                f"job {i} is delivered: replaying sends it again, which needs include_delivered "
-                "(--include-delivered)"
-            )
-        elif state == JobStatus.DEAD:
-            problems.append(f"job {i} is dead, not {' or '.join(targets)}")
-        else:
-            problems.append(f"job {i} is {state}: only dead or delivered jobs can be replayed")
+        elif (why := refusal(i, state)) is not None:
+            problems.append(why)
     if problems:
         shown = "; ".join(problems[:10])
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise AdminError(None, f"nothing replayed: {shown}{more}")
+        raise AdminError(None, f"nothing {verb}: {shown}{more}")
 
 
 # --------------------------------------------------------------------------- purge
@@ -386,7 +515,7 @@ def purge(
     return PurgeResult(total_jobs, total_attempts)
 
 
-def _vacuum(engine: sa.Engine, *, analyze: bool) -> None:
+def _vacuum(engine: sa.Engine, *, analyze: bool, what: str = "purge") -> None:
     """VACUUM (and at a purge's end, ANALYZE: the history's shape changed) the jobs and attempts
     tables on PostgreSQL; SQLite reuses a deleted row's pages by itself.
 
@@ -415,8 +544,8 @@ def _vacuum(engine: sa.Engine, *, analyze: bool) -> None:
                 if listens:
                     driver.remove_notice_handler(note)
     except sa.exc.DBAPIError as exc:
-        log.warning("admin: purge could not VACUUM the outbox: %s", str(exc.orig).strip())
+        log.warning("admin: %s could not VACUUM the outbox: %s", what, str(exc.orig).strip())
         return
     for notice in notices:
-        log.warning("admin: purge's VACUUM: %s", notice)
-    log.info("admin: purge vacuumed the outbox in %.1f s", time.monotonic() - started)
+        log.warning("admin: %s's VACUUM: %s", what, notice)
+    log.info("admin: %s vacuumed the outbox in %.1f s", what, time.monotonic() - started)

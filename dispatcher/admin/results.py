@@ -12,7 +12,16 @@ from dispatcher.admin.times import iso as _iso
 from dispatcher.policy import Outcome, cause
 from dispatcher.schema import JobStatus
 
-__all__ = ["Attempt", "JobDetail", "JobSummary", "PurgeResult", "QueueStats", "ReplayResult"]
+__all__ = [
+    "Attempt",
+    "CancelResult",
+    "ForgetResult",
+    "JobDetail",
+    "JobSummary",
+    "PurgeResult",
+    "QueueStats",
+    "ReplayResult",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,17 @@ class ReplayResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelResult(ReplayResult):
+    """Jobs cancelled (or, in a dry run, that would be), and how many the selection matched
+    in flight: those were left alone, their request may be on the wire."""
+
+    in_flight: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**ReplayResult.as_dict(self), "in_flight": self.in_flight}
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeResult:
     jobs: int
     attempts: int
@@ -169,3 +189,30 @@ class PurgeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "attempts": self.attempts, "dry_run": self.dry_run}
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What ``forget`` erased (or, in a dry run, would): the customer's jobs (their data gone;
+    of those, ``cancelled`` were waiting and ``in_flight`` were on the wire), attempt rows whose
+    texts changed, and other texts an identifier was cut out of (other customers' bodies and
+    errors, queue reasons). Never the identifier itself."""
+
+    identifier_kind: str
+    jobs: int
+    cancelled: int
+    in_flight: int
+    attempts: int
+    mentions: int
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "identifier_kind": self.identifier_kind,
+            "jobs": self.jobs,
+            "cancelled": self.cancelled,
+            "in_flight": self.in_flight,
+            "attempts": self.attempts,
+            "mentions": self.mentions,
+            "dry_run": self.dry_run,
+        }

@@ -8,6 +8,7 @@ or an empty value is refused (a script's unset variable must not widen a filter)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,11 +20,11 @@ from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import JobStatus
 from dispatcher.web.access import error, guarded
-from dispatcher.web.openapi import OPENAPI
+from dispatcher.web.openapi import API_MAX_JOB_IDS, OPENAPI
 from dispatcher.web.pages import DEAD_FIELDS, HISTORY_FIELDS
 from dispatcher.web.site import mask_emails, site_of
 
-__all__ = ["JOBS_PARAMETERS", "REPLAY_FIELDS", "ROUTES"]
+__all__ = ["CANCEL_FIELDS", "FORGET_FIELDS", "JOBS_PARAMETERS", "REPLAY_FIELDS", "ROUTES"]
 
 JOBS_PARAMETERS = (*HISTORY_FIELDS, "before", "per_page")  # a cursor: no offset ("page")
 # The replay request's JSON fields and their types (filters are sent as JSON values, read as text).
@@ -38,8 +39,29 @@ REPLAY_FIELDS: dict[str, type] = {
 }
 
 
+# The cancel request's JSON fields: ids and/or the history's filters (status: pending/retrying).
+CANCEL_FIELDS: dict[str, type] = {
+    "job_ids": list,
+    "status": str,
+    "queue": str,
+    "event_id": int,
+    "customer_email": str,
+    "status_code": int,
+    "since": str,
+    "until": str,
+    "dry_run": bool,
+    "expected_count": int,
+}
+# The forget request: exactly one identifier (a customer id as a number), and dry_run.
+FORGET_FIELDS: dict[str, type] = {
+    **{kind: int if kind == "customer_id" else str for kind in admin.IDENTIFIER_KINDS},
+    "dry_run": bool,
+}
+
+
 def _bad(exc: admin.AdminError) -> JSONResponse:
-    return error(400, exc.message, exc.field)
+    """400 naming the field; 404 for a queue that does not exist (a typo must not pass)."""
+    return error(404 if isinstance(exc, admin.UnknownQueue) else 400, exc.message, exc.field)
 
 
 @guarded
@@ -101,9 +123,9 @@ async def resume(request: Request) -> Response:
     queue = request.path_params["queue"]
     try:
         admin.check_queue(queue)
+        resumed = await run_in_threadpool(site.resume, queue)
     except admin.AdminError as exc:
         return _bad(exc)
-    resumed = await run_in_threadpool(site.resume, queue)
     return JSONResponse({"queue": queue, "resumed": resumed})
 
 
@@ -126,15 +148,18 @@ async def _body(request: Request, fields: dict[str, type]) -> dict[str, Any] | R
 
 @guarded
 async def pause(request: Request) -> Response:
-    """Body ``{"reason": "…"}``: answers once no worker sends for the queue."""
+    """Body ``{"reason": "…"}``: answers once no worker sends for the queue. A queue that does
+    not exist is a 404, unless ``"create": true`` (pause it ahead of its first job)."""
     site = site_of(request)
     queue = request.path_params["queue"]
-    body = await _body(request, {"reason": str})
+    body = await _body(request, {"reason": str, "create": bool})
     if isinstance(body, Response):
         return body
     try:
         admin.check_queue(queue)
-        paused = await run_in_threadpool(site.pause, queue, body.get("reason", ""))
+        paused = await run_in_threadpool(
+            lambda: site.pause(queue, body.get("reason", ""), create=bool(body.get("create")))
+        )
     except admin.AdminError as exc:
         return _bad(exc)
     return JSONResponse({"queue": queue, "paused": paused})
@@ -142,19 +167,46 @@ async def pause(request: Request) -> Response:
 
 @guarded
 async def replay(request: Request) -> Response:
+    def call(engine: Any, f: admin.Filter, body: dict[str, Any], **kw: Any) -> Any:
+        return admin.replay(engine, admin.Filter(**{**f.given(), "status": JobStatus.DEAD}), **kw)
+
+    return await _move(request, REPLAY_FIELDS, DEAD_FIELDS, call)
+
+
+@guarded
+async def cancel(request: Request) -> Response:
+    """Cancel waiting jobs by ``job_ids`` and/or filters; in-flight ones are left alone."""
+
+    def call(engine: Any, f: admin.Filter, body: dict[str, Any], **kw: Any) -> Any:
+        ids = body.get("job_ids")
+        if ids is not None and len(ids) > API_MAX_JOB_IDS:
+            raise admin.AdminError("job_ids", f"at most {API_MAX_JOB_IDS} per call (or a filter)")
+        return admin.cancel(engine, f, job_ids=ids, **kw)
+
+    return await _move(request, CANCEL_FIELDS, admin.FILTER_FIELDS, call)
+
+
+async def _move(
+    request: Request,
+    fields: dict[str, type],
+    filters: tuple[str, ...],
+    call: Callable[..., Any],
+) -> Response:
+    """What replay and cancel share: the body's filter, ``dry_run`` and ``expected_count``
+    (409 if the count changed), the metrics told after a change."""
     site = site_of(request)
-    body = await _body(request, REPLAY_FIELDS)
+    body = await _body(request, fields)
     if isinstance(body, Response):
         return body
-    texts = {k: str(v) for k, v in body.items() if k in DEAD_FIELDS}
+    texts = {k: str(v) for k, v in body.items() if k in filters}
     dry_run = bool(body.get("dry_run"))
     try:
-        f = admin.parse_filter(texts, utcnow(), fields=DEAD_FIELDS)
-        f = admin.Filter(**{**f.given(), "status": JobStatus.DEAD})
+        f = admin.parse_filter(texts, utcnow(), fields=filters)
         result = await run_in_threadpool(
-            lambda: admin.replay(
+            lambda: call(
                 site.engine,
                 f,
+                body,
                 dry_run=dry_run,
                 expected=body.get("expected_count"),
                 now=utcnow(),
@@ -170,6 +222,26 @@ async def replay(request: Request) -> Response:
 
 
 @guarded
+async def forget(request: Request) -> Response:
+    """Erase one customer's personal data (see :func:`dispatcher.admin.forget`)."""
+    site = site_of(request)
+    body = await _body(request, FORGET_FIELDS)
+    if isinstance(body, Response):
+        return body
+    dry_run = bool(body.get("dry_run"))
+    try:
+        customer = admin.parse_customer({k: v for k, v in body.items() if k != "dry_run"})
+        result = await run_in_threadpool(
+            lambda: admin.forget(site.engine, customer, dry_run=dry_run, now=utcnow())
+        )
+    except admin.AdminError as exc:
+        return _bad(exc)
+    if not dry_run:
+        site.metrics.invalidate()
+    return JSONResponse(result.as_dict())
+
+
+@guarded
 async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
@@ -180,6 +252,8 @@ ROUTES = [
     Route("/api/queues/{queue}/pause", pause, methods=["POST"]),
     Route("/api/queues/{queue}/resume", resume, methods=["POST"]),
     Route("/api/jobs", jobs),
+    Route("/api/jobs/cancel", cancel, methods=["POST"]),
     Route("/api/jobs/{job_id}", job),
     Route("/api/dead/replay", replay, methods=["POST"]),
+    Route("/api/forget", forget, methods=["POST"]),
 ]

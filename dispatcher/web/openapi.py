@@ -24,6 +24,8 @@ from dispatcher.policy import Outcome
 from dispatcher.schema import CIRCUIT_STATES, STATUSES
 
 _STATUS_NAMES = [s.value for s in STATUSES]
+# Job ids per cancel request: the body stays far below the server's 64 KiB limit.
+API_MAX_JOB_IDS = 1000
 
 __all__ = ["OPENAPI"]
 
@@ -58,11 +60,35 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _move_body(verb: str) -> dict[str, Any]:
+    """The filter, ``dry_run`` and ``expected_count`` of a replay's or a cancel's body."""
+    return {
+        "queue": {"type": "string", "pattern": QUEUE_NAME.pattern},
+        "event_id": {"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
+        "status_code": {
+            "type": "integer",
+            "minimum": STATUS_CODES[0],
+            "maximum": STATUS_CODES[1],
+            "description": "The last HTTP status the job got.",
+        },
+        "since": {"type": "string", "description": _TIME},
+        "until": {"type": "string", "description": _TIME},
+        "dry_run": {"type": "boolean", "description": "Only count."},
+        "expected_count": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_EXPECTED,
+            "description": f"{verb} only if the filter matches exactly this many (409 otherwise).",
+        },
+    }
+
+
 _TIME = "ISO 8601 (naive means UTC) or an age like 2h or 7d meaning that long ago; on created_at"
 _ERRORS = {
     "400": _json(_ref("Error"), "A parameter was refused; `field` names it."),
     "401": _json(_ref("Error"), "No or a wrong admin token."),
 }
+_NO_QUEUE = _json(_ref("Error"), "No such queue: no job used it and the settings do not name it.")
 _FILTERS = [
     _query("queue", {"type": "string", "pattern": QUEUE_NAME.pattern}, "Queue name."),
     _query(
@@ -152,8 +178,14 @@ OPENAPI: dict[str, Any] = {
                                         "minLength": 1,
                                         "maxLength": REASON_MAX,
                                         "description": "Why; shown wherever the pause is.",
-                                    }
+                                    },
+                                    create={
+                                        "type": "boolean",
+                                        "description": "Pause a queue no job has used yet "
+                                        "(without it, an unknown queue is a 404).",
+                                    },
                                 ),
+                                "required": ["reason"],
                                 "additionalProperties": False,
                             }
                         }
@@ -166,6 +198,7 @@ OPENAPI: dict[str, Any] = {
                         "is kept).",
                     ),
                     **_ERRORS,
+                    "404": _NO_QUEUE,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
@@ -181,6 +214,7 @@ OPENAPI: dict[str, Any] = {
                         "`resumed` is false if the queue was not paused.",
                     ),
                     **_ERRORS,
+                    "404": _NO_QUEUE,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
@@ -257,7 +291,46 @@ OPENAPI: dict[str, Any] = {
                     "200": _json(_ref("ReplayResult"), "Replayed (or counted, with dry_run)."),
                     **_ERRORS,
                     "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "404": _NO_QUEUE,
                     "409": _json(_ref("Error"), "expected_count differs: nothing was replayed."),
+                },
+            }
+        },
+        "/api/jobs/cancel": {
+            "post": {
+                "summary": "Cancel waiting jobs (by id and/or filter): they are never sent",
+                "description": "Pending and retrying jobs become cancelled. Jobs in flight cannot "
+                "be recalled (their request may be on the wire): they are left alone and "
+                "counted in `in_flight`.",
+                "operationId": "cancel",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CancelRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("CancelResult"), "Cancelled (or counted, with dry_run)."),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "404": _NO_QUEUE,
+                    "409": _json(_ref("Error"), "expected_count differs: nothing was cancelled."),
+                },
+            }
+        },
+        "/api/forget": {
+            "post": {
+                "summary": "Erase one customer's personal data (GDPR art. 17)",
+                "description": "Name the customer by exactly one identifier. Their jobs lose "
+                "body, email, dedupe key and error texts (waiting ones are cancelled); other "
+                "texts lose any mention. An audit row keeps the counts, never the identifier.",
+                "operationId": "forget",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ForgetRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ForgetResult"), "Erased (or counted, with dry_run)."),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
                 },
             }
         },
@@ -354,31 +427,64 @@ OPENAPI: dict[str, Any] = {
                 attempt_log={"type": "array", "items": _ref("Attempt")},
             ),
             "ReplayRequest": {
-                **_object(
-                    required=False,
-                    queue={"type": "string", "pattern": QUEUE_NAME.pattern},
-                    event_id={"type": "integer", "minimum": INT32[0], "maximum": INT32[1]},
-                    status_code={
-                        "type": "integer",
-                        "minimum": STATUS_CODES[0],
-                        "maximum": STATUS_CODES[1],
-                        "description": "The last HTTP status the job got.",
-                    },
-                    since={"type": "string", "description": _TIME},
-                    until={"type": "string", "description": _TIME},
-                    dry_run={"type": "boolean", "description": "Only count."},
-                    expected_count={
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": MAX_EXPECTED,
-                        "description": "Replay only if the filter matches exactly this many.",
-                    },
-                ),
+                **_object(required=False, **_move_body("Replay")),
                 "additionalProperties": False,
             },
             "ReplayResult": _object(
                 count={"type": "integer"},
                 queues={"type": "array", "items": {"type": "string"}},
+                dry_run={"type": "boolean"},
+            ),
+            "CancelRequest": {
+                **_object(
+                    required=False,
+                    job_ids={
+                        "type": "array",
+                        "items": {
+                            "type": ["integer", "string"],
+                            "minimum": 1,
+                            "pattern": "^[0-9]{1,20}$",
+                        },
+                        "maxItems": API_MAX_JOB_IDS,
+                        "description": f"At most {API_MAX_JOB_IDS} per call (the body's limit); "
+                        "a filter for more.",
+                    },
+                    status={"type": "string", "enum": ["pending", "retrying"]},
+                    customer_email={"type": "string", "maxLength": EMAIL_MAX},
+                    **_move_body("Cancel"),
+                ),
+                "additionalProperties": False,
+            },
+            "CancelResult": _object(
+                count={"type": "integer"},
+                queues={"type": "array", "items": {"type": "string"}},
+                dry_run={"type": "boolean"},
+                in_flight={
+                    "type": "integer",
+                    "description": "Matching jobs in flight, left alone (may be on the wire).",
+                },
+            ),
+            "ForgetRequest": {
+                **_object(
+                    required=False,
+                    email={"type": "string", "maxLength": EMAIL_MAX},
+                    customer_id={"type": "integer"},
+                    phone={"type": "string", "maxLength": 20},
+                    crm_id={"type": "string", "maxLength": 128},
+                    email_md5={"type": "string", "pattern": "^[0-9a-fA-F]{32}$"},
+                    email_sha256={"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                    dry_run={"type": "boolean", "description": "Only count."},
+                ),
+                "minProperties": 1,
+                "additionalProperties": False,
+            },
+            "ForgetResult": _object(
+                identifier_kind={"type": "string"},
+                jobs={"type": "integer"},
+                cancelled={"type": "integer"},
+                in_flight={"type": "integer"},
+                attempts={"type": "integer"},
+                mentions={"type": "integer"},
                 dry_run={"type": "boolean"},
             ),
         },

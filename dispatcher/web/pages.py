@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -147,9 +148,9 @@ async def resume_page(request: Request) -> Response:
     queue = request.path_params["queue"]
     try:
         admin.check_queue(queue)
-    except admin.AdminError:
+        await run_in_threadpool(site.resume, queue)
+    except admin.AdminError:  # not a queue name, or a queue that does not exist
         raise HTTPException(404) from None
-    await run_in_threadpool(site.resume, queue)
     back = f"/queues/{queue}" if (await request.form()).get("back") == "queue" else "/"
     return RedirectResponse(f"{back}?" + urlencode({"resumed": queue}), 303)
 
@@ -205,7 +206,64 @@ async def job_page(request: Request) -> Response:
     if job is None:
         raise HTTPException(404, f"no job {request.path_params['job_id']:.40}")
     reveal = request.query_params.get("reveal") == "1"
-    return site.render(request, "job.html", job=job, reveal=reveal)
+    cancelled = request.query_params.get("cancelled") == "1"
+    return site.render(request, "job.html", job=job, reveal=reveal, cancelled=cancelled, error=None)
+
+
+@guarded
+async def cancel_job(request: Request) -> Response:
+    """POST: cancel this waiting job (:func:`dispatcher.admin.cancel` by its id)."""
+    site = site_of(request)
+    number = request.path_params["job_id"]
+    try:
+        await run_in_threadpool(lambda: admin.cancel(site.engine, job_ids=[number], now=utcnow()))
+    except admin.AdminError as exc:
+        job = await run_in_threadpool(_job_or_none, site, number)
+        if job is None:
+            raise HTTPException(404, f"no job {number:.40}") from None
+        return site.render(
+            request, "job.html", 409, job=job, reveal=False, cancelled=False, error=exc.message
+        )
+    site.metrics.invalidate()
+    return RedirectResponse(f"/jobs/{number}?cancelled=1", 303)
+
+
+def _job_or_none(site: Any, number: str) -> admin.JobDetail | None:
+    try:
+        return admin.show(site.engine, number)
+    except admin.AdminError:
+        return None
+
+
+@guarded
+async def forget_page(request: Request) -> Response:
+    """GET: the form; POST: what it would erase, and with ``confirm=1``, erase it."""
+    site = site_of(request)
+
+    def page(status: int = 200, **shown: Any) -> Response:
+        context: dict[str, Any] = {"kinds": list(admin.IDENTIFIER_KINDS), "kind": "email"}
+        context["value"] = ""
+        context |= {"error": None, "planned": None, "done": None, **shown}
+        return site.render(request, "forget.html", status, **context)
+
+    if request.method == "GET":
+        return page()
+    form = await request.form()
+    kind, value = str(form.get("kind", "")), str(form.get("value", ""))
+    confirm = form.get("confirm") == "1"
+    try:
+        if kind not in admin.IDENTIFIER_KINDS:
+            raise admin.AdminError("kind", f"expected one of {', '.join(admin.IDENTIFIER_KINDS)}")
+        customer = admin.parse_customer({kind: value})
+        result = await run_in_threadpool(
+            lambda: admin.forget(site.engine, customer, dry_run=not confirm, now=utcnow())
+        )
+    except admin.AdminError as exc:
+        return page(400, kind=kind if kind in admin.IDENTIFIER_KINDS else "email", error=exc)
+    if confirm:
+        site.metrics.invalidate()
+        return page(kind=kind, done=result)
+    return page(kind=kind, value=customer.value, planned=result)
 
 
 @guarded
@@ -283,6 +341,8 @@ ROUTES = [
     Route("/queues/{queue}/resume", resume_page, methods=["POST"]),
     Route("/jobs", history_page),
     Route("/jobs/{job_id}", job_page),
+    Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/forget", forget_page, methods=["GET", "POST"]),
     Route("/dead", dead_page),
     Route("/dead/replay", replay_page, methods=["GET", "POST"]),
 ]

@@ -1,10 +1,10 @@
 """A queue's own page (``/queues/NAME``: its state, Pause/Resume, and charts of its attempts)
 and pausing from the page (``/queues/NAME/pause``: GET asks to confirm, POST pauses).
 
-The rules are the operator service's: :func:`dispatcher.admin.check_queue` for the name (a name
-it refuses is a 404 here), :func:`dispatcher.admin.pause_queue` for the pause (a reason is
-required; it returns once no worker sends for the queue), :func:`dispatcher.admin.activity` for
-the numbers the charts draw.
+The rules are the operator service's: :func:`dispatcher.admin.check_queue` for the name and
+:func:`dispatcher.admin.require_queue` for its existence (a name either refuses is a 404 here),
+:func:`dispatcher.admin.pause_queue` for the pause (a reason is required; it returns once no
+worker sends for the queue), :func:`dispatcher.admin.activity` for the numbers the charts draw.
 """
 
 from __future__ import annotations
@@ -69,6 +69,10 @@ async def pause_page(request: Request) -> Response:
     params = await request.form() if request.method == "POST" else request.query_params
     reason = str(params.get("reason", ""))
     back = "queue" if params.get("back") == "queue" else ""  # where to go afterwards
+    try:
+        await run_in_threadpool(admin.require_queue, site.engine, queue)
+    except admin.UnknownQueue as exc:  # a typo pauses nothing (the CLI's --create is for that)
+        raise HTTPException(404, exc.message) from None
     if request.method == "GET":
         return site.render(request, "pause.html", queue=queue, reason=reason, back=back, error=None)
     try:

@@ -36,9 +36,9 @@ class Site:
         context.update(csrf=self.gate.csrf(request), login=self.gate.token is not None)
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
-    def pause(self, queue: str, reason: str) -> bool:
+    def pause(self, queue: str, reason: str, *, create: bool = False) -> bool:
         """:func:`dispatcher.admin.pause_queue` (returns once no worker sends for ``queue``)."""
-        changed = admin.pause_queue(self.engine, queue, reason)
+        changed = admin.pause_queue(self.engine, queue, reason, create=create)
         if changed:
             self.metrics.invalidate()
         return changed

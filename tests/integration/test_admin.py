@@ -361,7 +361,14 @@ def test_stats_json(outbox: Outbox, run: Callable[..., Result], engine: sa.Engin
         "paused": False,
         "pause_reason": None,
         "paused_at": None,
-        "counts": {"pending": 0, "in_flight": 0, "retrying": 0, "delivered": 4, "dead": 2},
+        "counts": {
+            "pending": 0,
+            "in_flight": 0,
+            "retrying": 0,
+            "delivered": 4,
+            "dead": 2,
+            "cancelled": 0,
+        },
         "oldest_due_age_seconds": None,
         "circuit": "closed",
         "circuit_since": None,
@@ -372,7 +379,14 @@ def test_stats_json(outbox: Outbox, run: Callable[..., Result], engine: sa.Engin
     assert eu["paused"] is True
     assert eu["pause_reason"] == "paused by an operator: migrating the EU account"
     assert eu["paused_at"].endswith("Z")
-    assert eu["counts"] == {"pending": 3, "in_flight": 0, "retrying": 0, "delivered": 0, "dead": 0}
+    assert eu["counts"] == {
+        "pending": 3,
+        "in_flight": 0,
+        "retrying": 0,
+        "delivered": 0,
+        "dead": 0,
+        "cancelled": 0,
+    }
     assert isinstance(eu["oldest_due_age_seconds"], float)
     assert eu["oldest_due_age_seconds"] >= 0
     assert idle["counts"] == dict.fromkeys(STATUSES, 0)
@@ -400,6 +414,7 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "RETRYING",
         "DELIVERED",
         "DEAD",
+        "CANCELLED",
         "OLDEST",
         "DUE",
         "WINDOW",
@@ -407,9 +422,20 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "PAUSED",
     ]
     default, eu = (line.split() for line in lines[1:])
-    assert default[7].isdigit(), "the in-flight window its worker reported"
-    assert default[:7] + default[8:] == ["default", "0", "0", "0", "4", "2", "-", "closed", "no"]
-    assert eu[:6] == ["eu-shop", "3", "0", "0", "0", "0"] and eu[7:9] == ["-", "closed"]
+    assert default[8].isdigit(), "the in-flight window its worker reported"
+    assert default[:8] + default[9:] == [
+        "default",
+        "0",
+        "0",
+        "0",
+        "4",
+        "2",
+        "0",
+        "-",
+        "closed",
+        "no",
+    ]
+    assert eu[:7] == ["eu-shop", "3", "0", "0", "0", "0", "0"] and eu[8:10] == ["-", "closed"]
     assert "yes, since" in lines[2] and "migrating the EU account" in lines[2]
     assert len(lines) == 3, "nothing below the table while every circuit is closed"
 
@@ -467,9 +493,9 @@ def test_stats_show_the_circuit_breaker(
 
     lines = run("stats").stdout.splitlines()
     table = {line.split()[0]: line.split() for line in lines[1:4]}
-    assert table["default"][6:7] + table["default"][8:] == ["-", "open", "no"]  # [7]: window
-    assert table["eu-shop"][8] == "half_open" and table["eu-shop"][9] == "yes,"
-    assert table["api-down"][6:] == ["-", "-", "open", "no"]
+    assert table["default"][7:8] + table["default"][9:] == ["-", "open", "no"]  # [8]: window
+    assert table["eu-shop"][9] == "half_open" and table["eu-shop"][10] == "yes,"
+    assert table["api-down"][7:] == ["-", "-", "open", "no"]
     stamp = lambda t: t.strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
     assert lines[4:] == [
         "",
@@ -486,7 +512,7 @@ def test_stats_show_the_circuit_breaker(
     assert closed["circuit"] == "closed" and closed["circuit_reason"] is None
     assert closed["circuit_since"] is not None and closed["circuit_next_probe_at"] is None
     after = run("stats").stdout.splitlines()
-    assert after[2].split()[:1] + after[2].split()[8:] == ["default", "closed", "no"]
+    assert after[2].split()[:1] + after[2].split()[9:] == ["default", "closed", "no"]
     assert len(after) == 1 + 3 + 1 + 2  # header, 3 queues, a blank line, api-down and eu-shop
     assert not any("for default" in line for line in after)
 
@@ -509,7 +535,7 @@ def test_stats_show_a_circuit_a_real_outage_opened(
     assert found.circuit_next_probe_at is not None
     assert not [i for i in ids if row(engine, i).status == "dead"], "the outage killed none"
     lines = run("stats").stdout.splitlines()
-    assert lines[1].split()[0] == "default" and lines[1].split()[8] == "open"
+    assert lines[1].split()[0] == "default" and lines[1].split()[9] == "open"
     assert lines[-1].startswith("circuit open for default since ") and "503" in lines[-1]
 
     sandbox.fail_ratio = 0.0  # the API is back: the next probe closes the circuit
@@ -615,7 +641,7 @@ def test_replay_never_touches_live_jobs(
     assert "no job 424242" in err and "nothing replayed" in err
     for live in ("pending", "in_flight", "retrying"):
         out = run("replay", "--status", live, code=2).output
-        assert "--status" in out and "only dead or delivered" in out
+        assert "--status" in out and "only dead, cancelled or delivered" in out
     assert "--include-delivered" in run("replay", "--status", "delivered", code=2).output
     # Even with --include-delivered, a paused queue's pending jobs are left alone.
     run("replay", "--status", "dead", "--include-delivered", "--queue", "eu-shop")

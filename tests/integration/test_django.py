@@ -241,6 +241,12 @@ everything = [client.get(base).content.decode(), search.content.decode(), page.c
 replay = client.post(base, {"action": "replay_dead_jobs", "_selected_action": [ok, dead]})
 signaller.flush()
 job = Job.objects.get(pk=dead)
+waiting = enqueue(CustomEvent(9, customer_id=3))
+leased = enqueue(CustomEvent(9, customer_id=4))
+Job.objects.filter(pk=leased).update(status="in_flight")
+cancel = client.post(
+    base, {"action": "cancel_waiting_jobs", "_selected_action": [waiting, leased]}, follow=True
+)
 print(json.dumps({
     "listing": [listing.status_code, f"{base}{dead}/" in listing.content.decode(),
                 f"{base}{ok}/" in listing.content.decode()],
@@ -254,6 +260,10 @@ print(json.dumps({
                if any(s in text for text in everything)],
     "replay": replay.status_code,
     "after": [job.status, job.replays, Attempt.objects.filter(job_id=dead).count()],
+    "cancel": [cancel.status_code, Job.objects.get(pk=waiting).status,
+               Job.objects.get(pk=leased).status,
+               "Cancelled 1 waiting job(s). 1 in flight could not be cancelled: a request may "
+               "be on the wire." in cancel.content.decode()],
     "sent": sorted(set(sent)),
 }))
 """
@@ -379,7 +389,7 @@ def test_readme_django_example(
     assert [json.loads(b)["customerEmail"] for b in sandbox.bodies()] == ["dora@example.com"]
 
 
-def test_django_admin_lists_shows_and_replays(
+def test_django_admin_lists_shows_replays_and_cancels(
     django_database: tuple[dict[str, object], str], tmp_path: Path
 ) -> None:
     database, _ = django_database
@@ -391,6 +401,8 @@ def test_django_admin_lists_shows_and_replays(
     assert len(out["masked"]) == 4  # the list, the payload, an error, an answer
     assert out["replay"] == 302
     assert out["after"] == ["pending", 1, 1]  # replayed, its history kept
+    # The one in flight is left alone, and the message says so.
+    assert out["cancel"] == [200, "cancelled", "in_flight", True]
     assert out["sent"] == ["default"]
 
 

@@ -351,12 +351,14 @@ def test_queue_names_follow_enqueues_rule_everywhere(
         assert conn.execute(sa.select(queues.c.name)).all() == []  # no phantom queue
 
 
-def test_a_valid_but_unused_queue_is_paused_ahead_of_use_and_says_so(
+def test_a_valid_but_unused_queue_is_paused_ahead_of_use_with_create_and_says_so(
     env: pytest.MonkeyPatch, cli: Callable[..., Result], db_url: str
 ) -> None:
     env.setattr("dispatcher.admin.actions.outbox.PAUSE_SETTLE_SECONDS", 0)
     enqueue(CustomEvent(1, customer_id=1))
-    ahead = cli(db_url, "pause", "eu-shop")
+    typo = cli(db_url, "pause", "eu-shop")  # no job used it: refused unless --create
+    assert typo.exit_code == problems.EXIT_USAGE and "no queue eu-shop" in typo.stderr
+    ahead = cli(db_url, "pause", "eu-shop", "--create")
     assert ahead.exit_code == 0 and ahead.stdout.strip() == "queue eu-shop paused"
     assert "no job has used queue eu-shop yet: it is paused ahead of use" in ahead.stderr
     used = cli(db_url, "pause", "default")

@@ -130,7 +130,9 @@ def test_the_web_process_and_the_cli_write_json_lines_too(db_url: str, tmp_path:
             assert answer.status == 200
     finally:
         stop(web)
-    cli = start(env, "pause", "eu-shop", "--reason", "json test", log=tmp_path / "cli.log")
+    cli = start(
+        env, "pause", "eu-shop", "--create", "--reason", "json test", log=tmp_path / "cli.log"
+    )
     assert cli.wait(timeout=60) == 0
     web_records = [json.loads(line) for line in (tmp_path / "web.log").read_text().splitlines()]
     assert any(r["logger"].startswith("uvicorn") for r in web_records), "uvicorn's own records"

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from dispatcher import CustomEvent, enqueue, enqueue_async
 from dispatcher import partitions as parts
 from dispatcher.admin import actions, reads
+from dispatcher.admin.forget import forget, parse_customer
 from dispatcher.cli import main
 from dispatcher.config import get_settings, normalize_database_url
 from dispatcher.db import dispose_engines, get_engine, utcnow
@@ -470,3 +471,21 @@ def test_a_round_stopped_after_its_detach_is_finished_by_the_next(env: str) -> N
         ids = set(conn.exec_driver_sql("SELECT id FROM dispatcher_jobs").scalars())
         keys = list(conn.exec_driver_sql("SELECT dedupe_key FROM dispatcher_dedupe").scalars())
     assert replayed[0] in ids and keys == ["kept"]
+
+
+def test_cancel_and_forget_on_the_partitioned_layout(env: str) -> None:
+    """The widened status CHECK holds on every month, and forget clears a dedupe key from
+    ``dispatcher_dedupe`` too (the key table the partitioned layout keeps)."""
+    engine = partitioned(env, months_back=1)  # this month is a partition of its own
+    kept = enqueue(CustomEvent(7, customer_email="bob@example.com"), dedupe_key="k-bob")
+    zoe = enqueue(CustomEvent(7, customer_email="zoe@example.com"), dedupe_key="k-zoe@example.com")
+    assert actions.cancel(engine, job_ids=[kept], now=utcnow()).count == 1
+    assert where(engine, kept) == parts.partition_name("dispatcher_jobs", parts.month_of(utcnow()))
+    done = forget(engine, parse_customer({"email": "zoe@example.com"}), now=utcnow())
+    assert (done.jobs, done.cancelled) == (1, 1)
+    with engine.connect() as conn:
+        keys = conn.exec_driver_sql(f"SELECT dedupe_key FROM {parts.DEDUPE}").scalars().all()
+        statuses = dict(conn.exec_driver_sql("SELECT id, status FROM dispatcher_jobs").all())
+    assert keys == ["k-bob"]
+    assert statuses == {int(kept): "cancelled", int(zoe): "cancelled"}
+    assert reads.stats(engine, utcnow())["default"].counts["cancelled"] == 2

@@ -163,6 +163,27 @@ def test_counts_stay_exact_through_every_path(engine: sa.Engine) -> None:
         conn.execute(counts.delete())
         outbox.recount(conn)
         assert kept(conn) == actual(conn)
+    # cancel (the in-flight one is left alone), a replay of a cancelled job, and forget
+    done = admin.cancel(engine, admin.Filter(queue="b"), now=later)
+    with engine.connect() as conn:
+        assert (done.count, done.in_flight) == (2, 0)
+        assert kept(conn) == actual(conn) == {("b", "cancelled"): 2}
+    assert admin.cancel(engine, admin.Filter(queue="a"), now=later).in_flight == 1
+    with engine.connect() as conn:
+        cancelled = conn.execute(sa.select(jobs.c.id).where(jobs.c.status == "cancelled")).scalars()
+        first = cancelled.first()
+    admin.replay(engine, job_ids=[first], now=later)
+    with engine.connect() as conn:
+        assert kept(conn) == actual(conn) == {("b", "cancelled"): 1}
+    with engine.begin() as conn:
+        outbox.insert_jobs(
+            conn,
+            [outbox.NewJob("b", "/x", 1, "zoe@example.com", '{"customerEmail":"zoe@example.com"}')],
+            later,
+        )
+    admin.forget(engine, admin.parse_customer({"email": "zoe@example.com"}), now=later)
+    with engine.connect() as conn:
+        assert kept(conn) == actual(conn) == {("b", "cancelled"): 2}
 
 
 # --------------------------------------------------------------------------- a million rows

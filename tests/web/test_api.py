@@ -31,7 +31,7 @@ def test_queues(client: httpx.Client, outbox: Outbox) -> None:
     queues = client.get("/api/queues", headers=AUTH).json()["queues"]
     assert set(queues) == {"default", "eu-shop"}
     assert queues["default"]["counts"] == {
-        "pending": 0, "in_flight": 0, "retrying": 0, "delivered": 3, "dead": 5,
+        "pending": 0, "in_flight": 0, "retrying": 0, "delivered": 3, "dead": 5, "cancelled": 0,
     }  # fmt: skip
     eu = queues["eu-shop"]
     assert eu["paused"] is True and eu["counts"]["pending"] == 3
@@ -222,7 +222,7 @@ def test_schemathesis_finds_no_server_error(client: httpx.Client, outbox: Outbox
         response_schema_conformance,
     ]  # not negative_data_rejection: it flags e.g. queue=0, an integer that is a valid name
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8  # five of the API, pause, and the two probes
+    assert len(operations) == 10  # seven of the API, pause, and the two probes
     for operation in operations:
         # The probes take no input at all: nothing to make invalid.
         probe = operation.path in ("/healthz", "/readyz")

@@ -1,6 +1,7 @@
 """The outbox in the Django admin: jobs (filter by status and queue, find a customer's email),
-each with its body and every attempt, and an action that replays the selected dead jobs (the
-same replay as ``dispatcher replay``: one UPDATE, attempt history kept).
+each with its body and every attempt, an action that replays the selected dead or cancelled jobs
+(the same replay as ``dispatcher replay``: one UPDATE, attempt history kept) and one that cancels
+the selected waiting jobs (``dispatcher cancel``: jobs in flight are left alone).
 
 Customer emails are shown masked (``a***@example.com``, :func:`dispatcher.masking.mask_emails`)
 in the list, the job's page and its attempts, as on the dispatcher's own admin page: a search by
@@ -65,7 +66,7 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("=customer_email", "=dedupe_key")
     fields = readonly_fields = _JOB_FIELDS
     inlines = (AttemptInline,)
-    actions = ("replay_dead_jobs",)
+    actions = ("replay_dead_jobs", "cancel_waiting_jobs")
     masked_customer_email = _masked("customer_email")
     masked_payload = _masked("payload")
     masked_last_error = _masked("last_error")
@@ -81,7 +82,7 @@ class JobAdmin(admin.ModelAdmin):
         return super().get_search_results(request, queryset, search_term.strip().lower())
 
     @admin.action(  # type: ignore[untyped-decorator]
-        description="Replay the selected dead jobs", permissions=["change"]
+        description="Replay the selected dead (or cancelled) jobs", permissions=["change"]
     )
     def replay_dead_jobs(self, request: Any, queryset: Any) -> None:
         from dispatcher import admin as operations
@@ -91,10 +92,42 @@ class JobAdmin(admin.ModelAdmin):
         from dispatcher.db import get_engine, utcnow
         from dispatcher.producer import signal_workers
 
-        ids = list(queryset.filter(status="dead").values_list("id", flat=True))
+        finished = ("dead", "cancelled")
+        ids = list(queryset.filter(status__in=finished).values_list("id", flat=True))
         if not ids:
-            self.message_user(request, "No dead job among those selected.", messages.WARNING)
+            self.message_user(
+                request, "No dead or cancelled job among those selected.", messages.WARNING
+            )
             return
         result = operations.replay(get_engine(database_url(queryset.db)), job_ids=ids, now=utcnow())
         signal_workers(result.queues)
         self.message_user(request, f"Replayed {result.count} dead job(s).", messages.SUCCESS)
+
+    @admin.action(  # type: ignore[untyped-decorator]
+        description="Cancel the selected waiting jobs (never sent)", permissions=["change"]
+    )
+    def cancel_waiting_jobs(self, request: Any, queryset: Any) -> None:
+        from dispatcher import admin as operations
+        from dispatcher.contrib.django.management.commands.dispatcher_migrate import (
+            database_url,
+        )
+        from dispatcher.db import get_engine, utcnow
+
+        selected = queryset.filter(status__in=("pending", "retrying", "in_flight"))
+        ids = list(selected.values_list("id", flat=True))
+        if not ids:
+            self.message_user(request, "No waiting job among those selected.", messages.WARNING)
+            return
+        engine = get_engine(database_url(queryset.db))
+        try:
+            result = operations.cancel(engine, job_ids=ids, now=utcnow())
+        except operations.AdminError as exc:  # one finished meanwhile: nothing was cancelled
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        text = f"Cancelled {result.count} waiting job(s)."
+        if result.in_flight:
+            text += (
+                f" {result.in_flight} in flight could not be cancelled: a request may be on "
+                "the wire."
+            )
+        self.message_user(request, text, messages.SUCCESS)
