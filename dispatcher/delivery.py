@@ -157,8 +157,9 @@ class Deliverer:
     ) -> None:
         check_lease(settings)
         self.settings = settings
+        ceiling = settings.max_in_flight
         self.window_policy = WindowPolicy(
-            maximum=settings.max_in_flight, initial=min(8, settings.max_in_flight)
+            maximum=ceiling, minimum=min(2, ceiling), initial=min(8, ceiling)
         )
         self.webhook = settings.alert_webhook_url
         self.engine = engine or get_engine(settings.database_url)

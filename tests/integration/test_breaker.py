@@ -443,6 +443,7 @@ def test_a_worker_that_saw_another_open_the_circuit_does_not_reopen_it_on_one_fa
         assert not a.drain("default").circuit_open  # A: 4 outages, below the threshold
         add_jobs(20)
         wait_until(lambda: b.drain("default").circuit_open, "B opens the circuit", limit=10)
+        set_retry_at(engine, 30)  # no probe due yet, however slow the machine
         assert a.drain("default").batches == 0  # A sees it open and sends nothing
         sandbox.fail_ratio = 0.0
         set_retry_at(engine, -0.01)
