@@ -793,9 +793,8 @@ def show(job_id: str, as_json: bool) -> None:
         newlines=True,
     )
     for a in job.attempt_log:
-        code = "no answer" if a.status_code is None else f"HTTP {a.status_code}"
         echo(
-            f"#{a.number}  {_when(a.started_at, precise=True)}  {code}  "
+            f"#{a.number}  {_when(a.started_at, precise=True)}  {a.answer}  "
             f"{a.duration_ms} ms  {a.outcome}"
         )
         if a.error:

@@ -221,6 +221,7 @@ def show(bind: Bind, job: int | str) -> JobDetail | None:
                 error=a.error,
                 response_body=a.response_body,
                 outcome=Outcome(a.outcome),
+                sent=a.sent,
             )
             for n, a in enumerate(tries, start=1)
         ),

@@ -65,6 +65,18 @@ class Attempt:
     error: str | None
     response_body: str | None
     outcome: Outcome  # delivered / retry / dead / pause
+    # Was the body completely written? False: it cannot have reached the API. None: before 0006.
+    sent: bool | None = None
+
+    @property
+    def answer(self) -> str:
+        """The status as an operator reads it: a timeout after the body was sent may have
+        reached the API; one before cannot have."""
+        if self.status_code is not None:
+            return f"HTTP {self.status_code}"
+        if self.sent is False:
+            return "no answer (not sent)"
+        return "no answer (sent: may have reached the API)" if self.sent else "no answer"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +87,7 @@ class Attempt:
             "error": self.error,
             "response_body": self.response_body,
             "outcome": self.outcome,
+            "sent": self.sent,
         }
 
 

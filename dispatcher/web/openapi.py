@@ -417,6 +417,11 @@ OPENAPI: dict[str, Any] = {
                 error=_nullable("string"),
                 response_body=_nullable("string"),
                 outcome={"type": "string", "enum": [o.value for o in Outcome]},
+                sent=_nullable(
+                    "boolean",
+                    description="Was the request's body completely written? false: it cannot "
+                    "have reached the API; null: recorded before version 0006.",
+                ),
             ),
             "JobDetail": _object(
                 **_SUMMARY,

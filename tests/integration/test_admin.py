@@ -51,6 +51,7 @@ ATTEMPT_KEYS = {
     "error",
     "response_body",
     "outcome",
+    "sent",
 }
 PROBLEM_400 = {
     "type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",

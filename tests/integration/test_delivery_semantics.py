@@ -7,6 +7,7 @@ worker process runs): in forked processes where "four worker processes" is the p
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
@@ -22,8 +23,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dispatcher import CustomEvent, DataField, ValidationError, enqueue, enqueue_many
-from dispatcher.admin import stats
+from dispatcher import (
+    CustomEvent,
+    DataField,
+    ValidationError,
+    enqueue,
+    enqueue_async,
+    enqueue_many,
+    enqueue_many_async,
+)
+from dispatcher.admin import show, stats
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.config import Settings
 from dispatcher.db import dispose_engines, get_engine, utcnow
@@ -365,6 +374,24 @@ def test_a_timeout_after_the_body_was_sent_is_counted_as_a_possible_second_trigg
         row = conn.execute(sa.select(attempts).where(attempts.c.job_id == int(job))).first()
     assert row is not None and row.status_code is None and row.sent is True and row.counted
     assert stats(engine, utcnow())["default"].maybe_twice == 1
+    shown = show(engine, job)
+    assert shown is not None
+    assert shown.attempt_log[0].answer == "no answer (sent: may have reached the API)"
+
+
+def test_the_async_calls_take_ordering_keys(env: pytest.MonkeyPatch, engine: sa.Engine) -> None:
+    async def produce() -> list[str]:
+        one = await enqueue_async(CustomEvent(1, customer_id=1), ordering_key="c1")
+        more = await enqueue_many_async(
+            [CustomEvent(1, customer_id=2), CustomEvent(1, customer_id=3)],
+            ordering_keys=["c2", None],
+        )
+        return [one, *more]
+
+    ids = asyncio.run(produce())
+    with engine.connect() as conn:
+        keys = dict(conn.execute(sa.select(jobs.c.id, jobs.c.ordering_key)).all())
+    assert [keys[int(i)] for i in ids] == ["c1", "c2", None]
 
 
 def test_a_request_that_never_got_a_connection_was_not_sent(

@@ -93,7 +93,7 @@ out["after_rollback"] = {"orders": Order.objects.count(), "signals": list(sent)}
 with transaction.atomic():
     order = Order.objects.create(email="b@example.com")
     ids = [enqueue(event(2), dedupe_key=f"order-{order.pk}")]
-    ids += enqueue_many([event(3), event(4)])
+    ids += enqueue_many([event(3), event(4)], ordering_key="customer-b")
     signaller.flush()
     out["signals_before_commit"] = list(sent)
 signaller.flush()
@@ -364,9 +364,12 @@ def test_django_enqueue_inside_atomic(
 
     engine = get_engine(outbox_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(jobs.c.queue, jobs.c.payload).order_by(jobs.c.id)).all()
+        rows = conn.execute(
+            sa.select(jobs.c.queue, jobs.c.payload, jobs.c.ordering_key).order_by(jobs.c.id)
+        ).all()
     got = [(r.queue, json.loads(r.payload)["customerId"]) for r in rows]
     assert got == [("default", 2), ("default", 3), ("default", 4), ("default", 7), ("eu-shop", 5)]
+    assert [r.ordering_key for r in rows] == [None, "customer-b", "customer-b", None, None]
 
     deliver(settings, outbox_url, sandbox)
     assert sorted(json.loads(b)["customerId"] for b in sandbox.bodies()) == [2, 3, 4, 7]
