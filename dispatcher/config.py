@@ -267,6 +267,7 @@ class Settings:
                 window_seconds=num("DISPATCHER_BREAKER_WINDOW_SECONDS", 60.0, minimum=0.1),
                 probe_min_seconds=num("DISPATCHER_BREAKER_PROBE_MIN_SECONDS", 1.0, minimum=0.01),
                 probe_max_seconds=num("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", 15.0, minimum=0.01),
+                poison_seconds=num("DISPATCHER_BREAKER_POISON_SECONDS", 600.0, minimum=0.01),
                 # not a setting: the window must hold at least min_requests answers
                 window_size=max(BreakerPolicy().window_size, min_requests),
             )
@@ -278,6 +279,7 @@ class Settings:
                 "window_seconds",
                 "probe_min_seconds",
                 "probe_max_seconds",
+                "poison_seconds",
             ):
                 message = message.replace(name, f"DISPATCHER_BREAKER_{name.upper()}")
             raise ConfigError(message) from None

@@ -154,6 +154,7 @@ def test_every_breaker_variable_is_read() -> None:
             "DISPATCHER_BREAKER_WINDOW_SECONDS": "30",
             "DISPATCHER_BREAKER_PROBE_MIN_SECONDS": "0.25",
             "DISPATCHER_BREAKER_PROBE_MAX_SECONDS": "20",
+            "DISPATCHER_BREAKER_POISON_SECONDS": "120",
         }
     ).breaker
     assert breaker.enabled is False
@@ -162,6 +163,7 @@ def test_every_breaker_variable_is_read() -> None:
     assert breaker.window_seconds == 30.0
     assert breaker.probe_min_seconds == 0.25
     assert breaker.probe_max_seconds == 20.0
+    assert breaker.poison_seconds == 120.0
 
 
 @pytest.mark.parametrize(
@@ -195,6 +197,8 @@ def test_the_breaker_switch(raw: str, expected: bool) -> None:
         ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "0"),
         ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "inf"),
         ("DISPATCHER_BREAKER_PROBE_MAX_SECONDS", "0.5"),  # below the minimum's default (1 s)
+        ("DISPATCHER_BREAKER_POISON_SECONDS", "0"),
+        ("DISPATCHER_BREAKER_POISON_SECONDS", "nan"),
     ],
 )
 def test_a_bad_breaker_value_is_refused_by_name(name: str, value: str) -> None:
