@@ -11,10 +11,13 @@ request timeout, and every timeout became a re-send, a second trigger of the cus
   drops to ``minimum`` for a few answers and the baseline is measured afresh (Envoy's min-RTT
   recalculation), so it follows an API that really got slower, and a baseline taken while our
   own requests queued never ratchets the window up.
-- **Queueing**, as Vegas estimates it: ``window x (1 - baseline / latency)`` requests wait in
-  front of ours (in the API, or in our own event loop). More than ``beta`` (twice the window's
-  square root, at least 4: Envoy's headroom) is too many: the window shrinks by ``ease``; fewer
-  than half of that, it grows.
+- **Latency well above the baseline** (more than ``tolerance`` x the baseline + ``slack_ms``:
+  requests queue in front of ours, in the API or in our own event loop) shrinks the window by
+  ``ease``; below ``grow_below`` x the baseline (+ slack) it may grow; in between it holds. The
+  band, not a single line, keeps it from oscillating; a ratio, not Vegas's queue estimate
+  (window x (1 - baseline / latency) against a few requests), because that estimate counts the
+  milliseconds our own busy event loop adds to every answer as queueing and held a worker 50 ms
+  from its API to 0.82 x the old window's drain (measured, ``bench/run.py`` ``drain_50ms``).
 - **Rounds**: each decision is taken on the median latency of the requests *sent* since the
   previous one (about one round trip), so a step is judged by the load it made, and one slow
   answer moves nothing. The window grows only when it was used (half of it was in flight).
@@ -48,18 +51,17 @@ class WindowPolicy:
     baseline_seconds: float = 30.0
     probe_seconds: float = 60.0
     probe_answers: int = 4
-    slack_ms: float = 1.0  # latencies are whole ms: a nearby API's 1 ms of jitter is no queue
+    tolerance: float = 2.0  # a round's median above tolerance x baseline + slack: shrink
+    grow_below: float = 1.5  # ... below grow_below x baseline + slack: grow
+    slack_ms: float = 2.0  # latencies are whole ms: a nearby API's jitter is no queue
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.maximum:
             raise ValueError(f"need 1 <= minimum <= maximum, got {self.minimum}, {self.maximum}")
         if not (0 < self.backoff < 1 and 0 < self.ease < 1):
             raise ValueError("need 0 < backoff < 1 and 0 < ease < 1")
-
-
-def beta(window: float) -> float:
-    """How many requests may wait in front of ours before the window shrinks."""
-    return max(4.0, 2.0 * math.sqrt(window))
+        if not 1 <= self.grow_below <= self.tolerance:
+            raise ValueError("need 1 <= grow_below <= tolerance")
 
 
 class SendWindow:
@@ -140,29 +142,28 @@ class SendWindow:
         if sent_at < self._round_start:
             return  # sent under an earlier window: says nothing of this one
         self._round.append(rtt_ms)
-        queued_now = self._queued(rtt_ms) > beta(self._size)
-        if self._slow_start and queued_now:
+        if self._slow_start and self._above(rtt_ms, self.policy.tolerance):
             self._cut(self.policy.ease, in_flight, now)
             return
         if len(self._round) < max(1, math.ceil(self._round_sent / 2)):
             return
-        queued = self._queued(median(self._round))
-        if queued > beta(self._size):
+        typical = median(self._round)
+        if self._above(typical, self.policy.tolerance):
             if not pending:
                 self._cut(self.policy.ease, in_flight, now)
                 return
-        elif queued < beta(self._size) / 2 and self._round_peak >= self.limit / 2:
+        elif not self._above(typical, self.policy.grow_below) and (
+            self._round_peak >= self.limit / 2
+        ):
             grown = self._size * 2 if self._slow_start else self._size + math.log2(self._size)
             self._size = min(float(self.policy.maximum), grown)
         self._new_round(now)
         if now >= self._probe_due and self.policy.minimum < self.policy.maximum:
             self._probe, self._saved = [], self._size
 
-    def _queued(self, rtt_ms: float) -> float:
-        """Requests waiting in front of ours, as Vegas estimates it from one latency."""
-        if math.isinf(self._baseline) or rtt_ms <= 0:
-            return 0.0
-        return self._size * max(0.0, 1.0 - (self._baseline + self.policy.slack_ms) / rtt_ms)
+    def _above(self, rtt_ms: float, factor: float) -> bool:
+        """Is this latency more than ``factor`` x the baseline (+ the slack)?"""
+        return rtt_ms > factor * self._baseline + self.policy.slack_ms
 
     def _cut(self, factor: float, in_flight: int, now: float) -> None:
         self._size = max(float(self.policy.minimum), self._size * factor)

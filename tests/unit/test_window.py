@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dispatcher.window import SendWindow, WindowPolicy, beta
+from dispatcher.window import SendWindow, WindowPolicy
 
 
 class Api:
@@ -78,8 +78,8 @@ def test_queueing_shrinks_the_window_and_latency_at_the_baseline_grows_it() -> N
     drive(window, Api(capacity=10_000, service=0.1), seconds=0.35)  # baseline 100 ms
     before = window.limit
     at = [window.sent(before, 1.0) for _ in range(before)]
-    for i, t in enumerate(at):  # everything waits 2 x the baseline: half of them are queued
-        window.answered(200.0, failed=False, sent_at=t, in_flight=before - i - 1, now=1.2)
+    for i, t in enumerate(at):  # everything takes 2.5 x the baseline: queued
+        window.answered(250.0, failed=False, sent_at=t, in_flight=before - i - 1, now=1.25)
     assert window.limit < before
     shrunk = window.limit
     at = [window.sent(shrunk, 1.3) for _ in range(shrunk)]
@@ -137,11 +137,10 @@ def test_a_fixed_window_stays_fixed() -> None:
     assert set(drive(window, Api(capacity=8, service=0.25), seconds=5.0)) == {32}
 
 
-@pytest.mark.parametrize("kwargs", [{"minimum": 0}, {"minimum": 9, "maximum": 8}, {"ease": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"minimum": 0}, {"minimum": 9, "maximum": 8}, {"ease": 1.0}, {"grow_below": 3.0}],
+)
 def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         WindowPolicy(**kwargs)  # type: ignore[arg-type]
-
-
-def test_beta_is_the_square_root_headroom() -> None:
-    assert beta(4) == 4.0 and beta(64) == 16.0
