@@ -394,15 +394,21 @@ class Deliverer:
         reported, reported_at = d.window_reported
         report = window != reported and time.monotonic() - reported_at >= WINDOW_REPORT_SECONDS
 
+        # A transaction that writes the queue's row locks it first, before record() touches the
+        # counts rows: one lock order for every recording worker (see outbox.lock_queue).
+        row = bool(trip or probes or report or cleared) or outbox.touches_queue(results)
+
         def write() -> Recorded:
             with self.engine.begin() as conn:
                 now = utcnow()
+                if row:
+                    outbox.lock_queue(conn, d.queue, now)
                 judged = outbox.uncount_open(conn, results, now)
-                paused = outbox.record(conn, judged, now)
                 if report:
                     outbox.report_window(conn, d.queue, window, now)
                 if cleared:
                     outbox.clear_poison(conn, d.queue, cleared, now)
+                paused = outbox.record(conn, judged, now)
                 released = outbox.release(conn, unsent, now)
                 opened = trip is not None and outbox.open_circuit(
                     conn, d.queue, trip, now, breaker, refund, kinds
@@ -410,15 +416,15 @@ class Deliverer:
                 closed: tuple[bool, list[int]] | None = None
                 if probes:  # any probe answered closes the circuit
                     answered = [r for r in probes if not is_outage(r.status_code)]
-                    judged = answered or probes
+                    verdict = answered or probes
                     closed = outbox.end_probe(
                         conn,
                         d.queue,
                         bool(answered),
-                        judged[0].decision.reason,
+                        verdict[0].decision.reason,
                         now,
                         breaker,
-                        [r.job.custom_event_id for r in judged],
+                        [r.job.custom_event_id for r in verdict],
                     )
                 return Recorded(judged, paused, released, opened, closed)
 

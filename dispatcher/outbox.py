@@ -23,6 +23,7 @@ from dispatcher.breaker import BreakerPolicy, Circuit, is_outage, probe_interval
 from dispatcher.config import QueueLimits
 from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, QueueEffect
 from dispatcher.schema import (
+    DUE_STATUSES,
     DUE_WHERE,
     FINISHED_STATUSES,
     LEASED_WHERE,
@@ -178,7 +179,22 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
 # other (a hash collision only makes two keys wait like one). SQLite has one writer at a time:
 # id order is commit order there already. Keys are locked in sorted order: no deadlock between
 # two producers that write several keys.
-_ORDERING_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# One statement for a batch's keys, over ORDERING_SLOTS slots in the two-integer key space (apart
+# from the one-bigint space an application's own advisory locks most often use): a batch with
+# thousands of keys takes at most that many locks (PostgreSQL's lock table holds about 64 per
+# connection), and two keys that share a slot only wait like one. The slots are locked in order.
+ORDERING_LOCK_CLASS = 0x0ECD  # the first key of the two: "ecd(p)"
+ORDERING_SLOTS = 1024  # a power of two: a slot is the hash's low bits
+_ORDERING_LOCK = (
+    f"SELECT count(pg_advisory_xact_lock({ORDERING_LOCK_CLASS}, slot)) FROM ("
+    f"SELECT DISTINCT (hashtextextended(k, 0) & {ORDERING_SLOTS - 1})::int AS slot "
+    "FROM unnest(CAST(%s AS text[])) AS k ORDER BY slot) AS slots"
+)
+
+
+_ORDERING_LOCK_SA = sa.text(_ORDERING_LOCK.replace("%s", ":names")).bindparams(
+    sa.bindparam("names", type_=postgresql.ARRAY(sa.Text))
+)
 
 
 def ordering_locks(rows: Sequence[NewJob]) -> list[str]:
@@ -197,10 +213,8 @@ def insert_jobs(conn: sa.Connection, rows: Sequence[NewJob], now: datetime) -> l
     if conn.dialect.driver == "psycopg" and not conn.dialect.is_async:
         # Straight to psycopg on the caller's connection, so in the caller's transaction.
         return insert_jobs_psycopg(conn.connection.driver_connection, rows, now)
-    if conn.dialect.name == "postgresql":
-        for name in ordering_locks(rows):
-            lock = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))
-            conn.execute(sa.select(lock))
+    if conn.dialect.name == "postgresql" and (names := ordering_locks(rows)):
+        conn.execute(_ORDERING_LOCK_SA, {"names": names})
     values = _values(rows, now)
     if all(r.dedupe_key is None for r in rows):
         if len(values) == 1:
@@ -293,8 +307,8 @@ def insert_jobs_psycopg(pg: Any, rows: Sequence[NewJob], now: datetime) -> list[
     one huge multi-VALUES statement, whose placeholders psycopg would parse in Python."""
     params = pg_params(rows, now)
     with pg.cursor() as cur:
-        for name in ordering_locks(rows):
-            cur.execute(_ORDERING_LOCK, (name,))
+        if names := ordering_locks(rows):
+            cur.execute(_ORDERING_LOCK, (names,))
         if any(r.dedupe_key is not None for r in rows):
             seen: dict[tuple[object, object], int] = {}
             ids: list[int] = []
@@ -329,9 +343,8 @@ def insert_jobs_dbapi(
     if sqlite:
         text = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
         params = [(*p[:-3], text, text, text) for p in params]
-    else:
-        for name in ordering_locks(rows):
-            cur.execute(_ORDERING_LOCK, (name,))
+    elif names := ordering_locks(rows):
+        cur.execute(_ORDERING_LOCK, (names,))
     seen: dict[tuple[object, object], int] = {}
     ids: list[int] = []
     for p in params:
@@ -355,8 +368,8 @@ async def insert_jobs_psycopg_async(pg: Any, rows: Sequence[NewJob], now: dateti
     """:func:`insert_jobs_psycopg` on a psycopg 3 ``AsyncConnection``."""
     params = pg_params(rows, now)
     async with pg.cursor() as cur:
-        for name in ordering_locks(rows):
-            await cur.execute(_ORDERING_LOCK, (name,))
+        if names := ordering_locks(rows):
+            await cur.execute(_ORDERING_LOCK, (names,))
         if any(r.dedupe_key is not None for r in rows):
             seen: dict[tuple[object, object], int] = {}
             ids: list[int] = []
@@ -720,8 +733,23 @@ def open_circuit(
         ).rowcount
         if not flipped:
             continue
+        # A dead job of an ordering key whose later jobs have gone out since stays dead: sent
+        # again now, it would reach the API after them (an operator's replay is the way back).
+        later = jobs.alias("later")
+        overtaken = (
+            sa.select(sa.literal(1))
+            .where(
+                later.c.queue == jobs.c.queue,
+                later.c.ordering_key == jobs.c.ordering_key,
+                later.c.id > jobs.c.id,
+                sa.or_(later.c.status.not_in(DUE_STATUSES), later.c.attempts > 0),
+            )
+            .exists()
+        )
         dead_of_max = sa.and_(
-            jobs.c.status == JobStatus.DEAD, jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%")
+            jobs.c.status == JobStatus.DEAD,
+            jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%"),
+            sa.or_(jobs.c.ordering_key.is_(None), ~overtaken),
         )
         # Two statements, so that a dead job brought back is counted out of dispatcher_counts.
         revived = conn.execute(
@@ -886,25 +914,41 @@ def _outage_counted(results: Sequence[AttemptResult]) -> list[AttemptResult]:
     ]
 
 
+def touches_queue(results: Sequence[AttemptResult]) -> bool:
+    """Will recording ``results`` write their queue's row (a pause, a cool-down, a re-send that
+    may be a duplicate, an outage failure to judge against the circuit)?"""
+    return any(
+        r.decision.effect is not None or r.maybe_twice for r in results
+    ) or bool(_outage_counted(results))
+
+
+def lock_queue(conn: sa.Connection, queue: str, now: datetime) -> Circuit:
+    """Lock ``queue``'s row (made if need be) until the commit, and return its circuit.
+
+    A transaction that records answers and writes the queue's row takes this lock first, before
+    any counts row (``add_counts``, last in ``record``): one order for every writer, so two
+    recording workers never deadlock on the queue's row and its counts, and the lock is never an
+    upgrade of a weaker one (FOR NO KEY UPDATE, as an UPDATE of the row would take it)."""
+    _ensure_queue_row(conn, queue, now)
+    circuit = conn.execute(
+        sa.select(queues.c.circuit).where(queues.c.name == queue).with_for_update(key_share=True)
+    ).scalar()
+    return Circuit(circuit or Circuit.CLOSED.value)
+
+
 def uncount_open(
     conn: sa.Connection, results: Sequence[AttemptResult], now: datetime
 ) -> Sequence[AttemptResult]:
     """Counted outage failures of a queue whose circuit another worker opened meanwhile are
     judged as the outage's: uncounted, waiting for the circuit to close. The queue's row is
-    read FOR SHARE: an open_circuit running now either committed before (seen here) or waits
-    for this commit and then finds these attempts (see _outage_failures). Call it first in the
-    transaction that records ``results``."""
+    locked (:func:`lock_queue`): an open_circuit running now either committed before (seen
+    here) or waits for this commit and then finds these attempts (see _outage_failures). Call
+    it first in the transaction that records ``results``."""
     suspects = _outage_counted(results)
     if not suspects:
         return results
-    names = sorted({r.job.queue for r in suspects})
-    rows = conn.execute(
-        sa.select(queues.c.name, queues.c.circuit)
-        .where(queues.c.name.in_(names))
-        .order_by(queues.c.name)
-        .with_for_update(read=True)
-    ).all()
-    tripped = {r.name for r in rows if r.circuit != Circuit.CLOSED.value}
+    circuits = {q: lock_queue(conn, q, now) for q in sorted({r.job.queue for r in suspects})}
+    tripped = {q for q, circuit in circuits.items() if circuit is not Circuit.CLOSED}
     if not tripped:
         return results
     poison = {q: queue_state(conn, q, now).poison for q in tripped}

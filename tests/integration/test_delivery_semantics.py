@@ -31,6 +31,7 @@ from dispatcher import (
     enqueue_async,
     enqueue_many,
     enqueue_many_async,
+    outbox,
 )
 from dispatcher.admin import show, stats
 from dispatcher.breaker import BreakerPolicy
@@ -412,3 +413,59 @@ def test_a_request_that_never_got_a_connection_was_not_sent(
         client.close()
     assert a.status_code is None and a.sent and a.error and a.error.startswith("timeout")
     assert b.status_code is None and not b.sent and "not sent" in (b.error or "")
+
+
+def test_a_batch_of_thousands_of_keys_takes_a_bounded_number_of_locks(
+    env: pytest.MonkeyPatch, engine: sa.Engine, db_url: str
+) -> None:
+    """One statement locks a batch's keys over ORDERING_SLOTS slots: 10,000 keys never run out
+    of PostgreSQL's lock table (about 64 locks per connection by default)."""
+    events = [CustomEvent(1, customer_id=c) for c in range(10_000)]
+    with Session(engine) as s, s.begin():
+        ids = enqueue_many(events, session=s, ordering_keys=[f"c{c}" for c in range(10_000)])
+        if db_url.startswith("postgresql"):
+            held = s.execute(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            ).scalar()
+            assert held is not None and 0 < held <= outbox.ORDERING_SLOTS
+    assert len(ids) == 10_000
+
+
+def test_an_outage_does_not_revive_a_dead_job_whose_key_went_on(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    """A job of a key dead for "max attempts", the key's next job delivered since: a refund
+    (the circuit opening) keeps it dead, or it would reach the API after its successor."""
+    first = int(enqueue(CustomEvent(1, customer_id=1), ordering_key="k"))
+    second = int(enqueue(CustomEvent(1, customer_id=1), ordering_key="k"))
+    free = int(enqueue(CustomEvent(1, customer_id=2)))
+    started = utcnow()
+    with engine.begin() as conn:
+        for job, status in ((first, "dead"), (second, "delivered"), (free, "dead")):
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job)
+                .values(
+                    status=status,
+                    attempts=1,
+                    last_error=None if status == "delivered" else "max attempts exceeded: 503 x",
+                )
+            )
+        conn.execute(
+            sa.insert(attempts),
+            [
+                {
+                    "job_id": job,
+                    "started_at": started,
+                    "duration_ms": 5,
+                    "status_code": 503,
+                    "outcome": "dead",
+                    "counted": True,
+                }
+                for job in (first, free)
+            ],
+        )
+        outbox.open_circuit(conn, "default", "503", utcnow(), BREAKER)
+    with engine.connect() as conn:
+        state = dict(conn.execute(sa.select(jobs.c.id, jobs.c.status)).all())
+    assert state == {first: "dead", second: "delivered", free: "retrying"}
