@@ -917,9 +917,9 @@ def _outage_counted(results: Sequence[AttemptResult]) -> list[AttemptResult]:
 def touches_queue(results: Sequence[AttemptResult]) -> bool:
     """Will recording ``results`` write their queue's row (a pause, a cool-down, a re-send that
     may be a duplicate, an outage failure to judge against the circuit)?"""
-    return any(
-        r.decision.effect is not None or r.maybe_twice for r in results
-    ) or bool(_outage_counted(results))
+    return any(r.decision.effect is not None or r.maybe_twice for r in results) or bool(
+        _outage_counted(results)
+    )
 
 
 def lock_queue(conn: sa.Connection, queue: str, now: datetime) -> Circuit:
