@@ -599,6 +599,26 @@ def _lease(
     )
 
 
+def _same_key(other: sa.FromClause) -> tuple[sa.ColumnElement[bool], ...]:
+    """``other`` (an alias of the jobs table) is a job of the same queue and ordering key."""
+    return (other.c.queue == jobs.c.queue, other.c.ordering_key == jobs.c.ordering_key)
+
+
+def _overtaken() -> sa.Exists:
+    """A later job of this job's key has gone out (in flight, finished, or tried): sending this
+    one now would reach the API after it."""
+    later = jobs.alias("later")
+    return (
+        sa.select(sa.literal(1))
+        .where(
+            *_same_key(later),
+            later.c.id > jobs.c.id,
+            sa.or_(later.c.status.not_in(DUE_STATUSES), later.c.attempts > 0),
+        )
+        .exists()
+    )
+
+
 def _first_of_its_key() -> sa.ColumnElement[bool]:
     """No ordering key, or no other live job of the key before it (or in flight): see _lease.
     One probe of ``ix_dispatcher_jobs_ordering`` per keyed candidate, none for the others."""
@@ -606,8 +626,7 @@ def _first_of_its_key() -> sa.ColumnElement[bool]:
     blocking = (
         sa.select(sa.literal(1))
         .where(
-            other.c.queue == jobs.c.queue,
-            other.c.ordering_key == jobs.c.ordering_key,
+            *_same_key(other),
             _EARLIER_LIVE,  # literal, so PostgreSQL matches the partial index
             sa.or_(other.c.id < jobs.c.id, sa.text("earlier.status = 'in_flight'")),
             other.c.id != jobs.c.id,
@@ -735,21 +754,10 @@ def open_circuit(
             continue
         # A dead job of an ordering key whose later jobs have gone out since stays dead: sent
         # again now, it would reach the API after them (an operator's replay is the way back).
-        later = jobs.alias("later")
-        overtaken = (
-            sa.select(sa.literal(1))
-            .where(
-                later.c.queue == jobs.c.queue,
-                later.c.ordering_key == jobs.c.ordering_key,
-                later.c.id > jobs.c.id,
-                sa.or_(later.c.status.not_in(DUE_STATUSES), later.c.attempts > 0),
-            )
-            .exists()
-        )
         dead_of_max = sa.and_(
             jobs.c.status == JobStatus.DEAD,
             jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%"),
-            sa.or_(jobs.c.ordering_key.is_(None), ~overtaken),
+            sa.or_(jobs.c.ordering_key.is_(None), ~_overtaken()),
         )
         # Two statements, so that a dead job brought back is counted out of dispatcher_counts.
         revived = conn.execute(
