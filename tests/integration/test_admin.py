@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,11 +21,9 @@ from click.testing import CliRunner, Result
 from dispatcher import CustomEvent, DataField, SegmentEvent, admin, enqueue, enqueue_many
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.cli import main
-from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
 from dispatcher.outbox import is_paused, pause
-from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import STATUSES, attempts, jobs, queues
 from tests.support import settle as drain_until_settled
@@ -65,21 +63,6 @@ PROBLEM_400 = {
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
-    d = Deliverer(
-        dataclasses.replace(
-            settings,
-            base_url=sandbox.url,
-            retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
-            http_timeout_seconds=2.0,
-            max_in_flight=4,
-        )
-    )
-    yield d
-    d.close()
 
 
 @pytest.fixture

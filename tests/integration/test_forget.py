@@ -15,7 +15,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -24,10 +24,8 @@ from click.testing import CliRunner, Result
 from dispatcher import CustomEvent, DataField, enqueue, outbox
 from dispatcher.admin.forget import ERASED_PAYLOAD
 from dispatcher.cli import main
-from dispatcher.config import Settings
 from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
-from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, erasures, jobs, queues
 from tests.integration.test_cancel import assert_counts_exact, status_of
@@ -53,21 +51,6 @@ def run(env: pytest.MonkeyPatch) -> Callable[..., Result]:
         return result
 
     return invoke
-
-
-@pytest.fixture
-def deliverer(settings: Settings, sandbox: Sandbox) -> Iterator[Deliverer]:
-    d = Deliverer(
-        dataclasses.replace(
-            settings,
-            base_url=sandbox.url,
-            retry=RetryPolicy(base_seconds=0.01, max_seconds=0.05, max_attempts=2),
-            http_timeout_seconds=2.0,
-            max_in_flight=4,
-        )
-    )
-    yield d
-    d.close()
 
 
 @dataclasses.dataclass
