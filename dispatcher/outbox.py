@@ -29,6 +29,7 @@ from dispatcher.schema import (
     LEASED_WHERE,
     JobStatus,
     attempts,
+    count_deltas,
     counts,
     jobs,
     kinds_of,
@@ -739,7 +740,6 @@ def open_circuit(
     found = set(refund) | set(_outage_failures(conn, queue, since, now))
     # Rare (once per opening) and small (a window's worth): one attempt at a time, so that
     # only attempts that really counted are taken off their job's count.
-    revive: Counter[tuple[str, str]] = Counter()
     for job_id, started_at in sorted(found):
         flipped = conn.execute(
             sa.update(attempts)
@@ -759,7 +759,7 @@ def open_circuit(
             jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%"),
             sa.or_(jobs.c.ordering_key.is_(None), ~_overtaken()),
         )
-        # Two statements, so that a dead job brought back is counted out of dispatcher_counts.
+        # A dead job of "max attempts" is waiting again; any other just gets its attempt back.
         revived = conn.execute(
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.attempts > 0, dead_of_max)
@@ -773,14 +773,12 @@ def open_circuit(
             )
         ).rowcount
         if revived:
-            revive[(queue, JobStatus.DEAD)] -= int(revived)
             continue
         conn.execute(
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.attempts > 0)
             .values(attempts=jobs.c.attempts - 1, updated_at=now)
         )
-    add_counts(conn, revive)
     return bool(opened)
 
 
@@ -933,10 +931,9 @@ def touches_queue(results: Sequence[AttemptResult]) -> bool:
 def lock_queue(conn: sa.Connection, queue: str, now: datetime) -> Circuit:
     """Lock ``queue``'s row (made if need be) until the commit, and return its circuit.
 
-    A transaction that records answers and writes the queue's row takes this lock first, before
-    any counts row (``add_counts``, last in ``record``): one order for every writer, so two
-    recording workers never deadlock on the queue's row and its counts, and the lock is never an
-    upgrade of a weaker one (FOR NO KEY UPDATE, as an UPDATE of the row would take it)."""
+    A transaction that records answers and writes the queue's row takes this lock first: one
+    order for every writer (the queue's row before its jobs), and never an upgrade of a weaker
+    lock (FOR NO KEY UPDATE, as an UPDATE of the row would take it)."""
     _ensure_queue_row(conn, queue, now)
     circuit = conn.execute(
         sa.select(queues.c.circuit).where(queues.c.name == queue).with_for_update(key_share=True)
@@ -1019,10 +1016,8 @@ _RECORD_PG = sa.text(
             lease_token = NULL, lease_expires_at = NULL, updated_at = :now
         FROM r
         WHERE j.id = r.id AND j.lease_token = r.token AND j.status = 'in_flight'
-        RETURNING j.queue, j.status
     )
-    SELECT queue, status, count(*) AS n FROM updated
-    WHERE status IN ('delivered', 'dead') GROUP BY queue, status
+    SELECT 1
     """
 )
 _ATTEMPT_ARRAYS = {
@@ -1043,14 +1038,14 @@ def _record_pg(
     attempt_rows: list[dict[str, Any]],
     job_rows: list[dict[str, Any]],
     now: datetime,
-) -> Counter[tuple[str, str]]:
-    """One statement; the jobs it finished, per (queue, status), for :func:`add_counts`."""
+) -> None:
+    """One statement: the attempts and the jobs' new states."""
     params: dict[str, Any] = {"now": now}
     for name, column in _ATTEMPT_ARRAYS.items():
         params[name] = [row[column] for row in attempt_rows]
     for name in job_rows[0]:
         params[name] = [row[name] for row in job_rows]
-    return Counter({(r.queue, r.status): int(r.n) for r in conn.execute(_RECORD_PG, params)})
+    conn.execute(_RECORD_PG, params)
 
 
 _STATUS_AFTER = {
@@ -1102,25 +1097,8 @@ def record(
         for r in results
     ]
     if conn.dialect.name == "postgresql":
-        finished = _record_pg(conn, attempt_rows, job_rows, now)
+        _record_pg(conn, attempt_rows, job_rows, now)
     else:
-        # SQLite: this transaction holds the write lock, so the leases still held now are the
-        # rows the UPDATE below changes.
-        held = {
-            (r.id, r.lease_token)
-            for r in conn.execute(
-                sa.select(jobs.c.id, jobs.c.lease_token).where(
-                    jobs.c.id.in_([r.job.id for r in results]),
-                    jobs.c.status == JobStatus.IN_FLIGHT,
-                )
-            )
-        }
-        finished = Counter(
-            (r.job.queue, _STATUS_AFTER[r.decision.outcome])
-            for r in results
-            if (r.job.id, r.job.lease_token) in held
-            and _STATUS_AFTER[r.decision.outcome] in FINISHED_STATUSES
-        )
         conn.execute(attempts.insert(), attempt_rows)
         conn.execute(_RECORD_JOB.values(updated_at=now), job_rows)
     for r in results:  # the answers' effects on their whole queue (policy.decide says which)
@@ -1138,13 +1116,6 @@ def record(
         conn.execute(
             sa.update(queues).where(queues.c.name == queue).values(resent=queues.c.resent + n)
         )
-    # Last, so the counts' rows stay locked only until the commit. Both finished statuses of a
-    # queue are touched together (a zero adds nothing) so that the lock order (status, queue)
-    # holds also when open_circuit later takes a dead job back out in this transaction.
-    for queue in {q for q, _ in finished}:
-        for status in FINISHED_STATUSES:
-            finished[(queue, status)] += 0
-    add_counts(conn, finished, keep_zeros=True)
     return newly_paused
 
 
@@ -1233,48 +1204,68 @@ _DUE_QUEUES = sa.text(
 ).bindparams(sa.bindparam("now", type_=jobs.c.next_attempt_at.type))
 
 
-# --------------------------------------------------------------------------- finished counts
+# --------------------------------------------------------------------------- counts
+# Kept by the jobs table's triggers (see dispatcher.schema): nothing here is called when a job
+# changes state. PostgreSQL's triggers append to dispatcher_count_deltas; fold_counts moves them
+# into dispatcher_counts, and job_counts reads the two added.
+
+_FOLD_PG = sa.text(
+    """
+    WITH moved AS (DELETE FROM dispatcher_count_deltas RETURNING queue, status, jobs)
+    INSERT INTO dispatcher_counts AS c (queue, status, jobs)
+    SELECT queue, status, sum(jobs) FROM moved GROUP BY queue, status ORDER BY status, queue
+    ON CONFLICT (queue, status) DO UPDATE SET jobs = c.jobs + excluded.jobs
+    """
+)
 
 
-def add_counts(
-    conn: sa.Connection, deltas: Mapping[tuple[str, str], int], *, keep_zeros: bool = False
-) -> None:
-    """Add ``deltas`` ((queue, status) -> jobs, negative to take away) to ``dispatcher_counts``,
-    in the caller's transaction: the one that moved those jobs.
+def fold_counts(conn: sa.Connection) -> int:
+    """Fold the triggers' appended deltas into ``dispatcher_counts`` (the sweeper, every pass);
+    the (queue, status) rows it changed. Safe beside another fold: a delta row is deleted by
+    exactly one of them. SQLite's triggers write the counts directly: nothing to fold."""
+    if conn.dialect.name != "postgresql":
+        return 0
+    return int(conn.execute(_FOLD_PG).rowcount or 0)
 
-    One statement, its rows in (status, queue) order: every writer locks the counts' rows in that
-    order, so two transactions never deadlock on them. A row is locked until the commit, so the
-    callers make this their last statement (on a hot queue, concurrent batches queue up here for
-    about one commit each). ``keep_zeros`` writes zero deltas too (record: see there)."""
-    rows = [
-        {"queue": queue, "status": str(status), "jobs": n}
-        for (queue, status), n in sorted(deltas.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-        if n or keep_zeros
-    ]
-    if not rows:
-        return
-    insert = _insert_for(conn.dialect.name)(counts)
-    conn.execute(
-        insert.values(rows).on_conflict_do_update(
-            index_elements=["queue", "status"], set_={"jobs": counts.c.jobs + insert.excluded.jobs}
-        )
+
+def job_counts(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """Jobs per (queue, status), exact as of this statement: the folded counts plus the deltas
+    not folded yet. Its cost is the number of queues and deltas, never the number of jobs."""
+    both = sa.union_all(
+        sa.select(counts.c.queue, counts.c.status, counts.c.jobs),
+        sa.select(count_deltas.c.queue, count_deltas.c.status, count_deltas.c.jobs),
+    ).subquery()
+    rows = conn.execute(
+        sa.select(both.c.queue, both.c.status, sa.func.sum(both.c.jobs).label("n"))
+        .group_by(both.c.queue, both.c.status)
+        .having(sa.func.sum(both.c.jobs) != 0)
     )
+    return {(r.queue, r.status): int(r.n) for r in rows}
+
+
+def count_dropped(conn: sa.Connection, gone: Mapping[tuple[str, str], int]) -> None:
+    """Take the jobs of a dropped partition (``gone``: (queue, status) -> jobs) out of the
+    counts: a ``DROP TABLE`` fires no trigger."""
+    rows = [{"queue": q, "status": str(s), "jobs": -n} for (q, s), n in gone.items() if n]
+    if rows:
+        conn.execute(count_deltas.insert(), rows)
 
 
 def recount(conn: sa.Connection) -> None:
-    """Rebuild ``dispatcher_counts`` from the jobs table (the migration's backfill; a repair
-    after rows were changed by hand). One grouped scan of the finished rows: seconds at ten
-    million. On PostgreSQL the counts table is locked first, so a worker recording meanwhile
-    waits for this commit and then adds its own delta: nothing is counted twice or lost."""
+    """Rebuild the counts from the jobs table (a repair after the triggers were off, or a
+    test's hand-made rows): one grouped scan, seconds at ten million rows. On PostgreSQL the jobs
+    table is locked against writes (SHARE) until the commit, so nothing moves meanwhile."""
     if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE dispatcher_jobs IN SHARE MODE")
         conn.exec_driver_sql("LOCK TABLE dispatcher_counts IN EXCLUSIVE MODE")
+    conn.execute(sa.delete(count_deltas))
     conn.execute(sa.delete(counts))
     conn.execute(
         counts.insert().from_select(
             ["queue", "status", "jobs"],
-            sa.select(jobs.c.queue, jobs.c.status, sa.func.count())
-            .where(jobs.c.status.in_(FINISHED_STATUSES))
-            .group_by(jobs.c.queue, jobs.c.status),
+            sa.select(jobs.c.queue, jobs.c.status, sa.func.count()).group_by(
+                jobs.c.queue, jobs.c.status
+            ),
         )
     )
 
@@ -1304,21 +1295,13 @@ def purge_batch(
     if created_before is not None:
         where.append(jobs.c.created_at < created_before)
     chosen = conn.execute(
-        sa.select(jobs.c.id, jobs.c.queue, jobs.c.status)
-        .where(*where)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        sa.select(jobs.c.id).where(*where).limit(limit).with_for_update(skip_locked=True)
     ).all()
     if not chosen:
         return Purged(0, 0)
     ids = [r.id for r in chosen]
     removed_attempts = conn.execute(sa.delete(attempts).where(attempts.c.job_id.in_(ids))).rowcount
     removed_jobs = conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids))).rowcount
-    # The rows are locked (FOR UPDATE), so each one chosen is one deleted.
-    gone: Counter[tuple[str, str]] = Counter()
-    for r in chosen:
-        gone[(r.queue, r.status)] -= 1
-    add_counts(conn, gone)
     return Purged(int(removed_jobs), int(removed_attempts))
 
 

@@ -7,11 +7,11 @@ partition a month (``dispatcher_jobs_p2026_11``), and the tables of the unpartit
 become one ``..._legacy`` partition each, below the first month.
 
 - A month of jobs goes (``DROP TABLE``) once the whole month is older than the retention, none
-  of its jobs is live and none changed since the retention's cutoff; its per-queue finished
-  counts leave ``dispatcher_counts`` in the same transaction. A month of attempts goes once every
-  month of jobs up to it is gone (an attempt starts after its job was created, so attempts of
-  month M belong to jobs of month M or earlier). The legacy partitions keep the batched retention
-  and go when it has emptied them.
+  of its jobs is live and none changed since the retention's cutoff; its per-queue counts leave
+  ``dispatcher_counts`` in the same transaction (a ``DROP`` fires no trigger). A month of
+  attempts goes once every month of jobs up to it is gone (an attempt starts after its job was
+  created, so attempts of month M belong to jobs of month M or earlier). The legacy partitions
+  keep the batched retention and go when it has emptied them.
 - Dedupe: a partitioned table cannot have a unique index without its partition key, so
   ``dispatcher_dedupe (queue, dedupe_key)`` holds every key of an existing job; a BEFORE INSERT
   trigger claims the key there and skips the row (returns NULL) when it is taken, which is what
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher import outbox
 from dispatcher.db import utcnow
-from dispatcher.schema import DEDUPE_WHERE, FINISHED_STATUSES, LIVE_WHERE
+from dispatcher.schema import COUNT_TRIGGERS, DEDUPE_WHERE, LIVE_WHERE, count_triggers
 
 log = logging.getLogger("dispatcher.partitions")
 
@@ -321,6 +321,8 @@ def _stage(conn: sa.Connection, first: date, months: Sequence[date]) -> None:
         f"CREATE TRIGGER {DEDUPE}_release AFTER DELETE ON {JOBS}{STAGING} FOR EACH ROW "
         f"WHEN (OLD.{DEDUPE_WHERE}) EXECUTE FUNCTION {DEDUPE}_release()"
     )
+    for statement in count_triggers("postgresql", JOBS + STAGING):  # the counts go along
+        conn.exec_driver_sql(statement)
     _create_months(conn, (JOBS + STAGING, ATTEMPTS + STAGING), months)
 
 
@@ -345,6 +347,8 @@ def _switch(conn: sa.Connection, first: date) -> None:
     conn.exec_driver_sql(f"LOCK TABLE {JOBS}, {ATTEMPTS} IN ACCESS EXCLUSIVE MODE")
     conn.exec_driver_sql(f"ALTER TABLE {ATTEMPTS} DROP CONSTRAINT IF EXISTS fk_{ATTEMPTS}_job_id")
     conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {DEDUPE}_track ON {JOBS}")
+    for op in COUNT_TRIGGERS:  # the new parent counts every row; a partition's own would twice
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS dispatcher_jobs_count_{op} ON {JOBS}")
     for table in (JOBS, ATTEMPTS):
         unique = f"uq_{table}_legacy_id"
         conn.exec_driver_sql(
@@ -587,14 +591,13 @@ def _drop_detached_jobs(conn: sa.Connection, name: str, cutoff: datetime | None)
             "ON CONFLICT DO NOTHING"
         )
         return why
-    finished = ", ".join(f"'{s}'" for s in FINISHED_STATUSES)
     gone: Counter[tuple[str, str]] = Counter()
     for queue, status, n in conn.exec_driver_sql(
-        f"SELECT queue, status, count(*) FROM {name} WHERE status IN ({finished}) GROUP BY 1, 2"
+        f"SELECT queue, status, count(*) FROM {name} GROUP BY 1, 2"
     ):
-        gone[(queue, status)] -= n
+        gone[(queue, status)] += n
     conn.exec_driver_sql(f"DROP TABLE {name}")
-    outbox.add_counts(conn, gone)  # last: see add_counts
+    outbox.count_dropped(conn, gone)
     return None
 
 

@@ -6,12 +6,15 @@ history), and ``dispatcher_queues`` holds the pause switch every worker reads. P
 keep "what is due?" as cheap with ten million delivered rows as with ten.
 
 What an operator reads most (``dispatcher stats``, ``/metrics``, the overview) must not grow with
-history either, so counting never scans finished rows: live jobs (pending, in flight, retrying)
-are counted from ``ix_dispatcher_jobs_live``, a partial index over live rows only (an index-only
-scan, its size the backlog's), and finished ones (delivered, dead, cancelled) are read from
-``dispatcher_counts``, kept exact by the very transactions that move a job into or out of a
-finished state (``outbox.record``, ``outbox.open_circuit``, ``outbox.purge_batch``,
-``admin.replay``: see ``outbox.add_counts``).
+the history or the backlog, so nothing there counts rows: ``dispatcher_counts`` holds the number
+of jobs per queue and status, every status, kept exact by the database itself. Triggers on the
+jobs table (:func:`count_triggers`) see every statement that inserts, deletes or moves a job,
+whoever runs it (the producers, workers, operators, a hand-written ``UPDATE``, the SQL enqueue
+function). On PostgreSQL a statement-level trigger appends one row per (queue, status) it
+changed to ``dispatcher_count_deltas`` (an append: concurrent producers never wait on a shared
+counter row), which the sweeper folds into ``dispatcher_counts`` every pass
+(``outbox.fold_counts``); a read adds the two. SQLite has one writer at a time, so its row
+triggers update ``dispatcher_counts`` directly.
 """
 
 from __future__ import annotations
@@ -118,17 +121,6 @@ jobs = sa.Table(
     sa.Index("ix_dispatcher_jobs_email", "customer_email", **_partial(EMAIL_WHERE)),
     sa.Index("ix_dispatcher_jobs_status_created", "status", "created_at"),
     sa.Index("ix_dispatcher_jobs_event", "custom_event_id"),
-    # What stats counts: live rows only, so its cost is the backlog's, not the history's (an
-    # index-only scan: next_attempt_at is included for the lag). Status first and the time only
-    # included, so a claim never prefers it to the due index, which serves the claim's order
-    # (with the time as a key, PostgreSQL chose it, and a sort, before a table's first ANALYZE).
-    sa.Index(
-        "ix_dispatcher_jobs_live",
-        "status",
-        "queue",
-        postgresql_include=["next_attempt_at"],
-        **_partial(LIVE_WHERE),
-    ),
     # A key's live jobs, for the claim's "is an earlier job of this key still live?" probe.
     sa.Index(
         "ix_dispatcher_jobs_ordering", "queue", "ordering_key", "id", **_partial(ORDERING_WHERE)
@@ -194,10 +186,9 @@ queues = sa.Table(
     sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
 )
 
-# Finished jobs per queue and status (delivered, dead, cancelled), exact: every statement that
-# moves a job into or out of a finished state (or deletes one) adds its delta here in the same
-# transaction, as one upsert per (status, queue) in that order (so concurrent transactions never
-# deadlock on it).
+# Jobs per queue and status, exact, kept by the jobs table's triggers (see the module's docstring
+# and count_triggers). PostgreSQL's triggers append to dispatcher_count_deltas, folded in here by
+# the sweeper; SQLite's write here directly. Reads add the two (outbox.job_counts).
 counts = sa.Table(
     "dispatcher_counts",
     metadata,
@@ -205,6 +196,79 @@ counts = sa.Table(
     sa.Column("status", sa.String(16), primary_key=True),
     sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
 )
+
+count_deltas = sa.Table(
+    "dispatcher_count_deltas",
+    metadata,
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("jobs", sa.BigInteger, nullable=False),
+)
+
+COUNT_TRIGGERS = ("insert", "update", "delete")  # dispatcher_jobs_count_<operation>
+
+
+def count_triggers(dialect: str, table: str = "dispatcher_jobs") -> list[str]:
+    """The statements that make ``table`` (the jobs table, or a partitioned layout's new parent)
+    keep ``dispatcher_counts`` exact. Migration 0008 holds a frozen copy; a test holds the two
+    equal, so a change here comes with a migration."""
+    if dialect == "postgresql":
+        return [
+            _COUNT_FUNCTION_PG,
+            *(
+                f"CREATE TRIGGER dispatcher_jobs_count_{op} AFTER {op.upper()} ON {table} "
+                f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION dispatcher_count_jobs()"
+                for op, refs in (
+                    ("insert", "NEW TABLE AS new_rows"),
+                    ("update", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+                    ("delete", "OLD TABLE AS old_rows"),
+                )
+            ),
+        ]
+    return [
+        f"CREATE TRIGGER dispatcher_jobs_count_insert AFTER INSERT ON {table} "
+        f"BEGIN {_bump_sqlite('NEW', '+')} END",
+        f"CREATE TRIGGER dispatcher_jobs_count_update AFTER UPDATE OF queue, status ON {table} "
+        "WHEN OLD.queue IS NOT NEW.queue OR OLD.status IS NOT NEW.status "
+        f"BEGIN {_bump_sqlite('OLD', '-')} {_bump_sqlite('NEW', '+')} END",
+        f"CREATE TRIGGER dispatcher_jobs_count_delete AFTER DELETE ON {table} "
+        f"BEGIN {_bump_sqlite('OLD', '-')} END",
+    ]
+
+
+def _bump_sqlite(row: str, sign: str) -> str:
+    return (
+        f"INSERT INTO dispatcher_counts (queue, status, jobs) "
+        f"VALUES ({row}.queue, {row}.status, {sign}1) "
+        f"ON CONFLICT (queue, status) DO UPDATE SET jobs = jobs {sign} 1;"
+    )
+
+
+# One function for the three triggers: each statement's rows, netted per (queue, status), so a
+# statement that changes no job's queue or status (a lease renewal, an erasure) appends nothing.
+# (PL/pgSQL plans each branch when it first runs it, so a branch may name a transition table
+# only the other triggers have.)
+_COUNT_FUNCTION_PG = """CREATE OR REPLACE FUNCTION dispatcher_count_jobs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO dispatcher_count_deltas (queue, status, jobs)
+        SELECT queue, status, count(*) FROM new_rows GROUP BY queue, status;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO dispatcher_count_deltas (queue, status, jobs)
+        SELECT queue, status, -count(*) FROM old_rows GROUP BY queue, status;
+    ELSE
+        INSERT INTO dispatcher_count_deltas (queue, status, jobs)
+        SELECT queue, status, sum(n) FROM (
+            SELECT queue, status, 1 AS n FROM new_rows
+            UNION ALL
+            SELECT queue, status, -1 AS n FROM old_rows
+        ) AS moved
+        GROUP BY queue, status HAVING sum(n) <> 0;
+    END IF;
+    RETURN NULL;
+END
+$$"""
 
 # The admin page's charts (dispatcher.admin.activity) keep each bucket of a queue's attempts once
 # it has settled (no attempt can still arrive in it): a page view then reads the window's settled

@@ -1,7 +1,8 @@
 """The sweeper: the safety net that makes lost signals and dead workers harmless.
 
 Every ``DISPATCHER_SWEEP_INTERVAL_SECONDS`` it (1) returns ``in_flight`` jobs whose lease expired
-(their worker died between claim and record) to ``pending`` and (2) signals every unpaused queue
+(their worker died between claim and record) to ``pending``, folds the counts' deltas, and (2)
+signals every unpaused queue
 that has a job due, which covers retries whose time has come, signals lost in a broker flush, and
 jobs enqueued through a bare ``Connection`` (no after-commit hook); (3) applies the retention
 (:mod:`dispatcher.retention`) and (4) on the partitioned layout, keeps the months
@@ -98,6 +99,8 @@ def _is_connection_error(exc: BaseException) -> bool:
 def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> SweepResult:
     with engine.begin() as conn:
         released = outbox.release_expired(conn, utcnow())
+    with engine.begin() as conn:
+        outbox.fold_counts(conn)  # the counts' deltas (see dispatcher.schema), kept few
     if released:
         log.warning("returned %d jobs with expired leases to pending", released)
     with engine.connect() as conn:

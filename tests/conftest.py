@@ -41,6 +41,7 @@ TABLES = (
     "dispatcher_jobs",
     "dispatcher_queues",
     "dispatcher_counts",
+    "dispatcher_count_deltas",
     "dispatcher_activity",
     "dispatcher_activity_marks",
     "dispatcher_erasures",

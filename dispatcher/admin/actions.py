@@ -309,7 +309,7 @@ def _move(
 ) -> Moved:
     """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
     ``targets`` move to ``into`` with one UPDATE per target status (``statement``, RETURNING
-    the queue), so that ``dispatcher_counts`` gains and loses exactly what moved; or, with
+    the queue; the counts follow by the jobs table's triggers); or, with
     ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
     jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
     transaction and moved any.
@@ -366,15 +366,9 @@ def _move(
             if isinstance(bind, sa.Engine):
                 conn.rollback()
             return result(per_queue, left_alone)
-        moved: Counter[tuple[str, str]] = Counter()
         for target in targets:
             for queue in conn.execute(statement([*conditions, jobs.c.status == target])).scalars():
                 per_queue[queue] += 1
-                if target in FINISHED_STATUSES:
-                    moved[(queue, target)] -= 1
-                if into in FINISHED_STATUSES:
-                    moved[(queue, into)] += 1
-        outbox.add_counts(conn, moved)
         if expected is not None:  # this call's own connection: commit or undo here
             if per_queue.total() != expected:
                 conn.rollback()

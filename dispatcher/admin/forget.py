@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +40,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dispatcher import outbox
 from dispatcher.admin.filters import AdminError, check_int, check_time
 from dispatcher.admin.results import ForgetResult
 from dispatcher.schema import (
@@ -368,7 +366,6 @@ def _jobs_batch(
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()  # a claim skips them; a recording worker waits
     owned: set[int] = set()
-    cancelled: Counter[tuple[str, str]] = Counter()
     for row in conn.execute(query).all():
         changes: dict[str, Any] = {}
         key_dropped = (
@@ -382,7 +379,6 @@ def _jobs_batch(
                 changes["last_error"] = ERASED
             if row.status in DUE_STATUSES:
                 changes["status"] = JobStatus.CANCELLED
-                cancelled[(row.queue, JobStatus.CANCELLED)] += 1
                 tally.cancelled += 1
             elif row.status == JobStatus.IN_FLIGHT:
                 tally.in_flight += 1
@@ -401,8 +397,6 @@ def _jobs_batch(
             conn.execute(
                 sa.update(jobs).where(jobs.c.id == row.id).values(**changes, updated_at=now)
             )
-    if not dry_run:
-        outbox.add_counts(conn, cancelled)  # last: see add_counts
     return owned
 
 

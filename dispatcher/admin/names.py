@@ -8,7 +8,7 @@ existing queue: ``dispatcher pause eu_shop`` (a typo for ``eu-shop``) pauses not
 ``pause_queue(create=True)`` (``dispatcher pause --create``) pauses a queue ahead of its first job.
 
 Every check here reads small things only: the queues and counts tables (a row per queue and
-status) and the live jobs' partial indexes, never the finished history.
+status) and the counts' unfolded deltas, never the jobs.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from collections.abc import Collection
 
 import sqlalchemy as sa
 
+from dispatcher import outbox
 from dispatcher.admin.filters import AdminError, check_queue
 from dispatcher.admin.reads import Bind, _queue_names, connected
 from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
-    LIVE_WHERE,
+    FINISHED_STATUSES,
     activity_buckets,
     activity_marks,
+    count_deltas,
     counts,
-    jobs,
     queues,
 )
 
@@ -53,25 +54,26 @@ class UnknownQueue(AdminError):
 
 
 def existing_queues(bind: Bind) -> set[str]:
-    """Every queue in use: with a live job, a queue row, or finished jobs counted (also zero:
-    its jobs were purged)."""
+    """Every queue in use: with a job, a queue row, or a counts row (also zero: its jobs were
+    purged)."""
     with connected(bind) as conn:
-        found = _queue_names(conn) | set(conn.execute(sa.select(counts.c.queue)).scalars())
+        counted = sa.union(sa.select(counts.c.queue), sa.select(count_deltas.c.queue))
+        found = _queue_names(conn) | set(conn.execute(counted).scalars())
         if isinstance(bind, sa.Engine):
             conn.rollback()
     return found
 
 
 def in_use(conn: sa.Connection, queue: str) -> bool:
-    """One queue's :func:`existing_queues` test: primary-key and partial-index lookups."""
-    live = sa.select(jobs.c.id).where(sa.text(LIVE_WHERE), jobs.c.queue == queue)
+    """One queue's :func:`existing_queues` test: primary-key lookups, and the triggers' deltas
+    not folded yet (a queue's first job is there before the sweeper's next pass)."""
     return bool(
         conn.execute(
             sa.select(
                 sa.or_(
                     sa.exists().where(queues.c.name == queue),
                     sa.exists().where(counts.c.queue == queue),
-                    live.exists(),
+                    sa.exists().where(count_deltas.c.queue == queue),
                 )
             )
         ).scalar_one()
@@ -108,18 +110,11 @@ def delete_queue(engine: sa.Engine, queue: str) -> bool:
     (purge or wait for them first)."""
     check_queue(queue)
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # no finish may add to a count being deleted
+        if conn.dialect.name == "postgresql":  # no fold may add to a count being deleted
             conn.execute(sa.select(counts.c.queue).where(counts.c.queue == queue).with_for_update())
-        finished = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(
-                counts.c.queue == queue
-            )
-        ).scalar_one()
-        live = conn.execute(
-            sa.select(
-                sa.select(jobs.c.id).where(sa.text(LIVE_WHERE), jobs.c.queue == queue).exists()
-            )
-        ).scalar_one()
+        held = {s: n for (q, s), n in outbox.job_counts(conn).items() if q == queue}
+        finished = sum(n for s, n in held.items() if s in FINISHED_STATUSES)
+        live = any(n for s, n in held.items() if s not in FINISHED_STATUSES)
         if finished or live:
             raise AdminError(
                 "queue",
@@ -131,6 +126,7 @@ def delete_queue(engine: sa.Engine, queue: str) -> bool:
         for table, column in (
             (queues, queues.c.name),
             (counts, counts.c.queue),
+            (count_deltas, count_deltas.c.queue),
             (activity_buckets, activity_buckets.c.queue),
             (activity_marks, activity_marks.c.queue),
         ):

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher import outbox
 from dispatcher.admin.filters import (
     MAX_ID,
     MAX_LIMIT,
@@ -32,7 +33,7 @@ from dispatcher.masking import redact
 from dispatcher.policy import Outcome
 from dispatcher.schema import (
     DUE_STATUSES,
-    LIVE_WHERE,
+    DUE_WHERE,
     STATUSES,
     JobStatus,
     activity_buckets,
@@ -42,7 +43,6 @@ from dispatcher.schema import (
     kinds_of,
     queues,
 )
-from dispatcher.schema import counts as finished_counts
 
 __all__ = [
     "ACTIVITY_WINDOWS",
@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 Bind = sa.Connection | sa.Engine
+_DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
 
 
 @contextmanager
@@ -233,43 +234,26 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
     the pause switch and the circuit breaker's state. Their reasons hold the API's words, so they
     are masked (:func:`dispatcher.masking.redact`) for every output that shows them.
 
-    Nothing here reads the finished history, so it costs the same with ten million delivered
-    rows as with ten: live counts and the lag are one grouped index-only scan of
-    ``ix_dispatcher_jobs_live`` (live rows only: the backlog), finished counts the rows of
-    ``dispatcher_counts`` (kept exact by the transactions that finish, replay or purge jobs), the
-    rest comes from the queues table."""
+    Nothing here counts rows, so it costs the same with ten million jobs waiting or delivered as
+    with ten: the counts are read from ``dispatcher_counts`` and the triggers' unfolded deltas
+    (:func:`dispatcher.outbox.job_counts`), and the lag of each queue with due jobs is the first
+    entry of its part of ``ix_dispatcher_jobs_due`` (one index probe a queue)."""
     now = check_time("now", now)
-    due_since = sa.case(
-        (
-            sa.and_(jobs.c.status.in_(DUE_STATUSES), jobs.c.next_attempt_at <= now),
-            jobs.c.next_attempt_at,
-        ),
-    )
-    live = (
-        sa.select(
-            jobs.c.queue,
-            jobs.c.status,
-            sa.func.count().label("n"),
-            sa.func.min(due_since).label("due"),
-        )
-        .where(sa.text(LIVE_WHERE))  # literal, so PostgreSQL matches the partial index
-        .group_by(jobs.c.queue, jobs.c.status)
-    )
-    finished = sa.select(
-        finished_counts.c.queue,
-        finished_counts.c.status,
-        finished_counts.c.jobs.label("n"),
-        sa.null().label("due"),
-    ).where(finished_counts.c.jobs != 0)
     with connected(bind) as conn:
-        rows = [*conn.execute(live), *conn.execute(finished)]
+        counted = outbox.job_counts(conn)
+        waiting = sorted({q for (q, s), n in counted.items() if s in DUE_STATUSES and n > 0})
+        first_due = sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
+            jobs.c.queue == sa.bindparam("q"), _DUE
+        )
+        oldest: dict[str, datetime] = {}
+        for name in waiting:
+            due = conn.execute(first_due, {"q": name}).scalar()
+            if due is not None and due <= now:
+                oldest[name] = due
         switches = {r.name: r for r in conn.execute(sa.select(queues))}
     counts: dict[str, dict[str, int]] = {}
-    oldest: dict[str, datetime] = {}
-    for row in rows:
-        counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))[row.status] = int(row.n)
-        if row.due is not None and (row.queue not in oldest or row.due < oldest[row.queue]):
-            oldest[row.queue] = row.due
+    for (name, status), n in counted.items():
+        counts.setdefault(name, dict.fromkeys(STATUSES, 0))[status] = n
     result: dict[str, QueueStats] = {}
     for name in sorted(counts.keys() | switches.keys()):
         switch = switches.get(name)
@@ -565,15 +549,11 @@ def keep_activity(engine: sa.Engine, now: datetime) -> int:
 
 
 def _queue_names(conn: sa.Connection) -> set[str]:
-    """Every queue with a job (live ones from their partial index, finished ones from the
-    counts) or a row in the queues table: every queue a page can show."""
-    live = sa.select(jobs.c.queue).where(sa.text(LIVE_WHERE)).distinct()
-    finished = sa.select(finished_counts.c.queue).where(finished_counts.c.jobs != 0).distinct()
-    return {
-        *conn.execute(live).scalars(),
-        *conn.execute(finished).scalars(),
-        *conn.execute(sa.select(queues.c.name)).scalars(),
-    }
+    """Every queue with a job (from the counts) or a row in the queues table: every queue a
+    page can show."""
+    return {q for q, _ in outbox.job_counts(conn)} | set(
+        conn.execute(sa.select(queues.c.name)).scalars()
+    )
 
 
 def _keep(

@@ -3,7 +3,7 @@
 ``dispatcher_counts`` holds the number of delivered and dead jobs per queue (kept by the
 transactions that change them: see dispatcher.outbox.add_counts), and ``ix_dispatcher_jobs_live``
 covers pending, in-flight and retrying rows only, so ``dispatcher stats``, ``/metrics`` and the
-pages never scan the finished history. The counts are backfilled here (``outbox.recount``).
+pages never scan the finished history. The counts are backfilled here.
 ``dispatcher_activity`` keeps the admin page's settled chart buckets (filled as pages are viewed).
 
 On PostgreSQL the index is built ``CONCURRENTLY``, outside the migration's transaction, so
@@ -32,8 +32,6 @@ LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"  # = dispatcher.sc
 
 
 def upgrade() -> None:
-    from dispatcher.outbox import recount
-
     op.create_table(
         "dispatcher_counts",
         sa.Column("queue", sa.String(64), nullable=False),
@@ -41,7 +39,12 @@ def upgrade() -> None:
         sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("queue", "status", name="pk_dispatcher_counts"),
     )
-    recount(op.get_bind())
+    # The backfill, as this revision's code counted: finished jobs only (frozen here, so that a
+    # later change of the product's code cannot change what this migration does).
+    op.execute(
+        "INSERT INTO dispatcher_counts (queue, status, jobs) SELECT queue, status, count(*) "
+        "FROM dispatcher_jobs WHERE status IN ('delivered', 'dead') GROUP BY queue, status"
+    )
     op.create_table(
         "dispatcher_activity",
         sa.Column("queue", sa.String(64), nullable=False),
