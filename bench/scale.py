@@ -4,6 +4,7 @@ purge under load, many queues, and scaling out with worker processes.
     python bench/scale.py                   # every figure, 10M rows (20-35 minutes)
     python bench/scale.py --rows 2000000    # smaller history
     python bench/scale.py --only reads,workers
+    python bench/scale.py --only backlog    # stats and /metrics with 10M jobs waiting (issue 22)
 
 PostgreSQL from ``DISPATCHER_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/
 postgres``); every database it makes is named ``dispatcher_scale_<pid>_*`` and dropped at the end.
@@ -12,7 +13,7 @@ The API is :class:`dispatcher.testing.StubSender` (a 201 at once, in process), s
 figures are the outbox's own ceiling, the database and the worker's Python, not the network's;
 the HTTP side is measured by ``bench/run.py``. History is generated with ``generate_series``
 at the schema of revision 0004 (secondary indexes dropped while it is written, rebuilt after),
-then migrated to 0005, whose backfill counts it through the product's ``outbox.recount``.
+then migrated to head, whose migrations count it (0008: the count triggers' backfill).
 Times are the best of 5 after a warm-up (medians beside them); the machine is shared, so compare
 the ratios, each measured within one invocation.
 """
@@ -147,7 +148,7 @@ def history(rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -
 
 def generate(url: str, rows: int, *, queues: int = 5, live: int = 10_000, days: int = 30) -> float:
     """:func:`history` written at revision 0004 with its secondary indexes and foreign key
-    dropped and rebuilt after; then 0005 (backfill through outbox.recount, the live index).
+    dropped and rebuilt after; then head (the count triggers and their backfill, 0008).
     Seconds taken."""
     started = time.perf_counter()
     engine = sa.create_engine(url)
@@ -275,6 +276,84 @@ def bench_reads(rows: int) -> str:
             None if name == UNSWEPT else b_best <= 50,
         )
     return big
+
+
+# --------------------------------------------------------------------------- a backlog
+
+
+def waiting(url: str, rows: int, queues: int = 5) -> float:
+    """``rows`` jobs waiting (an outage's backlog: 80 % pending, 10 % retrying, 10 % in flight),
+    written at head by plain SQL, a statement per status and million, so the count triggers see
+    them as they see any writer. Seconds taken, with the VACUUM ANALYZE after."""
+    started = time.perf_counter()
+    now = utcnow().replace(microsecond=0).isoformat()
+    step = 1_000_000
+    statements = []
+    for status, share in (("pending", 8), ("retrying", 1), ("in_flight", 1)):
+        total = rows * share // 10
+        for low in range(0, total, step):
+            lease = "TIMESTAMPTZ '{now}' + interval '1 hour'" if status == "in_flight" else "NULL"
+            statements.append(
+                f"""
+                INSERT INTO dispatcher_jobs (queue, endpoint, custom_event_id, payload, status,
+                    attempts, next_attempt_at, lease_expires_at, lease_token, created_at,
+                    updated_at)
+                SELECT 'q' || (i % {queues}), '/scenariocustomevents', 101,
+                    '{{"customEventId":101}}', '{status}', 0,
+                    TIMESTAMPTZ '{now}' - interval '1 second' * (i % 3600),
+                    {lease.format(now=now)}, {"'lease'" if status == "in_flight" else "NULL"},
+                    TIMESTAMPTZ '{now}', TIMESTAMPTZ '{now}'
+                FROM generate_series({low + 1}, {min(total, low + step)}) AS i
+                """
+            )
+    raw(url, *statements)
+    raw(url, "VACUUM ANALYZE dispatcher_jobs", autocommit=True)
+    return time.perf_counter() - started
+
+
+def bench_backlog(rows: int) -> None:
+    """``stats`` and a ``/metrics`` refresh with 1k jobs waiting and with ``rows`` waiting
+    (issue 22: at most 100 ms more for stats, a scrape at most 150 ms), the counts' deltas
+    folded and not."""
+    from dispatcher.web.metrics import Metrics
+
+    small = make_db(f"{PREFIX}_backlog_small")
+    waiting(small, 1_000)
+    big = make_db(f"{PREFIX}_backlog_big")
+    log(f"writing {rows:,} waiting jobs")
+    took = waiting(big, rows)
+    figure("backlog written (counted by the triggers)", f"{rows:,} jobs in {took:.0f} s")
+    seen: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for size, url in (("1k", small), ("big", big)):
+        engine = get_engine(url)
+        with engine.connect() as conn:
+            deltas = conn.exec_driver_sql("SELECT count(*) FROM dispatcher_count_deltas").scalar()
+            conn.rollback()
+        for folded in (False, True):
+            if folded:
+                with engine.begin() as conn:
+                    outbox.fold_counts(conn)
+            now = utcnow()
+            metrics = Metrics(engine, ttl_seconds=0.0)
+            seen[(size, f"stats{folded}")] = timed(lambda e=engine, n=now: admin.stats(e, n))
+            seen[(size, f"metrics{folded}")] = timed(metrics.refresh)
+        total = sum(sum(q.counts.values()) for q in admin.stats(engine, utcnow()).values())
+        log(f"{size}: {total:,} jobs counted, {deltas} delta rows before the fold")
+    for what, label, bound in (
+        ("stats", "stats (CLI, /api/queues)", "<= 1k + 100 ms"),
+        ("metrics", "/metrics refresh", "<= 150 ms"),
+    ):
+        for folded in (False, True):
+            (s_best, _, _) = seen[("1k", f"{what}{folded}")]
+            (b_best, b_median, b_first) = seen[("big", f"{what}{folded}")]
+            ok = b_median <= s_best + 100 if what == "stats" else b_median <= 150
+            figure(
+                f"{label} ms, {'after' if folded else 'before'} a fold",
+                f"{s_best:.1f} with 1k waiting, {b_best:.1f} (median {b_median:.1f}, first "
+                f"{b_first:.0f}) with {rows / 1e6:g}M waiting",
+                bound,
+                ok,
+            )
 
 
 # --------------------------------------------------------------------------- draining
@@ -779,7 +858,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain")
-    parser.add_argument("--only", default="reads,drain,purge,full_purge,workers,queues,partitioned")
+    parser.add_argument(
+        "--only", default="reads,drain,purge,full_purge,workers,queues,partitioned,backlog"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures there")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -801,6 +882,8 @@ def main() -> None:
             bench_queues(200, max(1, args.jobs // 200))
         if "partitioned" in only:
             bench_partitioned(args.rows, args.jobs)
+        if "backlog" in only:
+            bench_backlog(args.rows)
     finally:
         drop_all()
     print(
