@@ -313,14 +313,16 @@ def _write(rows: Sequence[NewJob], session: object) -> list[int]:
     adapter = _adapter(session)
     if not rows:
         return []
+    now = utcnow()
     try:
-        ids = adapter.write(rows, utcnow())
+        ids = adapter.write(rows, now)
     except Exception as exc:
         checked = _schema_checked(exc, adapter)
         if checked is exc:
             raise
         raise checked from exc
-    adapter.after_commit({r.queue for r in rows}, signal_workers)
+    if queues := _due_queues(rows, now):
+        adapter.after_commit(queues, signal_workers)
     return ids
 
 
@@ -331,15 +333,22 @@ async def _write_async(rows: Sequence[NewJob], session: object) -> list[int]:
     adapter = _async_adapter(session)
     if not rows:
         return []
+    now = utcnow()
     try:
-        ids = await adapter.write(rows, utcnow())
+        ids = await adapter.write(rows, now)
     except Exception as exc:
         checked = _schema_checked(exc, adapter)
         if checked is exc:
             raise
         raise checked from exc
-    adapter.after_commit({r.queue for r in rows}, signal_workers)
+    if queues := _due_queues(rows, now):
+        adapter.after_commit(queues, signal_workers)
     return ids
+
+
+def _due_queues(rows: Sequence[NewJob], now: datetime) -> set[str]:
+    """The queues to signal: a job scheduled for later is found by the sweeper at its time."""
+    return {r.queue for r in rows if r.due(now) == now}
 
 
 def _wrong_kind(session: object, *, sync: bool) -> TypeError:
