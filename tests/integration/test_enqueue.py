@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, DataField, SegmentEvent, ValidationError, enqueue, enqueue_many
+from dispatcher.cli import main
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
@@ -276,3 +279,29 @@ def test_a_scheduled_job_goes_out_at_its_time_not_before(
     with engine.connect() as conn:
         statuses = conn.execute(sa.select(jobs.c.status).order_by(jobs.c.id)).scalars().all()
     assert statuses == ["delivered", "delivered"]
+
+
+def test_cli_enqueue_at_and_in(engine: sa.Engine, tmp_path: Path) -> None:
+    def cli(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(main, ["enqueue", *args])
+        assert result.exit_code == code, result.output
+        return result.output
+
+    one = ("--event-id", "9", "--customer-id", "1")
+    cli(*one, "--at", "2099-06-01T14:00:00+02:00")
+    cli(*one, "--at", "2099-06-01T12:00:00")  # naive means UTC, as in every CLI option
+    before = datetime.now(UTC)
+    cli(*one, "--in", "2h")
+    after = datetime.now(UTC)
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"customEventId": 9, "customerId": 4}\n' * 2)
+    cli("--file", str(lines), "--at", "2099-06-01T12:00:00Z")
+    at = [at for at, _ in first_attempts(engine)]
+    noon = datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
+    assert at[:2] == [noon, noon] and at[3:] == [noon, noon]
+    assert before + timedelta(hours=2) <= at[2] <= after + timedelta(hours=2)
+
+    assert "--at: expected an ISO 8601 time" in cli(*one, "--at", "soon", code=1)
+    assert "--in: expected an age" in cli(*one, "--in", "2 hours", code=1)
+    assert "--at: give --at or --in" in cli(*one, "--at", "2099-06-01", "--in", "2h", code=1)
+    assert count(engine) == 5
