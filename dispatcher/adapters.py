@@ -50,6 +50,9 @@ class Adapter:
     kind: ClassVar[tuple[str, str]] = ("", "")
     fix: ClassVar[str] = "dispatcher migrate"  # what creates the tables, for the error
 
+    def __init__(self, session: Any) -> None:
+        """Wrap ``session``, an instance of ``kind``."""
+
     @classmethod
     def accepts(cls, session: object) -> bool:
         return _is(session, *cls.kind)
@@ -72,6 +75,9 @@ class AsyncAdapter:
 
     kind: ClassVar[tuple[str, str]] = ("", "")
     fix: ClassVar[str] = "dispatcher migrate"
+
+    def __init__(self, session: Any) -> None:
+        """Wrap ``session``, an instance of ``kind``."""
 
     @classmethod
     def accepts(cls, session: object) -> bool:
@@ -97,6 +103,9 @@ class OwnTransaction(Adapter):
     restart broke fails on first use; SQLAlchemy then drops the pool, so one retry of a statement
     that never reached COMMIT is safe and usually succeeds.
     """
+
+    def __init__(self) -> None:
+        pass
 
     def write(self, rows: Sequence[NewJob], now: datetime) -> list[int]:
         engine = get_engine(get_settings().database_url)
@@ -366,7 +375,8 @@ class AsyncConnectionAdapter(AsyncAdapter):
         return await _insert_async(self.conn, rows, now)
 
     def after_commit(self, queues: set[str], signal: Signal) -> None:
-        _remember(self.conn.sync_connection.info, queues, signal)  # type: ignore[union-attr]
+        if (sync := self.conn.sync_connection) is not None:  # None only before it connected
+            _remember(sync.info, queues, signal)
 
     def where(self) -> sa.URL | str:
         return self.conn.engine.url

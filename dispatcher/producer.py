@@ -282,7 +282,7 @@ def _adapter(session: object) -> Adapter:
         return session
     for kind in adapters.SYNC:
         if kind.accepts(session):
-            return kind(session)  # type: ignore[call-arg]
+            return kind(session)
     raise _wrong_kind(session, sync=True)
 
 
@@ -293,7 +293,7 @@ def _async_adapter(session: object) -> AsyncAdapter:
         return session
     for kind in adapters.ASYNC:
         if kind.accepts(session):
-            return kind(session)  # type: ignore[call-arg]
+            return kind(session)
     raise _wrong_kind(session, sync=False)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 from dispatcher import producer
 from dispatcher.adapters import Adapter, Signal
@@ -109,31 +108,11 @@ class DjangoAdapter(Adapter):
             return insert_jobs_dbapi(cursor, rows, now, sqlite=sqlite)
 
     def after_commit(self, queues: set[str], signal: Signal) -> None:
-        _signal_on_commit(self.connection, queues, self.using, signal)
+        """One ``on_commit`` callback per call (Django drops it with a rolled-back savepoint);
+        the signaller coalesces their signals, so many enqueues cost one publish per queue."""
+        from django.db import transaction
+
+        transaction.on_commit(lambda: signal(queues), using=self.using)
 
     def where(self) -> str:
         return f"the Django database {self.using!r}"
-
-
-class _Signal:
-    """One ``on_commit`` callback per transaction (and savepoint), however many enqueues."""
-
-    def __init__(self, signal: Signal) -> None:
-        self.queues: set[str] = set()
-        self.signal = signal
-
-    def __call__(self) -> None:
-        self.signal(self.queues)
-
-
-def _signal_on_commit(connection: Any, queues: set[str], using: str, signal: Signal) -> None:
-    from django.db import transaction
-
-    savepoints = set(connection.savepoint_ids)
-    for entry in getattr(connection, "run_on_commit", ()):
-        if isinstance(entry[1], _Signal) and entry[0] == savepoints:
-            entry[1].queues |= queues
-            return
-    callback = _Signal(signal)
-    callback.queues |= queues
-    transaction.on_commit(callback, using=using)
