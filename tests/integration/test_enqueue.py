@@ -305,3 +305,29 @@ def test_cli_enqueue_at_and_in(engine: sa.Engine, tmp_path: Path) -> None:
     assert "--in: expected an age" in cli(*one, "--in", "2 hours", code=1)
     assert "--at: give --at or --in" in cli(*one, "--at", "2099-06-01", "--in", "2h", code=1)
     assert count(engine) == 5
+
+
+def test_a_scheduled_job_can_be_cancelled_and_a_pause_holds_it(
+    engine: sa.Engine, deliverer: Deliverer, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel and pause treat a scheduled job as any waiting job."""
+    from dispatcher import admin
+
+    monkeypatch.setattr("dispatcher.producer.signal_workers", lambda queues: None)
+    soon = datetime.now(UTC) + timedelta(seconds=0.5)
+    cancelled = enqueue(CustomEvent(601, customer_id=1), deliver_at=soon)
+    held = enqueue(CustomEvent(602, customer_id=2), deliver_at=soon)
+    done = admin.cancel(engine, job_ids=[cancelled], now=datetime.now(UTC))
+    assert done.count == 1
+    admin.pause_queue(engine, "default")
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert sweep_once(engine, lambda queues: None).signalled == ()
+    deliverer.drain("default")
+    assert sandbox.requests == []
+    admin.resume_queue(engine, "default")
+    deliverer.drain("default")
+    assert sandbox.count(custom_event_id=602) == 1
+    assert sandbox.count(custom_event_id=601) == 0
+    with engine.connect() as conn:
+        statuses = {r.id: r.status for r in conn.execute(sa.select(jobs.c.id, jobs.c.status))}
+    assert statuses == {int(cancelled): "cancelled", int(held): "delivered"}
