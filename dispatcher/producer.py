@@ -108,6 +108,10 @@ def check_deliver_at(value: object, field: str = "deliver_at") -> list[str]:
             f"{field}: must be timezone-aware (got the naive {value.isoformat()}); "
             "use e.g. datetime.now(UTC) + timedelta(hours=24)"
         ]
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return [f"{field}: out of range (got {value.isoformat()})"]
     return []
 
 

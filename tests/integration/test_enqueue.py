@@ -246,6 +246,7 @@ def test_deliver_at_is_the_rows_first_attempt_and_a_past_time_means_now(
         (datetime(2030, 1, 1, 9, 0), "timezone-aware"),  # naive
         ("2030-01-01T09:00:00Z", "datetime"),
         (1893488400, "datetime"),
+        (datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))), "out of range"),
     ],
 )
 def test_deliver_at_must_be_an_aware_datetime(engine: sa.Engine, value: object, said: str) -> None:
