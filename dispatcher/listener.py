@@ -28,7 +28,12 @@ log = logging.getLogger("dispatcher.listener")
 
 CONNECT_TIMEOUT = 5  # seconds (libpq's connect_timeout)
 # TCP keepalives: a silent network failure is noticed after about idle + interval * count.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 WAKE = 0.5  # seconds between checks of the stop event while no notification comes
 MAX_PAUSE = 10.0
 

@@ -41,16 +41,18 @@ def db_url(pg_test_url: str) -> Iterator[str]:
 
 def test_the_migration_holds_the_text_generated_today() -> None:
     migration = importlib.import_module("dispatcher.migrations.versions.0010_sql_enqueue")
-    assert migration.FUNCTIONS == enqueue_sql.function_sql(), (
+    assert enqueue_sql.function_sql() == migration.FUNCTIONS, (
         "the rules of dispatcher.events (or dispatcher.enqueue_sql) changed: add a migration "
         "that installs the new enqueue_sql.function_sql() (CREATE OR REPLACE)"
     )
-    assert migration.DROP == enqueue_sql.drop_sql()
+    assert enqueue_sql.drop_sql() == migration.DROP
 
 
 def _call(conn: sa.Connection, queue: str, body: str, **keys: object) -> int:
     names = ", ".join(f"{k} => :{k}" for k in keys)
-    statement = f"SELECT dispatcher_enqueue(:queue, CAST(:body AS jsonb){', ' if keys else ''}{names})"  # noqa: E501
+    statement = (
+        f"SELECT dispatcher_enqueue(:queue, CAST(:body AS jsonb){', ' if keys else ''}{names})"  # noqa: E501
+    )
     return int(conn.execute(sa.text(statement), {"queue": queue, "body": body, **keys}).scalar())
 
 
@@ -115,7 +117,12 @@ def test_a_taken_dedupe_key_returns_the_existing_id(db_url: str) -> None:
         ("default", '{"customEventId": 1}', {}, "customer: at least one identifier"),
         ("Default", '{"customEventId": 1, "customerId": 1}', {}, "queue: "),
         ("default", '{"customEventId": 1, "customerId": 1}', {"dedupe_key": ""}, "dedupe_key: "),
-        ("default", '{"customEventId": 1, "customerId": 1}', {"ordering_key": "x" * 256}, "ordering_key: "),  # noqa: E501
+        (
+            "default",
+            '{"customEventId": 1, "customerId": 1}',
+            {"ordering_key": "x" * 256},
+            "ordering_key: ",
+        ),  # noqa: E501
         ("default", "[1]", {}, "body: expected a JSON object (got list)"),
     ],
 )
@@ -217,7 +224,8 @@ def test_the_documented_trigger_delivers_an_order_to_the_sandbox(
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(
-                "INSERT INTO orders (id, customer_email, total) VALUES (17, 'ann@example.com', 42.5)"
+                "INSERT INTO orders (id, customer_email, total) "
+                "VALUES (17, 'ann@example.com', 42.5)"
             )
         assert calls.event.wait(5), "no NOTIFY reached the listener"
         assert calls.queues == ["default"]
@@ -228,7 +236,8 @@ def test_the_documented_trigger_delivers_an_order_to_the_sandbox(
         with engine.begin() as conn:  # the same order inserted again: deduplicated
             conn.exec_driver_sql("DELETE FROM orders")
             conn.exec_driver_sql(
-                "INSERT INTO orders (id, customer_email, total) VALUES (17, 'ann@example.com', 42.5)"
+                "INSERT INTO orders (id, customer_email, total) "
+                "VALUES (17, 'ann@example.com', 42.5)"
             )
             assert conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 1
     finally:
