@@ -51,7 +51,7 @@ def test_the_migration_holds_the_text_generated_today() -> None:
 def _call(conn: sa.Connection, queue: str, body: str, **keys: object) -> int:
     names = ", ".join(f"{k} => :{k}" for k in keys)
     statement = (
-        f"SELECT dispatcher_enqueue(:queue, CAST(:body AS jsonb){', ' if keys else ''}{names})"  # noqa: E501
+        f"SELECT dispatcher_enqueue(:queue, CAST(:body AS jsonb){', ' if keys else ''}{names})"
     )
     return int(conn.execute(sa.text(statement), {"queue": queue, "body": body, **keys}).scalar())
 
@@ -122,7 +122,7 @@ def test_a_taken_dedupe_key_returns_the_existing_id(db_url: str) -> None:
             '{"customEventId": 1, "customerId": 1}',
             {"ordering_key": "x" * 256},
             "ordering_key: ",
-        ),  # noqa: E501
+        ),
         ("default", "[1]", {}, "body: expected a JSON object (got list)"),
     ],
 )
