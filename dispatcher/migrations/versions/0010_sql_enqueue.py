@@ -157,7 +157,9 @@ BEGIN
     RETURN;
   END IF;
   IF body ? 'segments' THEN
-    p := p || ARRAY(SELECT CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(body) AS k WHERE k <> ALL ('{customEventId,segments,dataFields}'::text[]));
+    IF body - '{customEventId,segments,dataFields}'::text[] <> '{}'::jsonb THEN
+      p := p || ARRAY(SELECT CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(body) AS k WHERE k <> ALL ('{customEventId,segments,dataFields}'::text[]));
+    END IF;
     v := body -> 'customEventId';
     IF v IS NULL THEN p := p || ('customEventId' || ': required'); ELSE
       IF (jsonb_typeof(v) IS DISTINCT FROM 'number' OR v::text ~ '[.eE]') THEN
@@ -199,7 +201,9 @@ BEGIN
             p := p || ('dataFields' || '[' || i || ']' || ': expected a data field {name, type, value} (got ' || CASE jsonb_typeof(it) WHEN 'number' THEN CASE WHEN it::text ~ '[.eE]' THEN 'float' ELSE 'integer' END WHEN 'array' THEN 'list' WHEN 'object' THEN 'object' WHEN 'string' THEN 'string' WHEN 'boolean' THEN 'boolean' ELSE 'null' END || ')');
             CONTINUE;
           END IF;
-          p := p || ARRAY(SELECT 'dataFields' || '[' || i || ']' || '.' || CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(it) AS k WHERE k <> ALL ('{name,type,value}'::text[]));
+          IF it - '{name,type,value}'::text[] <> '{}'::jsonb THEN
+            p := p || ARRAY(SELECT 'dataFields' || '[' || i || ']' || '.' || CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(it) AS k WHERE k <> ALL ('{name,type,value}'::text[]));
+          END IF;
           fn := it -> 'name'; ft := it -> 'type'; fv := it -> 'value';
           IF fn IS NULL THEN p := p || ('dataFields' || '[' || i || ']' || '.name: required'); ELSE
             s := fn #>> '{}';
@@ -312,7 +316,9 @@ BEGIN
       END IF;
     END IF;
   ELSE
-    p := p || ARRAY(SELECT CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(body) AS k WHERE k <> ALL ('{customEventId,customerId,customerEmail,customerEmailMd5,customerEmailSha256,customerPhone,customerCrmId,dataFields}'::text[]));
+    IF body - '{customEventId,customerId,customerEmail,customerEmailMd5,customerEmailSha256,customerPhone,customerCrmId,dataFields}'::text[] <> '{}'::jsonb THEN
+      p := p || ARRAY(SELECT CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(body) AS k WHERE k <> ALL ('{customEventId,customerId,customerEmail,customerEmailMd5,customerEmailSha256,customerPhone,customerCrmId,dataFields}'::text[]));
+    END IF;
     v := body -> 'customEventId';
     IF v IS NULL THEN p := p || ('customEventId' || ': required'); ELSE
       IF (jsonb_typeof(v) IS DISTINCT FROM 'number' OR v::text ~ '[.eE]') THEN
@@ -429,7 +435,9 @@ BEGIN
             p := p || ('dataFields' || '[' || i || ']' || ': expected a data field {name, type, value} (got ' || CASE jsonb_typeof(it) WHEN 'number' THEN CASE WHEN it::text ~ '[.eE]' THEN 'float' ELSE 'integer' END WHEN 'array' THEN 'list' WHEN 'object' THEN 'object' WHEN 'string' THEN 'string' WHEN 'boolean' THEN 'boolean' ELSE 'null' END || ')');
             CONTINUE;
           END IF;
-          p := p || ARRAY(SELECT 'dataFields' || '[' || i || ']' || '.' || CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(it) AS k WHERE k <> ALL ('{name,type,value}'::text[]));
+          IF it - '{name,type,value}'::text[] <> '{}'::jsonb THEN
+            p := p || ARRAY(SELECT 'dataFields' || '[' || i || ']' || '.' || CASE WHEN k ~ '^(?:[A-Za-z0-9_-]{1,64})$' THEN k ELSE dispatcher_show(k) END || ': unknown field' FROM jsonb_object_keys(it) AS k WHERE k <> ALL ('{name,type,value}'::text[]));
+          END IF;
           fn := it -> 'name'; ft := it -> 'type'; fv := it -> 'value';
           IF fn IS NULL THEN p := p || ('dataFields' || '[' || i || ']' || '.name: required'); ELSE
             s := fn #>> '{}';
