@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.events import CustomEvent, DataField, SegmentEvent, ValidationError
+    from dispatcher.problems import OutboxSchemaMissing, OutboxUnavailable
     from dispatcher.producer import (
-        OutboxSchemaMissing,
-        OutboxUnavailable,
         enqueue,
         enqueue_async,
         enqueue_many,
@@ -32,8 +31,8 @@ _LAZY = {
     "DataField": "dispatcher.events",
     "SegmentEvent": "dispatcher.events",
     "ValidationError": "dispatcher.events",
-    "OutboxUnavailable": "dispatcher.producer",
-    "OutboxSchemaMissing": "dispatcher.producer",
+    "OutboxUnavailable": "dispatcher.problems",
+    "OutboxSchemaMissing": "dispatcher.problems",
     "enqueue": "dispatcher.producer",
     "enqueue_async": "dispatcher.producer",
     "enqueue_many": "dispatcher.producer",

@@ -191,7 +191,31 @@ def _read_events(path: str) -> Iterator[tuple[int, Event | ValidationError]]:
 MAX_SHOWN_ERRORS = 50  # of a file's bad lines, listed; the rest are counted
 
 
-def _enqueue_file(path: str, queue: str, batch_size: int) -> tuple[int, str | None, str | None]:
+def _deliver_at(at: str | None, delay: str | None) -> datetime | None:
+    """``--at`` (ISO 8601, naive means UTC) or ``--in`` (an age like 15m, 24h) as an aware time."""
+    from dispatcher.admin.times import parse_age
+
+    if at is not None and delay is not None:
+        raise ValidationError(["--at: give --at or --in, not both"])
+    if delay is not None:
+        try:
+            return utcnow() + parse_age(delay)
+        except (ValueError, OverflowError) as exc:
+            raise ValidationError([f"--in: {exc}"]) from None
+    if at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(at.strip().upper())  # RFC 3339 allows "t" and "z"
+    except ValueError:
+        raise ValidationError(
+            [f"--at: expected an ISO 8601 time like 2026-12-24T18:00:00+01:00 (got {at!r:.80})"]
+        ) from None
+    return when if when.utcoffset() is not None else when.replace(tzinfo=UTC)
+
+
+def _enqueue_file(
+    path: str, queue: str, batch_size: int, deliver_at: datetime | None = None
+) -> tuple[int, str | None, str | None]:
     """Stream a JSON-lines file into the outbox: a first pass checks every line (nothing is
     kept but the first errors), a second writes ``batch_size`` events per statement, all in one
     transaction (one bad line, or a failure halfway, writes nothing). Memory stays flat in the
@@ -226,11 +250,11 @@ def _enqueue_file(path: str, queue: str, batch_size: int) -> tuple[int, str | No
             for _, event in _read_events(path):
                 batch.append(event)  # type: ignore[arg-type]  # checked in the first pass
                 if len(batch) >= batch_size:
-                    ids = enqueue_many(batch, session=conn, queue=queue)
+                    ids = enqueue_many(batch, session=conn, queue=queue, deliver_at=deliver_at)
                     first, last, count = first or ids[0], ids[-1], count + len(ids)
                     batch.clear()
             if batch:
-                ids = enqueue_many(batch, session=conn, queue=queue)
+                ids = enqueue_many(batch, session=conn, queue=queue, deliver_at=deliver_at)
                 first, last, count = first or ids[0], ids[-1], count + len(ids)
     return count, first, last
 
@@ -249,6 +273,15 @@ def _enqueue_file(path: str, queue: str, batch_size: int) -> tuple[int, str | No
 )
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True)
 @click.option("--dedupe-key")
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Not sent before this time: ISO 8601, naive means UTC (2026-12-24T18:00:00+01:00).",
+)
+@click.option(
+    "--in", "delay", metavar="AGE", help="Not sent before this long from now: 30s, 15m, 24h, 7d."
+)
 @click.option(
     "--file",
     "path",
@@ -275,6 +308,8 @@ def enqueue(
     fields: tuple[str, ...],
     queue: str,
     dedupe_key: str | None,
+    at: str | None,
+    delay: str | None,
     path: str | None,
     batch_size: int,
 ) -> None:
@@ -283,12 +318,13 @@ def enqueue(
     from dispatcher.producer import enqueue as enqueue_one
 
     try:
+        deliver_at = _deliver_at(at, delay)
         if path is not None:
             if event_id is not None or segments or fields or customer_email:
                 raise ValidationError(["--file: cannot be combined with single-event options"])
             if queue_problems := check_queue(queue, "--queue"):
                 raise ValidationError(queue_problems)
-            count, first, last = _enqueue_file(path, queue, batch_size)
+            count, first, last = _enqueue_file(path, queue, batch_size, deliver_at)
             echo(f"enqueued {count} events" + (f" (ids {first}..{last})" if count else ""))
             return
         if event_id is None:
@@ -319,7 +355,7 @@ def enqueue(
                 customer_crm_id=customer_crm_id,
                 data_fields=data_fields,
             )
-        echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key))
+        echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key, deliver_at=deliver_at))
     except ValidationError as exc:
         fail("invalid input:\n  " + "\n  ".join(exc.errors))
     finally:

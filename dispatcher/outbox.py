@@ -64,6 +64,11 @@ class NewJob:
     dedupe_key: str | None = None
     trace_context: str | None = None  # the producer's, under OpenTelemetry (see tracing.py)
     ordering_key: str | None = None  # sent one at a time, in commit order, per queue and key
+    deliver_at: datetime | None = None  # not sent before this (aware); None or past: at once
+
+    def due(self, now: datetime) -> datetime:
+        """The row's first ``next_attempt_at``: its ``deliver_at``, or ``now`` if that is sooner."""
+        return self.deliver_at if self.deliver_at is not None and self.deliver_at > now else now
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +168,7 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
             "ordering_key": r.ordering_key,
             "status": JobStatus.PENDING,
             "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": r.due(now),
             "created_at": now,
             "updated_at": now,
         }
@@ -293,7 +298,7 @@ def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
             r.ordering_key,
             JobStatus.PENDING.value,  # a plain str for the drivers' own adapters
             0,
-            now,
+            r.due(now),
             now,
             now,
         )
@@ -341,8 +346,13 @@ def insert_jobs_dbapi(
     On SQLite the times are written as SQLAlchemy writes them there (naive UTC text)."""
     params = pg_params(rows, now)
     if sqlite:
-        text = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        params = [(*p[:-3], text, text, text) for p in params]
+
+        def text(at: datetime) -> str:
+            return (
+                at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+            )
+
+        params = [(*p[:-3], text(p[-3]), text(now), text(now)) for p in params]
     elif names := ordering_locks(rows):
         cur.execute(_ORDERING_LOCK, (names,))
     seen: dict[tuple[object, object], int] = {}

@@ -34,6 +34,8 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_SCHEMA",
     "EXIT_USAGE",
+    "OutboxSchemaMissing",
+    "OutboxUnavailable",
     "Problem",
     "explain",
     "is_schema_missing",
@@ -51,6 +53,37 @@ EXIT_DECLINED = 7
 _SCHEMA_STATES = ("42P01", "42703")
 
 
+class OutboxUnavailable(RuntimeError):
+    """The outbox database could not be reached; nothing was written. The message names the
+    database with every password form redacted (user-info, ``?password=``)."""
+
+    def __init__(self, url: sa.URL | str, cause: Exception) -> None:
+        lines = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+        reason = scrub(lines[0]) if lines else type(cause).__name__
+        super().__init__(
+            f"could not write to the outbox at {redact_url(url)}: {reason}; nothing was written"
+        )
+
+
+class OutboxSchemaMissing(OutboxUnavailable):
+    """The outbox tables do not exist in that database (or are older than this version): run
+    ``dispatcher migrate``. Raised alike with or without a ``session`` or ``dedupe_key``, whatever
+    the driver; in the caller's transaction, that transaction is left failed (roll it back)."""
+
+    def __init__(
+        self,
+        url: sa.URL | str,
+        cause: BaseException | None = None,
+        *,
+        fix: str = "dispatcher migrate",
+    ) -> None:
+        RuntimeError.__init__(
+            self,
+            f"the outbox tables do not exist in {redact_url(url)} (or are older than this "
+            f"version): run `{fix}` first; nothing was written",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     code: int
@@ -58,8 +91,6 @@ class Problem:
 
 
 def _first_line(exc: BaseException) -> str:
-    from dispatcher.producer import OutboxUnavailable
-
     if isinstance(exc, OutboxUnavailable) and exc.__cause__ is not None:
         exc = exc.__cause__  # its own message names the database again
     cause = getattr(exc, "orig", None) or exc
@@ -111,7 +142,6 @@ def explain(exc: BaseException) -> Problem | None:
     """The operator's version of ``exc``, or None if it is not a first-contact problem (a bug:
     the caller shows the traceback)."""
     from dispatcher.config import ConfigError
-    from dispatcher.producer import OutboxSchemaMissing, OutboxUnavailable
 
     if isinstance(exc, ConfigError):
         return Problem(EXIT_CONFIG, f"configuration: {scrub(str(exc))}")

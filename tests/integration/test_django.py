@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,8 @@ django.setup()
 
 from django.core.management import call_command
 from django.db import transaction
+
+from datetime import datetime, timezone
 
 from dispatcher import CustomEvent, ValidationError
 from dispatcher.contrib.django import enqueue, enqueue_many
@@ -111,10 +114,15 @@ with transaction.atomic():  # a savepoint that rolls back takes only its own job
 
 out["again"] = enqueue(event(2), dedupe_key=f"order-{order.pk}")  # no block: autocommit
 out["autocommit"] = enqueue(event(5), queue="eu-shop")
+later = datetime(2099, 6, 1, 12, 0, tzinfo=timezone.utc)
+with transaction.atomic():
+    out["scheduled"] = [enqueue(event(12), deliver_at=later, queue="later")]
+    out["scheduled"] += enqueue_many([event(13)], deliver_at=later, queue="later")
 errors = []
 for bad in (
     lambda: enqueue(event(6), queue="Not A Queue"),
     lambda: enqueue_many([event(6), "no event"]),
+    lambda: enqueue(event(6), deliver_at=datetime(2099, 6, 1)),
 ):
     try:
         with transaction.atomic():
@@ -359,17 +367,31 @@ def test_django_enqueue_inside_atomic(
     assert out["signals_after_commit"] == ["default"]
     assert out["again"] == out["ids"][0]
     assert out["signals_end"] == ["default", "eu-shop"]
-    assert len(out["errors"]) == 2
+    assert len(out["errors"]) == 3
     assert "queue" in out["errors"][0] and "events[1]" in out["errors"][1]
+    assert "deliver_at: must be timezone-aware" in out["errors"][2]
 
     engine = get_engine(outbox_url)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(jobs.c.queue, jobs.c.payload, jobs.c.ordering_key).order_by(jobs.c.id)
+            sa.select(
+                jobs.c.queue, jobs.c.payload, jobs.c.ordering_key, jobs.c.next_attempt_at
+            ).order_by(jobs.c.id)
         ).all()
     got = [(r.queue, json.loads(r.payload)["customerId"]) for r in rows]
-    assert got == [("default", 2), ("default", 3), ("default", 4), ("default", 7), ("eu-shop", 5)]
-    assert [r.ordering_key for r in rows] == [None, "customer-b", "customer-b", None, None]
+    assert got == [
+        ("default", 2),
+        ("default", 3),
+        ("default", 4),
+        ("default", 7),
+        ("eu-shop", 5),
+        ("later", 12),
+        ("later", 13),
+    ]
+    assert [r.ordering_key for r in rows] == [None, "customer-b", "customer-b", *[None] * 4]
+    scheduled = [r.next_attempt_at for r in rows[-2:]]
+    later = datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
+    assert [t if t.tzinfo else t.replace(tzinfo=UTC) for t in scheduled] == [later, later]
 
     deliver(settings, outbox_url, sandbox)
     assert sorted(json.loads(b)["customerId"] for b in sandbox.bodies()) == [2, 3, 4, 7]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, DataField, SegmentEvent, ValidationError, enqueue, enqueue_many
+from dispatcher.cli import main
+from dispatcher.delivery import Deliverer
+from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
+from dispatcher.sweeper import sweep_once
 
 pytestmark = pytest.mark.usefixtures("env")
 
@@ -198,3 +206,102 @@ def test_enqueue_many_refuses_an_unstorable_dedupe_key(engine: sa.Engine, key: s
         "NUL" in str(info.value) or "Unicode" in str(info.value)
     )
     assert count(engine) == 0
+
+
+# --------------------------------------------------------------------------- deliver_at
+
+
+def aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def first_attempts(engine: sa.Engine) -> list[tuple[datetime, datetime]]:
+    """(next_attempt_at, created_at) of every job, in id order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(jobs.c.next_attempt_at, jobs.c.created_at).order_by(jobs.c.id)
+        ).all()
+    return [(aware(r.next_attempt_at), aware(r.created_at)) for r in rows]
+
+
+def test_deliver_at_is_the_rows_first_attempt_and_a_past_time_means_now(
+    engine: sa.Engine,
+) -> None:
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    in_new_york = later.astimezone(timezone(timedelta(hours=-5)))  # the same moment
+    enqueue(event(1), deliver_at=later)
+    with Session(engine) as session:
+        enqueue_many([event(2), event(3)], session=session, deliver_at=in_new_york)
+        enqueue(event(4), session=session, deliver_at=datetime(2000, 1, 1, tzinfo=UTC))
+        session.commit()
+    enqueue(event(5))
+    got = first_attempts(engine)
+    assert [at for at, _ in got[:3]] == [later] * 3
+    assert [at == created for at, created in got[3:]] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (datetime(2030, 1, 1, 9, 0), "timezone-aware"),  # naive
+        ("2030-01-01T09:00:00Z", "datetime"),
+        (1893488400, "datetime"),
+    ],
+)
+def test_deliver_at_must_be_an_aware_datetime(engine: sa.Engine, value: object, said: str) -> None:
+    with pytest.raises(ValidationError, match=f"deliver_at: .*{said}"):
+        enqueue(event(), deliver_at=value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=f"deliver_at: .*{said}"):
+        enqueue_many([event(1), event(2)], deliver_at=value)  # type: ignore[arg-type]
+    assert count(engine) == 0
+
+
+def test_a_scheduled_job_goes_out_at_its_time_not_before(
+    engine: sa.Engine, deliverer: Deliverer, sandbox: Sandbox
+) -> None:
+    """A real worker and the sweeper's pass: before its time the job is neither claimed nor
+    announced; after it, the next sweep signals the queue and the worker sends it."""
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    enqueue(CustomEvent(501, customer_id=1), deliver_at=at)
+    enqueue(CustomEvent(502, customer_id=2))
+    deliverer.drain("default")
+    assert sandbox.count(custom_event_id=502) == 1
+    assert sandbox.count(custom_event_id=501) == 0, "sent before its time"
+    assert sweep_once(engine, lambda queues: None).signalled == ()
+    deliverer.drain("default")
+    assert sandbox.count(custom_event_id=501) == 0
+    time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 0.05)
+    signalled: list[str] = []
+    assert sweep_once(engine, signalled.extend).signalled == ("default",)
+    assert signalled == ["default"]
+    deliverer.drain("default")
+    assert sandbox.count(custom_event_id=501) == 1
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.select(jobs.c.status).order_by(jobs.c.id)).scalars().all()
+    assert statuses == ["delivered", "delivered"]
+
+
+def test_cli_enqueue_at_and_in(engine: sa.Engine, tmp_path: Path) -> None:
+    def cli(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(main, ["enqueue", *args])
+        assert result.exit_code == code, result.output
+        return result.output
+
+    one = ("--event-id", "9", "--customer-id", "1")
+    cli(*one, "--at", "2099-06-01T14:00:00+02:00")
+    cli(*one, "--at", "2099-06-01T12:00:00")  # naive means UTC, as in every CLI option
+    before = datetime.now(UTC)
+    cli(*one, "--in", "2h")
+    after = datetime.now(UTC)
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"customEventId": 9, "customerId": 4}\n' * 2)
+    cli("--file", str(lines), "--at", "2099-06-01T12:00:00Z")
+    at = [at for at, _ in first_attempts(engine)]
+    noon = datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
+    assert at[:2] == [noon, noon] and at[3:] == [noon, noon]
+    assert before + timedelta(hours=2) <= at[2] <= after + timedelta(hours=2)
+
+    assert "--at: expected an ISO 8601 time" in cli(*one, "--at", "soon", code=1)
+    assert "--in: expected an age" in cli(*one, "--in", "2 hours", code=1)
+    assert "--at: give --at or --in" in cli(*one, "--at", "2099-06-01", "--in", "2h", code=1)
+    assert count(engine) == 5

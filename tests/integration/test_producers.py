@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -340,6 +341,48 @@ def test_async_without_session_uses_a_transaction_of_its_own(db_url: str, signal
 
     assert len(set(asyncio.run(run()))) == 2
     assert count(db_url) == 2
+
+
+# --------------------------------------------------------------------------- deliver_at
+
+LATER = datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def first_attempts(url: str) -> list[datetime]:
+    with get_engine(url).connect() as conn:
+        got = conn.execute(sa.select(jobs.c.next_attempt_at).order_by(jobs.c.id)).scalars()
+        return [t if t.tzinfo else t.replace(tzinfo=UTC) for t in got]
+
+
+@pytest.mark.parametrize("kind", SYNC)
+def test_deliver_at_through_every_kind(kind: str, db_url: str, signals: list) -> None:
+    with sync_target(kind, db_url) as (target, commit, _rollback):
+        enqueue(event(1), session=target, deliver_at=LATER)
+        enqueue_many([event(2), event(3)], session=target, deliver_at=LATER)
+        enqueue(event(4), session=target, deliver_at=LATER, ordering_key="c", dedupe_key="d")
+        with pytest.raises(ValidationError, match="deliver_at"):
+            enqueue(event(5), session=target, deliver_at=LATER.replace(tzinfo=None))
+        commit()
+    assert first_attempts(db_url) == [LATER] * 4
+
+
+@pytest.mark.parametrize("kind", ASYNC)
+def test_async_deliver_at_through_every_kind(kind: str, db_url: str, signals: list) -> None:
+    async def run() -> None:
+        async with async_target(kind, db_url) as (target, commit, _rollback):
+            await enqueue_async(event(1), session=target, deliver_at=LATER)  # the hot path
+            await enqueue_many_async([event(2), event(3)], session=target, deliver_at=LATER)
+            await enqueue_async(
+                event(4), session=target, deliver_at=LATER, ordering_key="c", dedupe_key="d"
+            )
+            with pytest.raises(ValidationError, match="deliver_at"):
+                await enqueue_many_async(
+                    [event(5)], session=target, deliver_at=LATER.replace(tzinfo=None)
+                )
+            await commit()
+
+    asyncio.run(run())
+    assert first_attempts(db_url) == [LATER] * 4
 
 
 # --------------------------------------------------------------------------- wrong kinds

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from dispatcher import logs
-from dispatcher.producer import OutboxSchemaMissing, OutboxUnavailable
+from dispatcher.problems import OutboxSchemaMissing, OutboxUnavailable
 from dispatcher.scrub import redact_url, remember, scrub, terminal_safe
 
 SECRET = "hunter2-S3cr3t"

@@ -23,16 +23,16 @@ of the outbox's tables, ``managed = False``), with an action that replays the se
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
+from dispatcher import producer
+from dispatcher.adapters import Adapter, Signal
 from dispatcher.config import DEFAULT_QUEUE
-from dispatcher.db import utcnow
-from dispatcher.events import Event, ValidationError
+from dispatcher.events import Event
 from dispatcher.outbox import NewJob, insert_jobs_dbapi
-from dispatcher.problems import is_schema_missing
-from dispatcher.producer import OutboxSchemaMissing, _to_row, _to_rows, signal_workers
 
-__all__ = ["enqueue", "enqueue_many"]
+__all__ = ["DjangoAdapter", "enqueue", "enqueue_many"]
 
 
 def enqueue(
@@ -42,14 +42,19 @@ def enqueue(
     queue: str = DEFAULT_QUEUE,
     dedupe_key: str | None = None,
     ordering_key: str | None = None,
+    deliver_at: datetime | None = None,
 ) -> str:
     """Write one event to the outbox in the current transaction of Django's connection ``using``
-    and return its job id (see :func:`dispatcher.enqueue` for ``queue``, ``dedupe_key`` and
-    ``ordering_key``)."""
-    row = _to_row(event, queue, dedupe_key, "event", ordering_key)
-    if isinstance(row, list):
-        raise ValidationError(row)
-    return str(_write([row], using)[0])
+    and return its job id (see :func:`dispatcher.enqueue` for ``queue``, ``dedupe_key``,
+    ``ordering_key`` and ``deliver_at``)."""
+    return producer.enqueue(
+        event,
+        session=DjangoAdapter(using),
+        queue=queue,
+        dedupe_key=dedupe_key,
+        ordering_key=ordering_key,
+        deliver_at=deliver_at,
+    )
 
 
 def enqueue_many(
@@ -60,49 +65,68 @@ def enqueue_many(
     dedupe_keys: Sequence[str | None] | None = None,
     ordering_key: str | None = None,
     ordering_keys: Sequence[str | None] | None = None,
+    deliver_at: datetime | None = None,
 ) -> list[str]:
     """Write a batch (all or nothing) in the current transaction of ``using``; ids in order."""
-    rows = _to_rows(events, queue, dedupe_keys, ordering_key, ordering_keys)
-    return [str(i) for i in _write(rows, using)]
+    return producer.enqueue_many(
+        events,
+        session=DjangoAdapter(using),
+        queue=queue,
+        dedupe_keys=dedupe_keys,
+        ordering_key=ordering_key,
+        ordering_keys=ordering_keys,
+        deliver_at=deliver_at,
+    )
 
 
-def _write(rows: Sequence[NewJob], using: str) -> list[int]:
-    from django.db import connections, transaction
+class DjangoAdapter(Adapter):
+    """Django's connection ``using``: the rows go through its cursor, inside the current
+    ``atomic()`` block, and the signal through ``transaction.on_commit``."""
 
-    if not rows:
-        return []
-    connection = connections[using]
-    if connection.vendor not in ("postgresql", "sqlite"):
-        raise TypeError(
-            f"using={using!r}: the outbox works with PostgreSQL and SQLite, not {connection.vendor}"
-        )
-    queues = {r.queue for r in rows}
-    # savepoint=False: inside the caller's atomic() block this adds nothing; outside one it makes
-    # the rows (and a batch's several statements) one transaction of their own.
-    try:
-        with transaction.atomic(using=using, savepoint=False), connection.cursor() as cursor:
-            ids = insert_jobs_dbapi(cursor, rows, utcnow(), sqlite=connection.vendor == "sqlite")
-            _signal_on_commit(connection, queues, using)
-    except Exception as exc:
-        if is_schema_missing(exc):  # the same exception as dispatcher.enqueue's
-            raise OutboxSchemaMissing(
-                f"the Django database {using!r}", exc, fix="python manage.py dispatcher_migrate"
-            ) from exc
-        raise
-    return ids
+    fix = "python manage.py dispatcher_migrate"
+
+    def __init__(self, using: str = "default") -> None:
+        from django.db import connections
+
+        self.using = using
+        self.connection = connections[using]
+        if self.connection.vendor not in ("postgresql", "sqlite"):
+            raise TypeError(
+                f"using={using!r}: the outbox works with PostgreSQL and SQLite, "
+                f"not {self.connection.vendor}"
+            )
+
+    def write(self, rows: Sequence[NewJob], now: datetime) -> list[int]:
+        from django.db import transaction
+
+        # savepoint=False: inside the caller's atomic() block this adds nothing; outside one it
+        # makes the rows (and a batch's several statements) one transaction of their own.
+        sqlite = self.connection.vendor == "sqlite"
+        with (
+            transaction.atomic(using=self.using, savepoint=False),
+            self.connection.cursor() as cursor,
+        ):
+            return insert_jobs_dbapi(cursor, rows, now, sqlite=sqlite)
+
+    def after_commit(self, queues: set[str], signal: Signal) -> None:
+        _signal_on_commit(self.connection, queues, self.using, signal)
+
+    def where(self) -> str:
+        return f"the Django database {self.using!r}"
 
 
 class _Signal:
     """One ``on_commit`` callback per transaction (and savepoint), however many enqueues."""
 
-    def __init__(self) -> None:
+    def __init__(self, signal: Signal) -> None:
         self.queues: set[str] = set()
+        self.signal = signal
 
     def __call__(self) -> None:
-        signal_workers(self.queues)
+        self.signal(self.queues)
 
 
-def _signal_on_commit(connection: Any, queues: set[str], using: str) -> None:
+def _signal_on_commit(connection: Any, queues: set[str], using: str, signal: Signal) -> None:
     from django.db import transaction
 
     savepoints = set(connection.savepoint_ids)
@@ -110,6 +134,6 @@ def _signal_on_commit(connection: Any, queues: set[str], using: str) -> None:
         if isinstance(entry[1], _Signal) and entry[0] == savepoints:
             entry[1].queues |= queues
             return
-    callback = _Signal()
+    callback = _Signal(signal)
     callback.queues |= queues
     transaction.on_commit(callback, using=using)
