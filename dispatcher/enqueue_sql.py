@@ -547,7 +547,7 @@ DECLARE
   checked record;
   p text[] := '{{}}';
   job bigint;
-  due timestamptz := coalesce(deliver_at, now());
+  due timestamptz := greatest(deliver_at, now());  -- as NewJob.due: a past time means now
 BEGIN
   IF queue IS NULL OR queue !~ {_lit(QUEUE_NAME.pattern)} THEN
     p := p || ({_lit(queue_message)} || ' (got '

@@ -14,7 +14,6 @@ exactly as a Python producer's is.
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,9 +38,6 @@ __all__ = ["FIELDS", "MAX_BATCH", "ROUTES", "IngestError", "Item", "parse"]
 
 MAX_BATCH = INGEST_MAX_BATCH
 FIELDS = ("event", "queue", "dedupe_key", "ordering_key", "deliver_at")
-# Scheduling needs dispatcher.producer.enqueue(deliver_at=...); until this build has it, a
-# deliver_at is refused with a 400 naming it (never a 500).
-SCHEDULING = "deliver_at" in inspect.signature(producer.enqueue).parameters
 
 
 class IngestError(ValueError):
@@ -115,8 +111,6 @@ def _when(item: dict[str, Any], prefix: str) -> datetime | None:
         raise IngestError(field, "expected an ISO 8601 date-time such as 2026-12-09T08:00:00Z")
     if when.utcoffset() is None:
         raise IngestError(field, "needs a UTC offset (Z or +01:00): a naive time is ambiguous")
-    if not SCHEDULING:
-        raise IngestError(field, "scheduling is not supported by this version of dispatcher")
     return when
 
 
@@ -149,14 +143,13 @@ def write(engine: sa.Engine, items: list[Item]) -> list[tuple[str, bool]]:
                         jobs.c.queue == item.queue, jobs.c.dedupe_key == item.dedupe_key
                     )
                 ).scalar()
-            when: dict[str, Any] = {"deliver_at": item.deliver_at} if item.deliver_at else {}
             job = producer.enqueue(
                 item.event,
                 session=session,
                 queue=item.queue,
                 dedupe_key=item.dedupe_key,
                 ordering_key=item.ordering_key,
-                **when,
+                deliver_at=item.deliver_at,
             )
             if item.dedupe_key is None:
                 created = True

@@ -148,6 +148,20 @@ def test_deliver_at_sets_the_due_time_and_sends_no_notify(db_url: str) -> None:
     assert due[job] == later and due[now] < later
 
 
+def test_a_past_deliver_at_means_now_as_for_the_python_producer(db_url: str) -> None:
+    with get_engine(db_url).begin() as conn:
+        job = _call(
+            conn,
+            "default",
+            '{"customEventId": 1, "customerId": 1}',
+            deliver_at=utcnow() - timedelta(days=3),
+        )
+        (due, now) = conn.execute(
+            sa.select(jobs.c.next_attempt_at, sa.func.now()).where(jobs.c.id == job)
+        ).one()
+    assert due == now
+
+
 def _listening(db_url: str) -> psycopg.Connection:
     pg = psycopg.connect(listener.conninfo(db_url), autocommit=True)
     pg.execute(f"LISTEN {enqueue_sql.NOTIFY_CHANNEL}")

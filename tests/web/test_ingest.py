@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -17,7 +17,7 @@ from dispatcher.config import ConfigError, Secret, Settings
 from dispatcher.events import CustomEvent, DataField, SegmentEvent
 from dispatcher.schema import jobs
 from dispatcher.web import create_app
-from dispatcher.web.ingest import MAX_BATCH, SCHEDULING
+from dispatcher.web.ingest import MAX_BATCH
 
 from .conftest import AUTH, TOKEN
 
@@ -174,19 +174,18 @@ def test_a_batch_answers_per_item(http: httpx.Client, engine: sa.Engine) -> None
     assert rows[1].endpoint == segment.endpoint and rows[1].ordering_key == "k"
 
 
-@pytest.mark.xfail(
-    not SCHEDULING,
-    strict=True,
-    reason="needs dispatcher.producer.enqueue(deliver_at=) from branch producer; until then "
-    "deliver_at is a 400 (this passes once that branch is merged: then drop the mark)",
-)
-def test_deliver_at_is_passed_to_the_producer(http: httpx.Client, engine: sa.Engine) -> None:
+def test_deliver_at_is_passed_to_the_producer(
+    http: httpx.Client, engine: sa.Engine, signalled: list[tuple[str, ...]]
+) -> None:
     when = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
-    body = {"event": EVENT.to_body(), "deliver_at": when.isoformat()}
-    answer = http.post("/api/events", headers=PRODUCER, json=body)
+    offset = when.astimezone(timezone(timedelta(hours=2))).isoformat()  # any offset: one moment
+    answer = http.post(
+        "/api/events", headers=PRODUCER, json={"event": EVENT.to_body(), "deliver_at": offset}
+    )  # noqa: E501
     assert answer.status_code == 201, answer.text
     (row,) = _rows(engine)
     assert row.next_attempt_at == when
+    assert signalled == []  # not due: the sweeper signals it at its time
 
 
 def test_ingest_tokens_from_the_environment() -> None:

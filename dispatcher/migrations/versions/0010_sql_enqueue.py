@@ -574,7 +574,7 @@ DECLARE
   checked record;
   p text[] := '{}';
   job bigint;
-  due timestamptz := coalesce(deliver_at, now());
+  due timestamptz := greatest(deliver_at, now());  -- as NewJob.due: a past time means now
 BEGIN
   IF queue IS NULL OR queue !~ '^[a-z0-9][a-z0-9_-]{0,63}$' THEN
     p := p || ('queue: must be 1-64 characters of a-z, 0-9, ''_'' or ''-'', starting with a letter or digit' || ' (got '
