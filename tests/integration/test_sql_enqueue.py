@@ -258,3 +258,39 @@ def test_the_documented_trigger_delivers_an_order_to_the_sandbox(
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS orders CASCADE")
             conn.exec_driver_sql("DROP FUNCTION IF EXISTS orders_enqueue_event()")
+
+
+def test_the_sweeper_signals_a_sql_enqueue_within_a_second_not_at_its_next_pass(
+    db_url: str,
+) -> None:
+    """A sweep every 60 s: the signal can only come from the sweeper's listener thread."""
+    from dispatcher import sweeper
+
+    calls, stop = Heard(), threading.Event()
+    engine = get_engine(db_url)
+    thread = threading.Thread(target=sweeper.run, args=(engine, calls, 60.0, stop), daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: any(t.name == "dispatcher-listener" for t in threading.enumerate()),
+            "the sweeper's listener",
+            10,
+        )
+        with engine.connect() as conn:  # the LISTEN is in place
+            wait_until(
+                lambda: conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = 'dispatcher-listener' AND query LIKE 'LISTEN%'"
+                    )
+                ).scalar(),
+                "LISTEN",
+                10,
+            )
+        with engine.begin() as conn:
+            _call(conn, "from-sql", '{"customEventId": 1, "customerId": 1}')
+        wait_until(lambda: "from-sql" in calls.queues, "the listener's signal", 5)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -181,7 +181,7 @@ def test_deliver_at_is_passed_to_the_producer(
     offset = when.astimezone(timezone(timedelta(hours=2))).isoformat()  # any offset: one moment
     answer = http.post(
         "/api/events", headers=PRODUCER, json={"event": EVENT.to_body(), "deliver_at": offset}
-    )  # noqa: E501
+    )
     assert answer.status_code == 201, answer.text
     (row,) = _rows(engine)
     assert row.next_attempt_at == when
