@@ -67,6 +67,15 @@ FIGURES: tuple[Figure, ...] = (
            label="raw asyncpg, 1 per tx"),
     Figure("enqueue_async_session", EPS, "the same INSERT by hand in an AsyncSession",
            label="the INSERT by hand in an AsyncSession"),
+    # bench/ingest.py (issue 24): enqueue from any language, and over HTTP.
+    Figure("sql_enqueue", EPS, "SELECT dispatcher_enqueue(queue, body) over psycopg, one per "
+           "transaction", (at_least(0.8, "sql_enqueue_raw"),)),
+    Figure("sql_enqueue_raw", EPS, "the same rows as a raw INSERT, one per transaction",
+           label="a raw INSERT, 1 per tx"),
+    Figure("http_events", EPS, "one event per POST /api/events, one keep-alive httpx.Client, "
+           "sequential", note="dispatcher web, 1 process"),
+    Figure("http_events_batch", EPS, "POST /api/events with 100 events a request",
+           note="batch form, 1 client"),
     Figure("drain", EPS, "20,000 pending jobs to all delivered, from `resume` (nginx sink)",
            (at_least(3.0, "naive_celery"), at_least(1.5, "raw_http"),
             # Issue 21: the adaptive window keeps >= 0.95 x the drain of its starting commit.

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from databases import build_big_table, drop_db, make_db, pg_dsn, sql
+from ingest import http_round, sql_round
 from report import Results, machine_info, table, write_json
 from rounds import (
     API_KEY,
@@ -108,6 +109,7 @@ GROUPS = (
     "naive_celery_50ms",
     "raw_http_50ms",
     "latency",
+    "ingest",  # the SQL function beside a raw INSERT, and POST /api/events (issue 24)
     "memory",  # after the rounds: one long drain
     "saturated",  # after the rounds: bench/saturated.py, an API at its capacity (issue 21)
     "clients",  # after the rounds: bench/clients.py, HTTP clients side by side (issue 13)
@@ -338,6 +340,7 @@ class Steps:
             "naive_celery_50ms": self.naive_50ms,
             "raw_http_50ms": self.raw_http_50ms,
             "latency": self.latency,
+            "ingest": self.ingest,
         }
         return [(g, steps[g]) for g in GROUPS if g in steps and g in self.args.selected]
 
@@ -477,6 +480,16 @@ class Steps:
         log(
             f"latency p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms max "
             f"{res['max_ms']:.0f} ms ({res['n']} events, {res['missing']} missing)"
+        )
+
+    def ingest(self, r: int) -> None:
+        res = sql_round(self.ctx.small_url, self.args.single, f"ing{r}", raw_first=r % 2 == 1)
+        res |= http_round(self.ctx, self.args.single, self.args.single, f"ing{r}")
+        self._add(self.results.keep("ingest", res))
+        log(
+            f"dispatcher_enqueue {res['sql_enqueue']:,.0f}/s (raw INSERT "
+            f"{res['sql_enqueue_raw']:,.0f}), POST /api/events {res['http_events']:,.0f}/s "
+            f"(batches of 100: {res['http_events_batch']:,.0f}/s)"
         )
 
 

@@ -143,6 +143,8 @@ class Settings:
     response_body_limit: int = 8192
     # The admin page / API / metrics token; without it `dispatcher web` only binds to loopback.
     admin_token: Secret | None = None
+    # Tokens that may only enqueue (POST /api/events): what producers get instead of the admin's.
+    ingest_tokens: tuple[Secret, ...] = ()
     # Slack-compatible incoming webhook told once per queue pause (its URL holds a secret too).
     alert_webhook_url: Secret | None = None
     # Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto the web process
@@ -326,6 +328,7 @@ class Settings:
             sweep_interval_seconds=num("DISPATCHER_SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.01),
             response_body_limit=int(num("DISPATCHER_RESPONSE_BODY_LIMIT", 8192, minimum=256)),
             admin_token=secret("DISPATCHER_ADMIN_TOKEN", min_length=16),
+            ingest_tokens=ingest_tokens(env.get("DISPATCHER_INGEST_TOKENS")),
             alert_webhook_url=secret("DISPATCHER_ALERT_WEBHOOK_URL"),
             trusted_proxies=trusted_proxies(env.get("DISPATCHER_TRUSTED_PROXIES")),
         )
@@ -360,6 +363,15 @@ def retention_from(raw: str | None) -> timedelta | None:
     if age < timedelta(hours=1):
         raise ConfigError(f"DISPATCHER_RETENTION: at least 1h, or off (got {text!r})")
     return age
+
+
+def ingest_tokens(raw: str | None, name: str = "DISPATCHER_INGEST_TOKENS") -> tuple[Secret, ...]:
+    """Comma-separated tokens of 16+ characters (several, so one producer's can be rotated)."""
+    tokens = [t.strip() for t in (raw or "").split(",") if t.strip()]
+    for n, token in enumerate(tokens, 1):
+        if len(token) < 16:
+            raise ConfigError(f"{name}: token {n} is too short: use at least 16 characters")
+    return tuple(Secret(t) for t in tokens)
 
 
 def trusted_proxies(raw: str | None, name: str = "DISPATCHER_TRUSTED_PROXIES") -> tuple[str, ...]:

@@ -177,21 +177,52 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _integer(bounds: tuple[int, int], label: str) -> _Check:
-    low, high = bounds
+# The checks are small frozen objects rather than closures so that their parameters can be read:
+# dispatcher.enqueue_sql generates the SQL function's checks from this same table.
 
-    def check(value: object) -> str | None:
+
+@dataclass(frozen=True, slots=True)
+class _Integer:
+    bounds: tuple[int, int]
+    label: str
+
+    def __call__(self, value: object) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool):
             return f"expected an integer (got {_kind(value)})"
+        low, high = self.bounds
         if not low <= value <= high:
-            return f"must be an {label} ({low}..{high})"
+            return f"must be an {self.label} ({low}..{high})"
         return None
 
-    return check
+
+def _integer(bounds: tuple[int, int], label: str) -> _Check:
+    return _Integer(bounds, label)
 
 
 def _length(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A string check: type, emptiness, NUL, lone surrogates, length, then `shape`."""
+
+    max_len: int | None
+    shape: Callable[[str], str | None] | None = None
+    empty_ok: bool = False
+
+    def __call__(self, value: object) -> str | None:
+        if not isinstance(value, str):
+            return f"expected a string (got {_kind(value)})"
+        if not value and not self.empty_ok:
+            return "must not be empty"
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        if _SURROGATE.search(value):
+            return "must be valid Unicode (contains a lone surrogate, not encodable as UTF-8)"
+        if self.max_len is not None and (n := _length(value)) > self.max_len:
+            return f"at most {self.max_len} characters (got {n})"
+        return self.shape(value) if self.shape else None
 
 
 def _text(
@@ -200,22 +231,7 @@ def _text(
     *,
     empty_ok: bool = False,
 ) -> _Check:
-    """A string check: type, emptiness, NUL, lone surrogates, length, then `shape`."""
-
-    def check(value: object) -> str | None:
-        if not isinstance(value, str):
-            return f"expected a string (got {_kind(value)})"
-        if not value and not empty_ok:
-            return "must not be empty"
-        if "\x00" in value:
-            return "must not contain NUL characters"
-        if _SURROGATE.search(value):
-            return "must be valid Unicode (contains a lone surrogate, not encodable as UTF-8)"
-        if max_len is not None and (n := _length(value)) > max_len:
-            return f"at most {max_len} characters (got {n})"
-        return shape(value) if shape else None
-
-    return check
+    return _Text(max_len, shape, empty_ok)
 
 
 def key_problem(value: object, max_len: int) -> str | None:
@@ -231,15 +247,20 @@ def key_problem(value: object, max_len: int) -> str | None:
     return None
 
 
-def _hex(digits: int) -> _Check:
-    def shape(text: str) -> str | None:
-        if len(text) != digits:
-            return f"must be {digits} hexadecimal characters (got {len(text)})"
+@dataclass(frozen=True, slots=True)
+class _HexShape:
+    digits: int
+
+    def __call__(self, text: str) -> str | None:
+        if len(text) != self.digits:
+            return f"must be {self.digits} hexadecimal characters (got {len(text)})"
         if not _HEX.fullmatch(text):
-            return f"must be {digits} hexadecimal characters (got a non-hexadecimal one)"
+            return f"must be {self.digits} hexadecimal characters (got a non-hexadecimal one)"
         return None
 
-    return _text(None, shape)
+
+def _hex(digits: int) -> _Check:
+    return _text(None, _HexShape(digits))
 
 
 def _email_shape(text: str) -> str | None:
@@ -262,16 +283,19 @@ def _phone_shape(text: str) -> str | None:
 # --- data-field values: value -> the API's string, or _Invalid ----------------------------------
 
 
-def _plain_text(max_len: int) -> Callable[[object], str]:
-    check = _text(max_len, empty_ok=True)
+@dataclass(frozen=True, slots=True)
+class _PlainText:
+    check: _Text
 
-    def convert(value: object) -> str:
-        if (problem := check(value)) is not None:
+    def __call__(self, value: object) -> str:
+        if (problem := self.check(value)) is not None:
             raise _Invalid(problem)
         assert isinstance(value, str)
         return value
 
-    return convert
+
+def _plain_text(max_len: int) -> Callable[[object], str]:
+    return _PlainText(_Text(max_len, empty_ok=True))
 
 
 def _decimal(value: object) -> str:
@@ -508,15 +532,20 @@ def _dumps(body: dict[str, Any]) -> str:
 _FieldCheck: TypeAlias = Callable[[object, bool], "tuple[object, list[_Problem]]"]
 
 
-def _scalar(check: _Check) -> _FieldCheck:
-    def field_check(value: object, strict: bool) -> tuple[object, list[_Problem]]:
-        if (problem := check(value)) is not None:
+@dataclass(frozen=True, slots=True)
+class _Scalar:
+    check: _Check
+
+    def __call__(self, value: object, strict: bool) -> tuple[object, list[_Problem]]:
+        if (problem := self.check(value)) is not None:
             return None, [_Problem((), problem)]
         if isinstance(value, int) and type(value) is not int:
             value = int(value)  # an IntEnum or similar: store the plain int
         return value, []
 
-    return field_check
+
+def _scalar(check: _Check) -> _FieldCheck:
+    return _Scalar(check)
 
 
 def _is_list(value: object) -> bool:

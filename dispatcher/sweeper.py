@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from dispatcher import health, outbox
+from dispatcher import health, listener, outbox
 from dispatcher.db import utcnow
 from dispatcher.partitions import Maintainer
 from dispatcher.retention import Retention
@@ -140,6 +140,7 @@ def run(
     """Sweep (and apply the retention, if any, and keep the partitions) until ``stop`` is set;
     errors (database or broker down) are logged and retried."""
     stop = stop or threading.Event()
+    listener.start(engine, notify, stop)  # jobs enqueued in SQL: signalled at their commit
     health_state = Health()
     charts_due = float("-inf")
     while not stop.is_set():

@@ -45,6 +45,7 @@ __all__ = [
     "client_address",
     "error",
     "guarded",
+    "ingesting",
     "is_api",
     "is_loopback",
     "probe",
@@ -136,8 +137,14 @@ class Gate:
     in. Wrong tokens (the login form's and bearer tokens) are throttled per client address
     (:class:`Throttle`) and each refusal is logged with the address, never the token tried."""
 
-    def __init__(self, token: Secret | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        token: Secret | None,
+        clock: Callable[[], float] = time.time,
+        ingest: tuple[Secret, ...] = (),
+    ) -> None:
         self.token = token
+        self.ingest = ingest  # tokens that may only enqueue (see ingesting)
         self._clock = clock
         # With a token, cookies are signed with it; without one, with a key of this process.
         self._key = token.reveal().encode() if token else secrets.token_bytes(32)
@@ -175,6 +182,17 @@ class Gate:
         return self.token is not None and hmac.compare_digest(
             given.encode(), self.token.reveal().encode()
         )
+
+    def ingest_ok(self, given: str) -> bool:
+        """Whether ``given`` is one of the ingestion tokens (each compared in constant time)."""
+        found = False
+        for token in self.ingest:
+            found |= hmac.compare_digest(given.encode(), token.reveal().encode())
+        return found
+
+    def bearer(self, request: Request) -> str | None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return given.strip() if scheme.lower() == "bearer" else None
 
     def new_session(self) -> str:
         """``expires.nonce.signature``: unique per login, so each has its own CSRF token."""
@@ -242,6 +260,8 @@ def guarded(handler: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
         gate: Gate = request.app.state.site.gate
         how = gate.who(request)
+        if how is None and gate.ingest_ok(gate.bearer(request) or ""):
+            return error(403, "this token may only enqueue events (POST /api/events)")
         if how is None:
             wait = gate.throttle.wait(client_address(request))
             if wait > 0 and request.headers.get("authorization"):
@@ -263,6 +283,21 @@ def guarded(handler: Handler) -> Handler:
             if not hmac.compare_digest((given or "").encode(), gate.csrf(request).encode()):
                 return error(403, "missing or wrong CSRF token: reload the page and try again")
         return await handler(request)
+
+    return endpoint
+
+
+def ingesting(handler: Handler) -> Handler:
+    """:func:`guarded`, and also open to the ingestion tokens (``DISPATCHER_INGEST_TOKENS``),
+    which every other route refuses with a 403."""
+    admin = guarded(handler)
+
+    @wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        gate: Gate = request.app.state.site.gate
+        if gate.ingest_ok(gate.bearer(request) or ""):
+            return await handler(request)
+        return await admin(request)
 
     return endpoint
 

@@ -19,7 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from dispatcher.config import Settings
 from dispatcher.db import get_engine
-from dispatcher.web import api, pages, probes, queues
+from dispatcher.web import api, ingest, pages, probes, queues
 from dispatcher.web.access import Gate, SecurityHeaders, check_bind, error, guarded, is_api
 from dispatcher.web.metrics import CONTENT_TYPE, Metrics
 from dispatcher.web.site import Site, site_of
@@ -85,7 +85,7 @@ def create_app(
     env.globals.update(pages.TEMPLATE_GLOBALS, **queues.TEMPLATE_GLOBALS)
     routes = [Route("/metrics", metrics), *probes.ROUTES]
     if pages_and_api:
-        routes += [*pages.ROUTES, *queues.ROUTES, *api.ROUTES]
+        routes += [*pages.ROUTES, *queues.ROUTES, *api.ROUTES, *ingest.ROUTES]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
@@ -99,7 +99,11 @@ def create_app(
     )
     app.state.readiness = probes.Readiness(settings.database_url, settings.broker_url)
     app.state.site = Site(
-        settings, engine, Gate(settings.admin_token), Metrics(engine), Jinja2Templates(env=env)
+        settings,
+        engine,
+        Gate(settings.admin_token, ingest=settings.ingest_tokens),
+        Metrics(engine),
+        Jinja2Templates(env=env),
     )
     return app
 

@@ -21,11 +21,13 @@ from dispatcher.admin.filters import (
 )
 from dispatcher.config import QUEUE_NAME
 from dispatcher.policy import Outcome
+from dispatcher.producer import MAX_DEDUPE_KEY, MAX_ORDERING_KEY
 from dispatcher.schema import CIRCUIT_STATES, STATUSES
 
 _STATUS_NAMES = [s.value for s in STATUSES]
 # Job ids per cancel request: the body stays far below the server's 64 KiB limit.
 API_MAX_JOB_IDS = 1000
+INGEST_MAX_BATCH = 100  # items per POST /api/events batch (dispatcher.web.ingest.MAX_BATCH)
 
 __all__ = ["OPENAPI"]
 
@@ -130,7 +132,9 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": "The outbox as the admin page shows it. Every call needs "
         "`Authorization: Bearer <DISPATCHER_ADMIN_TOKEN>`, except the health probes "
-        "`/healthz` and `/readyz`, which say nothing but each component's state.",
+        "`/healthz` and `/readyz`, which say nothing but each component's state, and "
+        "`POST /api/events`, which an ingestion token (`DISPATCHER_INGEST_TOKENS`) may call "
+        "too (a 403 everywhere else).",
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -316,6 +320,35 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/events": {
+            "post": {
+                "summary": "Enqueue an ECDP event (or a batch) as a Python producer would",
+                "description": "The admin token or an ingestion token (`DISPATCHER_INGEST_TOKENS`, "
+                "which can do nothing else). `event` is the ECDP request body as the API documents "
+                "it, checked by the same rules as `dispatcher.events`. A dedupe key already taken "
+                "in the queue answers 200 with the existing job's id. A batch (`events`) is "
+                f"written in one transaction, all or nothing, at most {INGEST_MAX_BATCH} items.",
+                "operationId": "enqueue",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"oneOf": [_ref("EnqueueRequest"), _ref("EnqueueBatch")]}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(_ref("Enqueued"), "A new job."),
+                    "200": _json(
+                        {"oneOf": [_ref("Enqueued"), _ref("EnqueuedBatch")]},
+                        "The dedupe key was taken: the existing job's id; or a batch's results.",
+                    ),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Cookie sessions: missing CSRF token."),
+                    "413": {"description": "The body is larger than 64 KiB."},
+                },
+            }
+        },
         "/api/forget": {
             "post": {
                 "summary": "Erase one customer's personal data (GDPR art. 17)",
@@ -483,6 +516,46 @@ OPENAPI: dict[str, Any] = {
                 "minProperties": 1,
                 "additionalProperties": False,
             },
+            "EnqueueRequest": {
+                **_object(
+                    required=False,
+                    event={
+                        "type": "object",
+                        "description": "The ECDP request body (customEventId, a customer "
+                        "identifier or segments, dataFields).",
+                    },
+                    queue={"type": "string", "pattern": QUEUE_NAME.pattern, "default": "default"},
+                    dedupe_key=_nullable("string", minLength=1, maxLength=MAX_DEDUPE_KEY),
+                    ordering_key=_nullable("string", minLength=1, maxLength=MAX_ORDERING_KEY),
+                    deliver_at=_nullable(
+                        "string",
+                        format="date-time",
+                        description="Not sent before this time (with a UTC offset).",
+                    ),
+                ),
+                "required": ["event"],
+                "additionalProperties": False,
+            },
+            "EnqueueBatch": {
+                **_object(
+                    events={
+                        "type": "array",
+                        "items": _ref("EnqueueRequest"),
+                        "minItems": 1,
+                        "maxItems": INGEST_MAX_BATCH,
+                    }
+                ),
+                "additionalProperties": False,
+            },
+            "Enqueued": _object(id={"type": "string"}),
+            "EnqueuedBatch": _object(
+                results={
+                    "type": "array",
+                    "items": _object(
+                        id={"type": "string"}, status={"type": "integer", "enum": [200, 201]}
+                    ),
+                }
+            ),
             "ForgetResult": _object(
                 identifier_kind={"type": "string"},
                 jobs={"type": "integer"},

@@ -222,7 +222,7 @@ def test_schemathesis_finds_no_server_error(client: httpx.Client, outbox: Outbox
         response_schema_conformance,
     ]  # not negative_data_rejection: it flags e.g. queue=0, an integer that is a valid name
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # seven of the API, pause, and the two probes
+    assert len(operations) == 11  # eight of the API, pause, and the two probes
     for operation in operations:
         # The probes take no input at all: nothing to make invalid.
         probe = operation.path in ("/healthz", "/readyz")
