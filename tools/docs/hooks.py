@@ -14,13 +14,11 @@ from mkdocs.structure.files import File, Files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reference  # noqa: E402
+import reference
 
 
 def on_files(files: Files, config: Any) -> Files:
-    files.append(
-        File.generated(config, "reference/openapi.json", content=reference.openapi_json())
-    )
+    files.append(File.generated(config, "reference/openapi.json", content=reference.openapi_json()))
     return files
 
 

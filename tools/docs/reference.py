@@ -52,7 +52,7 @@ def configuration() -> str:
 
     rows = []
     for v in VARIABLES:
-        default = "–" if v.default is None else f"`{v.default}`"
+        default = "\N{EN DASH}" if v.default is None else f"`{v.default}`"
         processes = ", ".join(p for p in PROCESSES if p in v.processes)
         rows.append([_variable_name(v), default, v.meaning, processes])
     return _table(["variable", "default", "meaning", "read by"], rows)
@@ -253,7 +253,7 @@ def migrations(folder: Path = ROOT / "dispatcher" / "migrations" / "versions") -
         rows.append(
             [
                 f"`{revision.group(1)}`",
-                "–" if down is None or down.group(1) == "None" else f"`{down.group(1)}`",
+                "\N{EN DASH}" if down is None or down.group(1) == "None" else f"`{down.group(1)}`",
                 " ".join(doc.group(1).split()).replace("``", "`") if doc else "",
             ]
         )
