@@ -171,6 +171,10 @@ def http_api() -> str:
         if schema.get("description"):
             out.append(schema["description"] + "\n")
         out.append(_properties(schema) or _schema_type(schema) + "\n")
+        if schema.get("minProperties"):
+            out.append(f"At least {schema['minProperties']} field(s).\n")
+        if schema.get("additionalProperties") is False:
+            out.append("No other field is accepted.\n")
     return "\n".join(out)
 
 
