@@ -558,3 +558,251 @@ def notice_defaults(settings: Settings | None = None) -> None:
 def get_settings() -> Settings:
     """The process-wide settings, read on first use (tests call ``get_settings.cache_clear()``)."""
     return Settings.from_env()
+
+
+# --------------------------------------------------------------------------- the variables, as data
+
+# The processes of an installation, as the documentation's checklist names them: the application
+# that enqueues, `dispatcher worker`, `dispatcher sweeper`, `dispatcher web` (or `dispatcher
+# metrics`) and Flower (`celery -A dispatcher.tasks flower`).
+PROCESSES = ("app", "worker", "sweeper", "web", "flower")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable the dispatcher reads, described for people: the documentation's
+    configuration reference and its per-process checklist are generated from :data:`VARIABLES`
+    (a test checks it against what :meth:`Settings.from_env` reads and its defaults). Data only:
+    nothing reads the environment through it."""
+
+    name: str
+    default: str | None  # as it would be written in the environment; None: unset by default
+    meaning: str
+    processes: frozenset[str]  # which of PROCESSES act on it
+    read_in: str = "dispatcher.config"  # the module that reads it
+    per_queue: bool = False  # also ``NAME_<QUEUE>`` (see queue_env_suffix)
+
+
+_WORKER = frozenset({"worker"})
+_SIGNALLERS = frozenset(PROCESSES)  # every process that sends or reads the signals
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "DISPATCHER_DATABASE_URL",
+        DEFAULT_DATABASE_URL,
+        "The outbox database. `postgresql://` and `postgres://` URLs use psycopg 3.",
+        frozenset({"app", "worker", "sweeper", "web"}),
+    ),
+    Variable(
+        "DISPATCHER_BROKER_URL",
+        DEFAULT_BROKER_URL,
+        "The Celery broker that carries the 'queue X has work' signals; `redis://…` in "
+        "production. Set it alike in every process.",
+        _SIGNALLERS,
+    ),
+    Variable(
+        "ECDP_API_KEY",
+        None,
+        "The `default` queue's API key, sent only in the `x-api-key` header.",
+        _WORKER,
+    ),
+    Variable(
+        "ECDP_API_KEY_<QUEUE>",
+        None,
+        "Further queues' keys (one per ECDP business unit): queue `eu-shop` reads "
+        "`ECDP_API_KEY_EU_SHOP`. A queue without a key is paused, naming the variable to set.",
+        _WORKER,
+    ),
+    Variable(
+        "ECDP_BASE_URL",
+        DEFAULT_BASE_URL,
+        "The API's address; plain `http://` to anything but loopback gets a WARNING at each "
+        "worker's start.",
+        _WORKER,
+    ),
+    Variable(
+        "HTTPS_PROXY",
+        None,
+        "An egress proxy for the API (also `HTTP_PROXY`, `ALL_PROXY`, and `NO_PROXY` for "
+        "exceptions, in either case), read as curl and httpx read them.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_HTTP_TIMEOUT_SECONDS",
+        "10",
+        "Each request's deadline, from connecting to the last byte of the answer.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_HTTP_CONNECT_TIMEOUT_SECONDS",
+        "5",
+        "The deadline for connecting to the API.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_RETRY_BASE_SECONDS",
+        "1",
+        "Backoff: the first retry's delay, doubling per attempt (±20 % jitter).",
+        _WORKER,
+    ),
+    Variable("DISPATCHER_RETRY_MAX_SECONDS", "3600", "Backoff: the longest delay.", _WORKER),
+    Variable(
+        "DISPATCHER_RETRY_AFTER_MAX_SECONDS",
+        "3600",
+        "The cap on an honoured `Retry-After`.",
+        _WORKER,
+    ),
+    Variable("DISPATCHER_MAX_ATTEMPTS", "12", "Counted attempts before a job is `dead`.", _WORKER),
+    Variable("DISPATCHER_BATCH_SIZE", "100", "Jobs per claim.", _WORKER),
+    Variable(
+        "DISPATCHER_MAX_IN_FLIGHT",
+        "256",
+        "The most requests in flight per worker process (a closed-loop window adapts below it).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_RATE_LIMIT",
+        None,
+        "Requests per second for a queue, shared by every worker on every machine (a token "
+        "bucket in the queue's row); `_<QUEUE>` for one queue. Unset or 0: no ceiling.",
+        _WORKER,
+        per_queue=True,
+    ),
+    Variable(
+        "DISPATCHER_CONCURRENCY",
+        None,
+        "Requests in flight for a queue, shared by every worker; `_<QUEUE>` for one queue. "
+        "Unset or 0: no ceiling.",
+        _WORKER,
+        per_queue=True,
+    ),
+    Variable(
+        "DISPATCHER_LEASE_SECONDS",
+        "120",
+        "A claimed job returns to `pending` if its worker is silent this long; at least twice "
+        "`DISPATCHER_HTTP_TIMEOUT_SECONDS` (checked at start).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_SHUTDOWN_GRACE_SECONDS",
+        "5",
+        "On SIGTERM a worker stops claiming, waits this long for the answers in flight, records "
+        "them and gives back the rest (uncounted). Keep it 3 s or more below the platform's kill "
+        "timeout (Docker's is 10 s).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_ENABLED",
+        "true",
+        "The per-queue circuit breaker; `false` (`0`, `no`, `off`) lets each job retry on its "
+        "own schedule through an outage.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_MIN_REQUESTS",
+        "20",
+        "Answers a worker process must have seen for a queue within the window before it may "
+        "open the circuit.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_FAILURE_RATIO",
+        "0.8",
+        "The share of those answers that must be outages (5xx, 408, timeouts, connection "
+        "errors; never another 4xx) to open it.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_WINDOW_SECONDS",
+        "60",
+        "How far back answers count (at most the last 100 per queue and worker process).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_POISON_SECONDS",
+        "600",
+        "How long kinds of event that failed while another kind got through are taken for bad "
+        "payloads (their failures count and never open the circuit).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_PROBE_MIN_SECONDS",
+        "1",
+        "While open, the first probe after this long; the interval doubles per failed probe.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_BREAKER_PROBE_MAX_SECONDS",
+        "15",
+        "The longest interval between probes: delivery resumes within about this long of the "
+        "API coming back.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_SWEEP_INTERVAL_SECONDS", "1", "The sweeper's period.", frozenset({"sweeper"})
+    ),
+    Variable(
+        "DISPATCHER_DEDICATED_QUEUES",
+        None,
+        "Outbox queues (comma-separated) whose signals travel on a Celery queue of their own, "
+        "`dispatcher.<queue>`, so that `dispatcher worker --queues eu-shop` serves only them. "
+        "Set it alike in every process.",
+        _SIGNALLERS,
+    ),
+    Variable(
+        "DISPATCHER_LOG_FORMAT",
+        "text",
+        "`json`: one JSON object per line (`ts`, `level`, `logger`, `message`, and `queue`, "
+        "`job_id`, `status_code`, … where they apply), Celery's records included.",
+        frozenset({"worker", "sweeper", "web"}),
+    ),
+    Variable(
+        "DISPATCHER_RETENTION",
+        "30d",
+        "The sweeper deletes finished jobs (and their attempts) last changed longer ago than "
+        "this (`12h`, `7d`, `4w`, …; at least `1h`), or `off`.",
+        frozenset({"sweeper"}),
+    ),
+    Variable(
+        "DISPATCHER_RESPONSE_BODY_LIMIT",
+        "8192",
+        "Bytes of each response body kept (at least 256).",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_ADMIN_TOKEN",
+        None,
+        "The token of the admin page, its API and `/metrics` (16+ characters); without it "
+        "`dispatcher web` binds to loopback only.",
+        frozenset({"web"}),
+    ),
+    Variable(
+        "DISPATCHER_TRUSTED_PROXIES",
+        None,
+        "Reverse proxies (addresses or networks, comma-separated) whose `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` `dispatcher web` believes; none by default.",
+        frozenset({"web"}),
+    ),
+    Variable(
+        "DISPATCHER_ALERT_WEBHOOK_URL",
+        None,
+        "A Slack-compatible incoming webhook, told once per queue pause and once per circuit "
+        "opening.",
+        _WORKER,
+    ),
+    Variable(
+        "DISPATCHER_HEARTBEAT_DIR",
+        "<temp>/ecdp-dispatcher-<hash of the database URL>",
+        "Where the worker and the sweeper write the heartbeat files that `dispatcher check "
+        "--worker`/`--sweeper` read; one folder per installation.",
+        frozenset({"worker", "sweeper"}),
+        read_in="dispatcher.health",
+    ),
+    Variable(
+        "DISPATCHER_WEB_HOST",
+        "127.0.0.1",
+        "The default of `dispatcher web --host`.",
+        frozenset({"web"}),
+        read_in="dispatcher.cli",
+    ),
+)
