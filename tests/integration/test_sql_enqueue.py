@@ -27,7 +27,7 @@ from tests.support import wait_until
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("env")]
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs" / "enqueue-from-anywhere.md"
+DOCS = ROOT / "docs" / "guides" / "sql-and-http.md"
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_the_listener_reconnects_after_its_connection_is_killed(
 
 
 def _snippet(name: str) -> str:
-    """The fenced SQL block under the heading ``name`` in docs/enqueue-from-anywhere.md."""
+    """The fenced SQL block under the heading ``name`` in docs/guides/sql-and-http.md."""
     text = DOCS.read_text()
     section = text.split(f"## {name}", 1)[1]
     return section.split("```sql", 1)[1].split("```", 1)[0]
