@@ -777,6 +777,14 @@ VARIABLES: tuple[Variable, ...] = (
         frozenset({"web"}),
     ),
     Variable(
+        "DISPATCHER_INGEST_TOKENS",
+        None,
+        "Comma-separated tokens (16+ characters each) that may only enqueue, through `POST "
+        "/api/events`: give these to producers, never the admin token; every other route answers "
+        "them 403.",
+        frozenset({"web"}),
+    ),
+    Variable(
         "DISPATCHER_TRUSTED_PROXIES",
         None,
         "Reverse proxies (addresses or networks, comma-separated) whose `X-Forwarded-For` and "

@@ -210,7 +210,7 @@ def test_the_listener_reconnects_after_its_connection_is_killed(
     with get_engine(db_url).begin() as conn:
         killed = conn.exec_driver_sql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'dispatcher-listener'"
+            "WHERE application_name = 'dispatcher-listener' AND datname = current_database()"
         ).scalar()
     assert killed == 1
     wait_until(lambda: not ready.is_set(), "the listener noticed", 10)
@@ -276,17 +276,19 @@ def test_the_sweeper_signals_a_sql_enqueue_within_a_second_not_at_its_next_pass(
             "the sweeper's listener",
             10,
         )
-        with engine.connect() as conn:  # the LISTEN is in place
-            wait_until(
-                lambda: conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name = 'dispatcher-listener' AND query LIKE 'LISTEN%'"
-                    )
-                ).scalar(),
-                "LISTEN",
-                10,
-            )
+
+        def listening() -> bool:  # a transaction per look: pg_stat_activity is read once in one
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                            "'dispatcher-listener' AND query LIKE 'LISTEN%'"
+                        )
+                    ).scalar()
+                )
+
+        wait_until(listening, "LISTEN", 10)  # the LISTEN is in place
         with engine.begin() as conn:
             _call(conn, "from-sql", '{"customEventId": 1, "customerId": 1}')
         wait_until(lambda: "from-sql" in calls.queues, "the listener's signal", 5)
