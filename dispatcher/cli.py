@@ -117,7 +117,7 @@ def _engine() -> sa.Engine:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Create or upgrade the outbox tables (Alembic)."""
-    from dispatcher.config import notice_defaults
+    from dispatcher.logs import notice_defaults
     from dispatcher.migrate import upgrade
 
     notice_defaults()

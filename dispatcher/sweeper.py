@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from dispatcher import health, outbox
 from dispatcher.db import utcnow
 from dispatcher.partitions import Maintainer
+from dispatcher.problems import EXIT_BROKER, EXIT_DATABASE, EXIT_SCHEMA, explain
 from dispatcher.retention import Retention
 from dispatcher.scrub import scrub
 
@@ -44,8 +45,6 @@ class Health:
 
     @staticmethod
     def kind(exc: BaseException) -> str:
-        from dispatcher.problems import EXIT_BROKER, EXIT_DATABASE, EXIT_SCHEMA, explain
-
         problem = explain(exc)
         code = problem.code if problem is not None else None
         if code == EXIT_BROKER or _is_connection_error(exc):
@@ -113,12 +112,12 @@ CHARTS_SECONDS = 300.0  # how often the charts' settled buckets are kept (see ke
 
 def keep_charts(engine: Engine, due: float, every: float = CHARTS_SECONDS) -> float:
     """Once ``due`` (a ``time.monotonic()``) has come, keep every queue's settled chart buckets
-    (:func:`dispatcher.admin.reads.keep_activity`), so that the queue page's first view of the
+    (:func:`dispatcher.admin.activity.keep_activity`), so that the queue page's first view of the
     day and the overview's sparklines measure only the newest half hour of attempts; when it is
     due next."""
     import time
 
-    from dispatcher.admin.reads import keep_activity
+    from dispatcher.admin.activity import keep_activity
 
     if time.monotonic() < due:
         return due

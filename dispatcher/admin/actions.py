@@ -34,6 +34,7 @@ from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import CancelResult, PurgeResult, ReplayResult
 from dispatcher.db import utcnow
 from dispatcher.masking import redact
+from dispatcher.producer import signal_workers
 from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs
 
 __all__ = [
@@ -66,8 +67,6 @@ PURGE_VACUUM_EVERY = 1_000_000
 
 
 def _signal(queues: Iterable[str]) -> None:
-    from dispatcher.producer import signal_workers
-
     signal_workers(queues)
 
 
@@ -505,7 +504,7 @@ def purge(
         if progress is not None:  # jobs and attempts deleted so far, after each batch
             progress(total_jobs, total_attempts)
         if unvacuumed and (last or unvacuumed >= PURGE_VACUUM_EVERY):
-            _vacuum(engine, analyze=last)  # its time counts in the pause below
+            vacuum(engine, analyze=last)  # its time counts in the pause below
             unvacuumed = 0
         if last:
             break
@@ -515,7 +514,7 @@ def purge(
     return PurgeResult(total_jobs, total_attempts)
 
 
-def _vacuum(engine: sa.Engine, *, analyze: bool, what: str = "purge") -> None:
+def vacuum(engine: sa.Engine, *, analyze: bool, what: str = "purge") -> None:
     """VACUUM (and at a purge's end, ANALYZE: the history's shape changed) the jobs and attempts
     tables on PostgreSQL; SQLite reuses a deleted row's pages by itself.
 

@@ -42,8 +42,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from dispatcher import outbox
+from dispatcher.admin.actions import vacuum
 from dispatcher.admin.filters import AdminError, check_int, check_time
 from dispatcher.admin.results import ForgetResult
+from dispatcher.partitions import DEDUPE
 from dispatcher.schema import (
     DUE_STATUSES,
     JobStatus,
@@ -281,14 +283,12 @@ def forget(
             )
     result = ForgetResult(customer.kind, **vars(tally), dry_run=dry_run)
     if not dry_run:
-        from dispatcher.admin.actions import _vacuum
-
         log.info(
             "admin: forgot a customer (by %s): %s",
             customer.kind,
             ", ".join(f"{n} {k}" for k, n in vars(tally).items()),
         )
-        _vacuum(engine, analyze=False, what="forget")  # the old row versions hold the data too
+        vacuum(engine, analyze=False, what="forget")  # the old row versions hold the data too
     return result
 
 
@@ -319,8 +319,6 @@ def _in_batches(
 
 def _dedupe_table(conn: sa.Connection) -> sa.Table | None:
     """The partitioned layout's key table (dispatcher.partitions), which holds dedupe keys too."""
-    from dispatcher.partitions import DEDUPE
-
     if conn.dialect.name != "postgresql" or not sa.inspect(conn).has_table(DEDUPE):
         return None
     return sa.Table(

@@ -20,7 +20,7 @@ from collections.abc import Collection
 import sqlalchemy as sa
 
 from dispatcher.admin.filters import AdminError, check_queue
-from dispatcher.admin.reads import Bind, _queue_names, connected
+from dispatcher.admin.reads import Bind, connected, queue_names
 from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
     LIVE_WHERE,
@@ -56,7 +56,7 @@ def existing_queues(bind: Bind) -> set[str]:
     """Every queue in use: with a live job, a queue row, or finished jobs counted (also zero:
     its jobs were purged)."""
     with connected(bind) as conn:
-        found = _queue_names(conn) | set(conn.execute(sa.select(counts.c.queue)).scalars())
+        found = queue_names(conn) | set(conn.execute(sa.select(counts.c.queue)).scalars())
         if isinstance(bind, sa.Engine):
             conn.rollback()
     return found

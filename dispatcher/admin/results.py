@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dispatcher.admin.times import iso as _iso
 from dispatcher.policy import Outcome, cause
 from dispatcher.schema import JobStatus
+from dispatcher.times import iso as _iso
 
 __all__ = [
     "Attempt",

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher import admin
-from dispatcher.admin.reads import _id_floor, _percentile
+from dispatcher.admin.activity import _id_floor, _percentile
 from dispatcher.schema import attempts, jobs
 from dispatcher.web.charts import counts_chart, sparkline, times_chart
 
