@@ -22,6 +22,7 @@ import click
 import sqlalchemy as sa
 
 from dispatcher import __version__, logs, problems
+from dispatcher.breaker import Circuit
 from dispatcher.config import (
     DEFAULT_QUEUE,
     ConfigError,
@@ -856,7 +857,7 @@ def stats(as_json: bool) -> None:
             f", next probe {_when(q.circuit_next_probe_at)}"
             if q.circuit_next_probe_at is not None
             else " (a probe is in flight)"
-            if q.circuit == "half_open"
+            if q.circuit is Circuit.HALF_OPEN
             else ""
         )
         n = q.circuit_failed_probes
@@ -1071,7 +1072,7 @@ def queues_command(delete: str | None, as_json: bool) -> None:
         for name, q in per_queue.items()
     }
     for name in emptied:
-        rows[name] = {"paused": False, "circuit": "closed", "live": 0, "finished": 0}
+        rows[name] = {"paused": False, "circuit": Circuit.CLOSED, "live": 0, "finished": 0}
     rows = dict(sorted(rows.items()))
     if as_json:
         _json({"queues": rows})

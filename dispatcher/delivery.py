@@ -456,7 +456,7 @@ class Deliverer:
             log.warning(
                 "circuit closed queue=%s: a probe got an answer; delivery resumes",
                 d.queue,
-                extra={"queue": d.queue, "circuit": "closed"},
+                extra={"queue": d.queue, "circuit": Circuit.CLOSED},
             )
             if poisoned:
                 log.warning(

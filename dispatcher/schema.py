@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dispatcher.breaker import Circuit
 from dispatcher.db import UTCDateTime
 
 
@@ -40,7 +41,7 @@ class JobStatus(StrEnum):
 
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
-CIRCUIT_STATES = ("closed", "open", "half_open")  # see dispatcher.breaker
+CIRCUIT_STATES: tuple[Circuit, ...] = tuple(Circuit)  # see dispatcher.breaker
 DUE_STATUSES = (JobStatus.PENDING, JobStatus.RETRYING)
 FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD, JobStatus.CANCELLED)
 
@@ -173,7 +174,7 @@ queues = sa.Table(
     sa.Column("cooldown_until", UTCDateTime),
     # The circuit breaker (dispatcher.breaker): while not closed, workers send nothing for the
     # queue but one probe at circuit_retry_at; circuit_probes failed probes grow that interval.
-    sa.Column("circuit", sa.String(16), nullable=False, server_default="closed"),
+    sa.Column("circuit", sa.String(16), nullable=False, server_default=Circuit.CLOSED.value),
     sa.Column("circuit_since", UTCDateTime),
     sa.Column("circuit_reason", sa.Text),
     sa.Column("circuit_retry_at", UTCDateTime),
@@ -191,7 +192,7 @@ queues = sa.Table(
     # Re-sends after a timeout that came after the body was written: each may have reached the
     # API twice (ECDP has no idempotency key).
     sa.Column("resent", sa.BigInteger, nullable=False, server_default="0"),
-    sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
+    sa.CheckConstraint(f"circuit IN ({', '.join(repr(c.value) for c in Circuit)})", name="circuit"),
 )
 
 # Finished jobs per queue and status (delivered, dead, cancelled), exact: every statement that

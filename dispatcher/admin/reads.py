@@ -24,6 +24,7 @@ from dispatcher.admin.filters import (
     check_time,
 )
 from dispatcher.admin.results import Attempt, JobDetail, JobSummary, QueueStats
+from dispatcher.breaker import Circuit
 from dispatcher.masking import redact
 from dispatcher.policy import Outcome
 from dispatcher.schema import (
@@ -262,7 +263,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
     for name in sorted(counts.keys() | switches.keys()):
         switch = switches.get(name)
         due = oldest.get(name)
-        circuit = (switch.circuit if switch is not None else None) or "closed"
+        circuit = Circuit((switch.circuit if switch is not None else None) or Circuit.CLOSED)
         result[name] = QueueStats(
             name=name,
             paused=bool(switch is not None and switch.paused),
@@ -276,7 +277,7 @@ def stats(bind: Bind, now: datetime) -> dict[str, QueueStats]:
             circuit_since=switch.circuit_since if switch is not None else None,
             circuit_reason=redact(switch.circuit_reason) if switch is not None else None,
             circuit_next_probe_at=(
-                switch.circuit_retry_at if switch is not None and circuit == "open" else None
+                switch.circuit_retry_at if switch is not None and circuit is Circuit.OPEN else None
             ),
             circuit_failed_probes=int(switch.circuit_probes or 0) if switch is not None else 0,
             window=switch.send_window if switch is not None else None,

@@ -367,7 +367,7 @@ OPENAPI: dict[str, Any] = {
                 oldest_due_age_seconds=_nullable("number"),
                 circuit={
                     "type": "string",
-                    "enum": list(CIRCUIT_STATES),
+                    "enum": [c.value for c in CIRCUIT_STATES],
                     "description": "The circuit breaker: while open or half_open nothing is sent "
                     "for the queue but one probe at a time; it closes by itself.",
                 },
