@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from dispatcher import outbox
+from dispatcher import outbox, producer
 from dispatcher.admin.filters import (
     MAX_BATCH_SIZE,
     MAX_EXPECTED,
@@ -34,7 +34,6 @@ from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import CancelResult, PurgeResult, ReplayResult
 from dispatcher.db import utcnow
 from dispatcher.masking import redact
-from dispatcher.producer import signal_workers
 from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs
 
 __all__ = [
@@ -67,7 +66,7 @@ PURGE_VACUUM_EVERY = 1_000_000
 
 
 def _signal(queues: Iterable[str]) -> None:
-    signal_workers(queues)
+    producer.signal_workers(queues)  # looked up at the call: tests replace it
 
 
 # --------------------------------------------------------------------------- pause / resume
