@@ -99,7 +99,11 @@ jobs = sa.Table(
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("dedupe_key", sa.String(255)),
     sa.Column("last_status_code", sa.Integer),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", sa.Text),  # the last answer's reason (policy.Decision.reason)
+    # Dead because its last counted attempt was the last one allowed (policy.Decision.exhausted):
+    # shown as "max attempts exceeded: <last_error>"; a circuit that opens on the outage that
+    # killed it brings it back (outbox.open_circuit).
+    sa.Column("exhausted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("replays", sa.Integer, nullable=False, server_default="0"),
     sa.Column("replayed_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),

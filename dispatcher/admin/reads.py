@@ -26,7 +26,7 @@ from dispatcher.admin.filters import (
 from dispatcher.admin.results import Attempt, JobDetail, JobSummary, QueueStats
 from dispatcher.breaker import Circuit
 from dispatcher.masking import redact
-from dispatcher.policy import Outcome
+from dispatcher.policy import Outcome, shown_reason
 from dispatcher.schema import (
     DUE_STATUSES,
     LIVE_WHERE,
@@ -100,6 +100,7 @@ _SUMMARY_COLUMNS = (
     jobs.c.attempts,
     jobs.c.last_status_code,
     jobs.c.last_error,
+    jobs.c.exhausted,
     jobs.c.created_at,
     jobs.c.delivered_at,
 )
@@ -114,7 +115,7 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         "status": JobStatus(row.status),
         "attempts": row.attempts,
         "last_status_code": row.last_status_code,
-        "last_error": row.last_error,
+        "last_error": shown_reason(row.last_error, exhausted=bool(row.exhausted)),
         "created_at": row.created_at,
         "delivered_at": row.delivered_at,
     }

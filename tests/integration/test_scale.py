@@ -15,6 +15,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 
 from dispatcher import admin, outbox
 from dispatcher.breaker import BreakerPolicy
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
+from dispatcher.policy import Decision, Outcome
 from dispatcher.schema import FINISHED_STATUSES, counts, jobs
 
 from ..conftest import EMPTY_OUTBOX, PG_URL
@@ -127,7 +128,7 @@ def test_counts_stay_exact_through_every_path(engine: sa.Engine) -> None:
                     503,
                     None,
                     None,
-                    answer(Outcome.DEAD, f"{MAX_ATTEMPTS_REASON}: 503"),
+                    replace(answer(Outcome.DEAD, "503"), exhausted=True),
                 )
             ],
             later,
