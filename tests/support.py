@@ -23,6 +23,8 @@ from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+
 
 def free_port() -> int:
     with socket.socket() as s:
