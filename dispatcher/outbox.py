@@ -1282,6 +1282,83 @@ def recount(conn: sa.Connection) -> None:
     )
 
 
+# --------------------------------------------------------------------------- an operator's moves
+
+
+def replay_jobs(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    now: datetime,
+) -> Counter[str]:
+    """``dispatcher replay``: the jobs matching ``where`` whose status is one of ``targets``
+    (finished ones) are due again at once, with a fresh attempt budget; their history (attempt
+    rows, ``last_status_code``, ``last_error``) is kept. How many moved, per queue."""
+    return _move(
+        conn,
+        where,
+        targets,
+        JobStatus.PENDING,
+        {
+            "status": JobStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "delivered_at": None,
+            "replays": jobs.c.replays + 1,
+            "replayed_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def cancel_jobs(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    now: datetime,
+) -> Counter[str]:
+    """``dispatcher cancel``: the jobs matching ``where`` whose status is one of ``targets``
+    (waiting ones only: a leased job is its worker's to record) are never sent. How many moved,
+    per queue."""
+    return _move(
+        conn,
+        where,
+        targets,
+        JobStatus.CANCELLED,
+        {"status": JobStatus.CANCELLED, "updated_at": now},
+    )
+
+
+def _move(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    into: JobStatus,
+    values: Mapping[str, Any],
+) -> Counter[str]:
+    """One UPDATE per target status (RETURNING the queue), so that ``dispatcher_counts`` gains
+    and loses exactly what moved."""
+    per_queue: Counter[str] = Counter()
+    moved: Counter[tuple[str, str]] = Counter()
+    for target in targets:
+        statement = (
+            sa.update(jobs)
+            .where(*where, jobs.c.status == target)
+            .values(**values)
+            .returning(jobs.c.queue)
+        )
+        for queue in conn.execute(statement).scalars():
+            per_queue[queue] += 1
+            if target in FINISHED_STATUSES:
+                moved[(queue, target)] -= 1
+            if into in FINISHED_STATUSES:
+                moved[(queue, into)] += 1
+    add_counts(conn, moved)
+    return per_queue
+
+
 # --------------------------------------------------------------------------- retention
 
 

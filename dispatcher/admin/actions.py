@@ -218,7 +218,7 @@ def replay(
         f,
         job_ids,
         targets,
-        lambda conditions: _replay_statement(conditions, now),
+        lambda conn, where: outbox.replay_jobs(conn, where, targets, now),
         into=JobStatus.PENDING,
         refusal=refusal,
         verb="replayed",
@@ -276,7 +276,7 @@ def cancel(
         f,
         job_ids,
         targets,
-        lambda conditions: _cancel_statement(conditions, now),
+        lambda conn, where: outbox.cancel_jobs(conn, where, targets, now),
         into=JobStatus.CANCELLED,
         refusal=refusal,
         verb="cancelled",
@@ -295,7 +295,7 @@ def _move(
     f: Filter,
     job_ids: Iterable[int | str] | None,
     targets: tuple[JobStatus, ...],
-    statement: Callable[[list[sa.ColumnElement[bool]]], sa.Update],
+    move: Callable[[sa.Connection, list[sa.ColumnElement[bool]]], Counter[str]],
     *,
     into: JobStatus,
     refusal: Callable[[int, str], str | None],
@@ -306,8 +306,8 @@ def _move(
     skipped: JobStatus | None = None,
 ) -> Moved:
     """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
-    ``targets`` move to ``into`` with one UPDATE per target status (``statement``, RETURNING
-    the queue), so that ``dispatcher_counts`` gains and loses exactly what moved; or, with
+    ``targets`` move to ``into`` (``move``: :func:`dispatcher.outbox.replay_jobs` or
+    :func:`~dispatcher.outbox.cancel_jobs`, which keep ``dispatcher_counts`` exact); or, with
     ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
     jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
     transaction and moved any.
@@ -364,15 +364,7 @@ def _move(
             if isinstance(bind, sa.Engine):
                 conn.rollback()
             return result(per_queue, left_alone)
-        moved: Counter[tuple[str, str]] = Counter()
-        for target in targets:
-            for queue in conn.execute(statement([*conditions, jobs.c.status == target])).scalars():
-                per_queue[queue] += 1
-                if target in FINISHED_STATUSES:
-                    moved[(queue, target)] -= 1
-                if into in FINISHED_STATUSES:
-                    moved[(queue, into)] += 1
-        outbox.add_counts(conn, moved)
+        per_queue = move(conn, conditions)
         if expected is not None:  # this call's own connection: commit or undo here
             if per_queue.total() != expected:
                 conn.rollback()
@@ -386,35 +378,6 @@ def _move(
             " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
         )
     return result(per_queue, left_alone)
-
-
-def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
-    return (
-        sa.update(jobs)
-        .where(*conditions)
-        .values(
-            status=JobStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            lease_token=None,
-            lease_expires_at=None,
-            delivered_at=None,
-            replays=jobs.c.replays + 1,
-            replayed_at=now,
-            updated_at=now,
-        )
-        .returning(jobs.c.queue)
-    )
-
-
-def _cancel_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
-    # Only waiting rows (the conditions hold status): a leased row is its worker's to record.
-    return (
-        sa.update(jobs)
-        .where(*conditions)
-        .values(status=JobStatus.CANCELLED, updated_at=now)
-        .returning(jobs.c.queue)
-    )
 
 
 def _check_ids(
