@@ -505,7 +505,6 @@ def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
         sparklines = admin.delivered_per_minute(conn, now)
     assert sparklines.keys() == {"shop", "mail"} and sum(sparklines["shop"]) > 0
 
-    assert sweeper.keep_charts(engine, float("inf")) == float("inf"), "not due: nothing done"
     assert reads.keep_activity(engine, now) == 6  # three queues, two windows
     settled = now - reads.ARRIVAL_MARGIN
     with engine.connect() as conn:
@@ -538,7 +537,9 @@ def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
     assert admin.delivered_per_minute(engine, now) == sparklines
     assert measured_from == [min(marks[q, 60] for q in ("shop", "mail", "idle"))]
     # A later pass (the sweeper's own clock) measures only what settled since.
-    assert sweeper.keep_charts(engine, float("-inf")) > 0
+    charts = sweeper.Charts(engine, interval=300.0, monotonic=lambda: 0.0)
+    assert charts.run_once() is not None, "due at its first pass"
+    assert charts.run_once() is None, "not due again before its interval: nothing done"
 
 
 # --------------------------------------------------------------------------- purged rows
