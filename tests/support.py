@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from dispatcher.db import get_engine, utcnow
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
-from dispatcher.schema import jobs
+from dispatcher.schema import FINISHED_STATUSES, counts, jobs
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
@@ -149,3 +149,26 @@ def account(url: str, sandbox: Sandbox, key: str = "customerId") -> Accounting:
         sends=len(sandbox.requests),
         duplicates=sum(n - 1 for n in accepted.values() if n > 1),
     )
+
+
+def status_of(engine: sa.Engine, job_id: str) -> str:
+    with engine.connect() as conn:
+        found: str = conn.execute(
+            sa.select(jobs.c.status).where(jobs.c.id == int(job_id))
+        ).scalar_one()
+        return found
+
+
+def assert_counts_exact(engine: sa.Engine) -> None:
+    """dispatcher_counts holds exactly what a recount of the finished jobs finds."""
+    with engine.connect() as conn:
+        kept = {(r.queue, r.status): r.jobs for r in conn.execute(sa.select(counts)) if r.jobs}
+        real = {
+            (r.queue, r.status): r.n
+            for r in conn.execute(
+                sa.select(jobs.c.queue, jobs.c.status, sa.func.count().label("n"))
+                .where(jobs.c.status.in_(FINISHED_STATUSES))
+                .group_by(jobs.c.queue, jobs.c.status)
+            )
+        }
+    assert kept == real

@@ -19,7 +19,8 @@ from dispatcher import CustomEvent, admin, enqueue, enqueue_many, outbox
 from dispatcher.cli import main
 from dispatcher.db import utcnow
 from dispatcher.policy import Decision, Outcome
-from dispatcher.schema import FINISHED_STATUSES, counts, jobs, queues
+from dispatcher.schema import counts, jobs, queues
+from tests.support import assert_counts_exact, status_of
 
 
 @pytest.fixture
@@ -36,34 +37,11 @@ def run(env: pytest.MonkeyPatch) -> Callable[..., Result]:
     return invoke
 
 
-def status_of(engine: sa.Engine, job_id: str) -> str:
-    with engine.connect() as conn:
-        found: str = conn.execute(
-            sa.select(jobs.c.status).where(jobs.c.id == int(job_id))
-        ).scalar_one()
-        return found
-
-
 def set_status(engine: sa.Engine, job_id: str, status: str, **values: object) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.update(jobs).where(jobs.c.id == int(job_id)).values(status=status, **values)
         )
-
-
-def assert_counts_exact(engine: sa.Engine) -> None:
-    """dispatcher_counts holds exactly what a recount of the finished jobs finds."""
-    with engine.connect() as conn:
-        kept = {(r.queue, r.status): r.jobs for r in conn.execute(sa.select(counts)) if r.jobs}
-        real = {
-            (r.queue, r.status): r.n
-            for r in conn.execute(
-                sa.select(jobs.c.queue, jobs.c.status, sa.func.count().label("n"))
-                .where(jobs.c.status.in_(FINISHED_STATUSES))
-                .group_by(jobs.c.queue, jobs.c.status)
-            )
-        }
-    assert kept == real
 
 
 # --------------------------------------------------------------------------- queue names
