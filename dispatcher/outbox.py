@@ -1359,6 +1359,30 @@ def _move(
     return per_queue
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """``dispatcher forget``'s change to one job: its texts rewritten (``values``), and, if it
+    was still waiting, cancelled."""
+
+    job_id: int
+    queue: str
+    values: Mapping[str, Any]
+    cancel: bool = False
+
+
+def erase_jobs(conn: sa.Connection, erased: Sequence[Erasure], now: datetime) -> None:
+    """Write ``erased`` in the caller's transaction (which has locked those rows); the
+    cancelled ones are counted in ``dispatcher_counts``."""
+    cancelled: Counter[tuple[str, str]] = Counter()
+    for e in erased:
+        values = dict(e.values)
+        if e.cancel:
+            values["status"] = JobStatus.CANCELLED
+            cancelled[(e.queue, JobStatus.CANCELLED)] += 1
+        conn.execute(sa.update(jobs).where(jobs.c.id == e.job_id).values(**values, updated_at=now))
+    add_counts(conn, cancelled)  # last: see add_counts
+
+
 # --------------------------------------------------------------------------- retention
 
 

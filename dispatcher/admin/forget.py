@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -366,9 +365,10 @@ def _jobs_batch(
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()  # a claim skips them; a recording worker waits
     owned: set[int] = set()
-    cancelled: Counter[tuple[str, str]] = Counter()
+    erased: list[outbox.Erasure] = []
     for row in conn.execute(query).all():
         changes: dict[str, Any] = {}
+        cancel = False
         key_dropped = (
             row.dedupe_key is not None and customer.scrub(row.dedupe_key) != row.dedupe_key
         )
@@ -379,8 +379,7 @@ def _jobs_batch(
             if row.last_error is not None:
                 changes["last_error"] = ERASED
             if row.status in DUE_STATUSES:
-                changes["status"] = JobStatus.CANCELLED
-                cancelled[(row.queue, JobStatus.CANCELLED)] += 1
+                cancel = True
                 tally.cancelled += 1
             elif row.status == JobStatus.IN_FLIGHT:
                 tally.in_flight += 1
@@ -396,11 +395,9 @@ def _jobs_batch(
             if dedupe is not None and not dry_run:
                 conn.execute(sa.delete(dedupe).where(dedupe.c.job_id == row.id))
         if changes and not dry_run:
-            conn.execute(
-                sa.update(jobs).where(jobs.c.id == row.id).values(**changes, updated_at=now)
-            )
+            erased.append(outbox.Erasure(row.id, row.queue, changes, cancel=cancel))
     if not dry_run:
-        outbox.add_counts(conn, cancelled)  # last: see add_counts
+        outbox.erase_jobs(conn, erased, now)
     return owned
 
 
