@@ -21,7 +21,7 @@ from dispatcher.admin.filters import (
 )
 from dispatcher.config import QUEUE_NAME
 from dispatcher.policy import Outcome
-from dispatcher.schema import CIRCUIT_STATES, STATUSES
+from dispatcher.schema import CIRCUIT_STATES, DUE_STATUSES, STATUSES
 
 _STATUS_NAMES = [s.value for s in STATUSES]
 # Job ids per cancel request: the body stays far below the server's 64 KiB limit.
@@ -454,7 +454,7 @@ OPENAPI: dict[str, Any] = {
                         "description": f"At most {API_MAX_JOB_IDS} per call (the body's limit); "
                         "a filter for more.",
                     },
-                    status={"type": "string", "enum": ["pending", "retrying"]},
+                    status={"type": "string", "enum": [s.value for s in DUE_STATUSES]},
                     customer_email={"type": "string", "maxLength": EMAIL_MAX},
                     **_move_body("Cancel"),
                 ),
