@@ -6,9 +6,9 @@ breaker looks at a queue's answers as a whole instead:
 
 - **closed** (normal): each worker process keeps a :class:`Window` of its recent answers for the
   queue. When at least ``min_requests`` answers of the last ``window_seconds`` are there and a
-  ``failure_ratio`` of them say "the API is down" (:func:`is_outage`: 5xx, 408, timeouts,
-  connection errors; never another 4xx), the worker opens the circuit for every worker, in the
-  queue's row.
+  ``failure_ratio`` of them say "the API is down" (:func:`dispatcher.policy.is_outage`: 5xx,
+  408, timeouts, connection errors; never another 4xx), the worker opens the circuit for every
+  worker, in the queue's row.
 - **open**: no worker claims from the queue. At ``circuit_retry_at`` one worker moves it to
   **half_open** and sends one probe; the interval grows from ``probe_min_seconds`` to at most
   ``probe_max_seconds`` per failed probe, so delivery resumes within that cap (plus a sweep) of
@@ -30,13 +30,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from dispatcher.policy import is_outage
-
 __all__ = [
     "BreakerPolicy",
     "Circuit",
     "Window",
-    "is_outage",
     "probe_interval",
 ]
 
