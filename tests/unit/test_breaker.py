@@ -18,8 +18,9 @@ from dispatcher.breaker import (
 )
 from dispatcher.policy import is_outage
 
+from .conftest import NO_DEADLINE
+
 PROFILE = settings(deadline=None, max_examples=300)
-NO_DEADLINE = settings(deadline=None)  # a loaded CI machine is not a failure
 
 
 def policy(**overrides: object) -> BreakerPolicy:

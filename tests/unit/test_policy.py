@@ -8,7 +8,7 @@ from email.utils import format_datetime
 from http import HTTPStatus
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.policy import (
@@ -28,8 +28,9 @@ from dispatcher.policy import (
     truncate_body,
 )
 
+from .conftest import NO_DEADLINE
+
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-NO_DEADLINE = settings(deadline=None)  # a loaded CI machine is not a failure
 POLICY = RetryPolicy()
 
 
