@@ -436,21 +436,23 @@ def main() -> int:
     if args.one:
         print(json.dumps(measure(args.one, args.url, args.n, int(args.in_flight))))
         return 0
-    import run  # bench/run.py: its services, sinks and process handling
+    # The benchmark's services, sinks and process handling (bench/run.py imports this module).
+    import services
+    from sinks import Nginx
 
     workdir = Path(tempfile.mkdtemp(prefix="ecdp-bench-clients-"))
     logdir = workdir / "logs"
     logdir.mkdir()
     ok = False
     try:
-        src = run.snapshot(workdir)
+        src = services.snapshot(workdir)
         revs = {f"ecdp@{rev}": export_rev(rev, workdir / f"rev-{i}") for i, rev in
                 enumerate(args.ecdp_rev)}  # fmt: skip
         wanted = set(args.sinks.split(","))
-        has_echo = run.ensure_nginx(not args.no_install)
+        has_echo = services.ensure_nginx(not args.no_install)
         if "50ms" in wanted and not has_echo:
-            run.log("clients: no nginx echo module, so no 50 ms sink")
-        nginx = run.Nginx(workdir, logdir, args.delay, has_echo and "50ms" in wanted)
+            services.log("clients: no nginx echo module, so no 50 ms sink")
+        nginx = Nginx(workdir, logdir, args.delay, has_echo and "50ms" in wanted)
         sinks = {"nginx": nginx.fast.url} if "nginx" in wanted else {}
         if nginx.slow is not None:
             sinks["50ms"] = nginx.slow.url
@@ -463,7 +465,7 @@ def main() -> int:
             in_flight=[int(k) for k in args.in_flight.split(",")],
             src=src,
             revs=revs,
-            log=run.log,
+            log=services.log,
         )
         finished = datetime.now(UTC)
         title = (
@@ -481,14 +483,14 @@ def main() -> int:
         print(f"\nwritten to {args.output}")
         ok = True
     except KeyboardInterrupt:
-        run.log("interrupted")
+        services.log("interrupted")
     finally:
-        run.stop_all()
+        services.stop_all()
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             with contextlib.suppress(Exception):
-                run.log(f"logs kept in {logdir}")
+                services.log(f"logs kept in {logdir}")
     return 0 if ok else 1
 
 

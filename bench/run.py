@@ -83,8 +83,7 @@ from spy import find_py_spy, summarize_profile
 if TYPE_CHECKING:
     import redis as redis_mod
 
-# What bench/clients.py uses of this module.
-__all__ = ["Nginx", "ensure_nginx", "log", "main", "snapshot", "stop_all"]
+__all__ = ["main"]
 
 RESULTS = BENCH / "results"
 BENCH_REDIS_DB = 14

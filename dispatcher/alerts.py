@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from dispatcher.breaker import Circuit
 from dispatcher.config import Secret
 from dispatcher.masking import redact
 
@@ -103,7 +104,7 @@ def circuit_notice(queue: str, reason: str | None) -> dict[str, Any]:
         "text": text,
         "event": "circuit_open",
         "queue": queue,
-        "circuit": "open",
+        "circuit": Circuit.OPEN,
         "detail": reason,
     }
 
@@ -123,7 +124,7 @@ def notify_circuit_open(
         "circuit open queue=%s detail=%s",
         queue,
         json.dumps(reason, ensure_ascii=False),
-        extra={"queue": queue, "circuit": "open", "detail": reason},
+        extra={"queue": queue, "circuit": Circuit.OPEN, "detail": reason},
     )
     _post("circuit", queue, circuit_notice(queue, reason), webhook_url, post)
 

@@ -6,9 +6,9 @@ breaker looks at a queue's answers as a whole instead:
 
 - **closed** (normal): each worker process keeps a :class:`Window` of its recent answers for the
   queue. When at least ``min_requests`` answers of the last ``window_seconds`` are there and a
-  ``failure_ratio`` of them say "the API is down" (:func:`is_outage`: 5xx, 408, timeouts,
-  connection errors; never another 4xx), the worker opens the circuit for every worker, in the
-  queue's row.
+  ``failure_ratio`` of them say "the API is down" (:func:`dispatcher.policy.is_outage`: 5xx,
+  408, timeouts, connection errors; never another 4xx), the worker opens the circuit for every
+  worker, in the queue's row.
 - **open**: no worker claims from the queue. At ``circuit_retry_at`` one worker moves it to
   **half_open** and sends one probe; the interval grows from ``probe_min_seconds`` to at most
   ``probe_max_seconds`` per failed probe, so delivery resumes within that cap (plus a sweep) of
@@ -17,7 +17,8 @@ breaker looks at a queue's answers as a whole instead:
   drains; an outage answer opens it again.
 
 Failures that tripped the circuit and attempts made while it is not closed are not counted
-toward ``DISPATCHER_MAX_ATTEMPTS``: an outage of any length dead-letters nothing by itself.
+toward ``DISPATCHER_MAX_ATTEMPTS`` (:func:`dispatcher.policy.during_outage`): an outage of any
+length dead-letters nothing by itself.
 """
 
 from __future__ import annotations
@@ -29,15 +30,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
-
 __all__ = [
     "BreakerPolicy",
     "Circuit",
     "Window",
-    "is_outage",
     "probe_interval",
-    "uncounted",
 ]
 
 
@@ -75,23 +72,10 @@ class BreakerPolicy:
             raise ValueError("window_size must be >= min_requests")
 
 
-def is_outage(status_code: int | None) -> bool:
-    """Does this answer say the API (not the request) is failing? 5xx, 408, or no answer."""
-    return status_code is None or status_code == 408 or 500 <= status_code <= 599
-
-
 def probe_interval(failed_probes: int, policy: BreakerPolicy) -> float:
     """Seconds until the next probe after ``failed_probes`` failed ones (0: the first probe)."""
     raw = policy.probe_min_seconds * 2.0 ** min(max(failed_probes, 0), 64)
     return min(raw, policy.probe_max_seconds)
-
-
-def uncounted(decision: Decision) -> Decision:
-    """An outage answer while the circuit is not closed (or one that tripped it): the job waits
-    for the circuit to close, due at once then, and the attempt does not count."""
-    reason = decision.reason or "no response"
-    reason = reason.removeprefix(MAX_ATTEMPTS_REASON + ": ")
-    return Decision(Outcome.RETRY, counts=False, delay_seconds=0.0, reason=reason)
 
 
 K = TypeVar("K")

@@ -22,6 +22,7 @@ import click
 import sqlalchemy as sa
 
 from dispatcher import __version__, logs, problems
+from dispatcher.breaker import Circuit
 from dispatcher.config import (
     DEFAULT_QUEUE,
     ConfigError,
@@ -117,7 +118,7 @@ def _engine() -> sa.Engine:
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
     """Create or upgrade the outbox tables (Alembic)."""
-    from dispatcher.config import notice_defaults
+    from dispatcher.logs import notice_defaults
     from dispatcher.migrate import upgrade
 
     notice_defaults()
@@ -193,7 +194,7 @@ MAX_SHOWN_ERRORS = 50  # of a file's bad lines, listed; the rest are counted
 
 def _deliver_at(at: str | None, delay: str | None) -> datetime | None:
     """``--at`` (ISO 8601, naive means UTC) or ``--in`` (an age like 15m, 24h) as an aware time."""
-    from dispatcher.admin.times import parse_age
+    from dispatcher.times import parse_age
 
     if at is not None and delay is not None:
         raise ValidationError(["--at: give --at or --in, not both"])
@@ -892,7 +893,7 @@ def stats(as_json: bool) -> None:
             f", next probe {_when(q.circuit_next_probe_at)}"
             if q.circuit_next_probe_at is not None
             else " (a probe is in flight)"
-            if q.circuit == "half_open"
+            if q.circuit is Circuit.HALF_OPEN
             else ""
         )
         n = q.circuit_failed_probes
@@ -1107,7 +1108,7 @@ def queues_command(delete: str | None, as_json: bool) -> None:
         for name, q in per_queue.items()
     }
     for name in emptied:
-        rows[name] = {"paused": False, "circuit": "closed", "live": 0, "finished": 0}
+        rows[name] = {"paused": False, "circuit": Circuit.CLOSED, "live": 0, "finished": 0}
     rows = dict(sorted(rows.items()))
     if as_json:
         _json({"queues": rows})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from dispatcher.breaker import BreakerPolicy
 from dispatcher.policy import RetryPolicy
 from dispatcher.scrub import remember
+from dispatcher.times import parse_age
 
 DEFAULT_DATABASE_URL = "sqlite:///dispatcher.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///dispatcher-broker.db"
@@ -150,7 +150,7 @@ class Settings:
     # Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto the web process
     # believes; none by default, so a client cannot pick the address the login throttle counts.
     trusted_proxies: tuple[str, ...] = ()
-    # The variables that were not set, so their embedded defaults are used (see notice_defaults).
+    # The variables that were not set, so their embedded defaults are used (logs.notice_defaults).
     defaulted: frozenset[str] = field(default=frozenset(), compare=False)
 
     def api_key(self, queue: str) -> Secret | None:
@@ -349,8 +349,6 @@ def log_format_despite(error: ConfigError, env: Mapping[str, str] | None = None)
 
 def retention_from(raw: str | None) -> timedelta | None:
     """``DISPATCHER_RETENTION``: an age (``30d``, ``12h``, ``4w``), or ``off``; default 30 days."""
-    from dispatcher.admin import parse_age  # admin imports this module: import late
-
     text = (raw or "").strip()
     if not text:
         return timedelta(days=30)
@@ -521,37 +519,6 @@ def _no_proxy(host: str, port: int, no_proxy: str) -> bool:
         if address is None and (host == entry or host.endswith("." + entry)):
             return True
     return False
-
-
-_noticed = False
-
-
-def notice_defaults(settings: Settings | None = None) -> None:
-    """Once per process, on stderr: the SQLite files used because ``DISPATCHER_DATABASE_URL``
-    (and ``DISPATCHER_BROKER_URL``) are not set, so nobody creates ``./dispatcher.db`` by
-    accident wherever a process happens to run."""
-    global _noticed
-    settings = settings or get_settings()
-    if _noticed or "DISPATCHER_DATABASE_URL" not in settings.defaulted:
-        return
-    _noticed = True
-    database = os.path.abspath(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
-    broker = ""
-    if "DISPATCHER_BROKER_URL" in settings.defaulted:
-        broker = " and the broker file " + os.path.abspath(
-            DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
-        )
-    message = (
-        f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
-        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
-    )
-    if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
-        from dispatcher.logs import json_line
-
-        sys.stderr.write(json_line("WARNING", "dispatcher.config", message) + "\n")
-    else:
-        sys.stderr.write(f"dispatcher: {message}\n")
-    sys.stderr.flush()
 
 
 @lru_cache(maxsize=1)

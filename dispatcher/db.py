@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import NullPool
 
-from dispatcher.config import DEFAULT_DATABASE_URL, normalize_database_url, notice_defaults
+from dispatcher.config import DEFAULT_DATABASE_URL, normalize_database_url
+from dispatcher.logs import notice_defaults
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()

@@ -34,12 +34,12 @@ from sqlalchemy.engine import Engine
 
 from dispatcher import logs, outbox, tracing
 from dispatcher.alerts import notify_circuit_open, notify_pause
-from dispatcher.breaker import Circuit, Window, is_outage, uncounted
+from dispatcher.breaker import Circuit, Window
 from dispatcher.config import Secret, Settings, check_lease, queue_env_suffix
 from dispatcher.db import get_engine, utcnow
 from dispatcher.ecdp import Answer, EcdpClient, Sender
 from dispatcher.outbox import AttemptResult, Claimed
-from dispatcher.policy import Outcome, QueueEffect, decide, truncate_body
+from dispatcher.policy import Outcome, QueueEffect, decide, is_outage, truncate_body
 from dispatcher.window import SendWindow, WindowPolicy
 
 log = logging.getLogger("dispatcher.delivery")
@@ -456,7 +456,7 @@ class Deliverer:
             log.warning(
                 "circuit closed queue=%s: a probe got an answer; delivery resumes",
                 d.queue,
-                extra={"queue": d.queue, "circuit": "closed"},
+                extra={"queue": d.queue, "circuit": Circuit.CLOSED},
             )
             if poisoned:
                 log.warning(
@@ -554,13 +554,9 @@ class Deliverer:
             error=answer.error,
             now=answer.started_at,
             sent=answer.sent,
+            # A kind taken for bad payloads fails on its own: its failures count even now.
+            outage=(outage or job.probe) and job.custom_event_id not in poison,
         )
-        if (
-            (outage or job.probe)
-            and is_outage(answer.status_code)
-            and job.custom_event_id not in poison
-        ):
-            decision = uncounted(decision)
         body = None
         if answer.status_code is not None:
             body = truncate_body(answer.body, self.settings.response_body_limit)
@@ -571,7 +567,7 @@ class Deliverer:
             started_at=answer.started_at,
             duration_ms=answer.duration_ms,
             status_code=answer.status_code,
-            error=None if decision.outcome is Outcome.DELIVERED else decision.reason,
+            error=None if decision.outcome is Outcome.DELIVERED else decision.message,
             response_body=body,
             decision=decision,
             sent=answer.sent,
@@ -605,7 +601,7 @@ def _log_failure(r: AttemptResult) -> None:
     with customer identifiers masked, never the payload."""
     job, decision = r.job, r.decision
     attempt = job.attempts + (1 if decision.counts else 0)
-    reason = logs.redact(decision.reason)
+    reason = logs.redact(decision.message)
     fields = {"queue": job.queue, "job_id": job.id, "status_code": r.status_code, "reason": reason}
     if decision.outcome is Outcome.DEAD:
         log.warning(

@@ -26,6 +26,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, Settings, get_settings
 from dispatcher.masking import redact
 from dispatcher.scrub import scrub, terminal_safe
 
@@ -36,6 +37,7 @@ __all__ = [
     "TextFormatter",
     "configure",
     "json_line",
+    "notice_defaults",
     "redact",
 ]
 
@@ -100,8 +102,6 @@ def configure(*, verbose: bool = False, fmt: str | None = None, **_: object) -> 
     """Send every record to stderr in ``fmt`` (default: ``DISPATCHER_LOG_FORMAT``), replacing
     handlers set before. Also Celery's ``setup_logging`` receiver (it ignores Celery's keywords)."""
     if fmt is None:
-        from dispatcher.config import get_settings
-
         fmt = get_settings().log_format
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
@@ -148,3 +148,32 @@ def _celery_says(fmt: str) -> None:
         original = worker.safe_say
         setattr(worker, "_dispatcher_original_safe_say", original)  # noqa: B010
     setattr(worker, "safe_say", _json_say if fmt == "json" else original)  # noqa: B010
+
+
+_noticed = False
+
+
+def notice_defaults(settings: Settings | None = None) -> None:
+    """Once per process, on stderr: the SQLite files used because ``DISPATCHER_DATABASE_URL``
+    (and ``DISPATCHER_BROKER_URL``) are not set, so nobody creates ``./dispatcher.db`` by
+    accident wherever a process happens to run."""
+    global _noticed
+    settings = settings or get_settings()
+    if _noticed or "DISPATCHER_DATABASE_URL" not in settings.defaulted:
+        return
+    _noticed = True
+    database = os.path.abspath(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
+    broker = ""
+    if "DISPATCHER_BROKER_URL" in settings.defaulted:
+        broker = " and the broker file " + os.path.abspath(
+            DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
+        )
+    message = (
+        f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
+    )
+    if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
+        sys.stderr.write(json_line("WARNING", "dispatcher.config", message) + "\n")
+    else:
+        sys.stderr.write(f"dispatcher: {message}\n")
+    sys.stderr.flush()

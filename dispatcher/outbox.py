@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dispatcher.breaker import BreakerPolicy, Circuit, is_outage, probe_interval, uncounted
+from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
 from dispatcher.config import QueueLimits
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, QueueEffect
+from dispatcher.policy import Decision, Outcome, QueueEffect, during_outage, is_outage
 from dispatcher.schema import (
     DUE_STATUSES,
     DUE_WHERE,
@@ -730,8 +730,8 @@ def open_circuit(
     ``kinds`` their custom event ids (the probe prefers another kind: see claim_probe). Those
     attempts, and every other counted outage failure of the queue that any worker recorded in
     the breaker's window, stop counting toward the attempt limit, and a job that one of them
-    dead-lettered for "max attempts" is waiting again (also when another worker opened it
-    first). True if this call opened it."""
+    dead-lettered for running out of attempts (``exhausted``) is waiting again (also when
+    another worker opened it first). True if this call opened it."""
     _ensure_queue_row(conn, queue, now)
     opened = conn.execute(
         sa.update(queues)
@@ -766,7 +766,7 @@ def open_circuit(
         # again now, it would reach the API after them (an operator's replay is the way back).
         dead_of_max = sa.and_(
             jobs.c.status == JobStatus.DEAD,
-            jobs.c.last_error.like(MAX_ATTEMPTS_REASON + "%"),
+            jobs.c.exhausted.is_(True),
             sa.or_(jobs.c.ordering_key.is_(None), ~_overtaken()),
         )
         # A dead job of "max attempts" is waiting again; any other just gets its attempt back.
@@ -777,8 +777,7 @@ def open_circuit(
                 attempts=jobs.c.attempts - 1,
                 status=JobStatus.RETRYING,
                 next_attempt_at=now,
-                # waiting again: its error is the answer's, no longer "max attempts exceeded: …"
-                last_error=sa.func.substr(jobs.c.last_error, len(MAX_ATTEMPTS_REASON) + 3),
+                exhausted=False,  # waiting again, not out of attempts
                 updated_at=now,
             )
         ).rowcount
@@ -975,8 +974,8 @@ def uncount_open(
     out = []
     for r in results:
         if id(r) in chosen:
-            decision = uncounted(r.decision)
-            r = replace(r, decision=decision, error=decision.reason)
+            decision = during_outage(r.decision)
+            r = replace(r, decision=decision, error=decision.message)
         out.append(r)
     return out
 
@@ -994,6 +993,7 @@ _RECORD_JOB = (
         next_attempt_at=sa.bindparam("b_next", type_=jobs.c.next_attempt_at.type),
         last_status_code=sa.bindparam("b_code", type_=sa.Integer),
         last_error=sa.bindparam("b_error", type_=sa.Text),
+        exhausted=sa.bindparam("b_exhausted", type_=sa.Boolean),
         delivered_at=sa.bindparam("b_delivered", type_=jobs.c.delivered_at.type),
         lease_token=None,
         lease_expires_at=None,
@@ -1017,12 +1017,14 @@ _RECORD_PG = sa.text(
         SELECT * FROM unnest(
             CAST(:b_id AS bigint[]), CAST(:b_token AS text[]), CAST(:b_status AS text[]),
             CAST(:b_inc AS int[]), CAST(:b_next AS timestamptz[]), CAST(:b_code AS int[]),
-            CAST(:b_error AS text[]), CAST(:b_delivered AS timestamptz[]))
-            AS r(id, token, status, inc, next_at, code, error, delivered_at)
+            CAST(:b_error AS text[]), CAST(:b_delivered AS timestamptz[]),
+            CAST(:b_exhausted AS boolean[]))
+            AS r(id, token, status, inc, next_at, code, error, delivered_at, exhausted)
     ), updated AS (
         UPDATE dispatcher_jobs AS j
         SET status = r.status, attempts = j.attempts + r.inc, next_attempt_at = r.next_at,
             last_status_code = r.code, last_error = r.error, delivered_at = r.delivered_at,
+            exhausted = r.exhausted,
             lease_token = NULL, lease_expires_at = NULL, updated_at = :now
         FROM r
         WHERE j.id = r.id AND j.lease_token = r.token AND j.status = 'in_flight'
@@ -1103,6 +1105,7 @@ def record(
             "b_code": r.status_code,
             "b_error": r.decision.reason,
             "b_delivered": now if r.decision.outcome is Outcome.DELIVERED else None,
+            "b_exhausted": r.decision.exhausted,
         }
         for r in results
     ]
@@ -1278,6 +1281,96 @@ def recount(conn: sa.Connection) -> None:
             ),
         )
     )
+
+
+# --------------------------------------------------------------------------- an operator's moves
+
+
+def replay_jobs(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    now: datetime,
+) -> Counter[str]:
+    """``dispatcher replay``: the jobs matching ``where`` whose status is one of ``targets``
+    (finished ones) are due again at once, with a fresh attempt budget; their history (attempt
+    rows, ``last_status_code``, ``last_error``) is kept. How many moved, per queue."""
+    return _move(
+        conn,
+        where,
+        targets,
+        JobStatus.PENDING,
+        {
+            "status": JobStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "delivered_at": None,
+            "replays": jobs.c.replays + 1,
+            "replayed_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def cancel_jobs(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    now: datetime,
+) -> Counter[str]:
+    """``dispatcher cancel``: the jobs matching ``where`` whose status is one of ``targets``
+    (waiting ones only: a leased job is its worker's to record) are never sent. How many moved,
+    per queue."""
+    return _move(
+        conn,
+        where,
+        targets,
+        JobStatus.CANCELLED,
+        {"status": JobStatus.CANCELLED, "updated_at": now},
+    )
+
+
+def _move(
+    conn: sa.Connection,
+    where: Sequence[sa.ColumnElement[bool]],
+    targets: Sequence[JobStatus],
+    into: JobStatus,
+    values: Mapping[str, Any],
+) -> Counter[str]:
+    """One UPDATE per target status (RETURNING the queue); the jobs table's triggers count it."""
+    per_queue: Counter[str] = Counter()
+    for target in targets:
+        statement = (
+            sa.update(jobs)
+            .where(*where, jobs.c.status == target)
+            .values(**values)
+            .returning(jobs.c.queue)
+        )
+        for queue in conn.execute(statement).scalars():
+            per_queue[queue] += 1
+    return per_queue
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """``dispatcher forget``'s change to one job: its texts rewritten (``values``), and, if it
+    was still waiting, cancelled."""
+
+    job_id: int
+    queue: str
+    values: Mapping[str, Any]
+    cancel: bool = False
+
+
+def erase_jobs(conn: sa.Connection, erased: Sequence[Erasure], now: datetime) -> None:
+    """Write ``erased`` in the caller's transaction (which has locked those rows)."""
+    for e in erased:
+        values = dict(e.values)
+        if e.cancel:
+            values["status"] = JobStatus.CANCELLED
+        conn.execute(sa.update(jobs).where(jobs.c.id == e.job_id).values(**values, updated_at=now))
 
 
 # --------------------------------------------------------------------------- retention

@@ -29,12 +29,15 @@ __all__ = [
     "backoff_delay",
     "cause",
     "decide",
+    "during_outage",
+    "is_outage",
     "parse_retry_after",
     "problem_summary",
+    "shown_reason",
     "truncate_body",
 ]
 
-MAX_ATTEMPTS_REASON = "max attempts exceeded"
+MAX_ATTEMPTS_REASON = "max attempts exceeded"  # how people are shown Decision.exhausted
 # Why a queue is paused or its circuit is open, in a word: a bounded set, for a metric's label
 # (a reason is free text, with the API's words in it: unbounded, and maybe personal).
 CAUSES = (
@@ -48,6 +51,7 @@ CAUSES = (
     "unknown",  # no reason recorded
 )
 NO_KEY_REASON = "no API key configured"
+# A reason recorded before 0009 may still carry the "max attempts exceeded: " head.
 _STATUS_HEAD = re.compile(rf"(?:{MAX_ATTEMPTS_REASON}: )?([1-9][0-9]{{2}})(?![0-9])")
 _NO_ANSWER_HEADS = ("timeout", "connection error", "connect error", "no response", "no answer")
 
@@ -105,6 +109,37 @@ class Decision:
     reason: str | None  # last_error / pause_reason / dead reason; None for DELIVERED
     effect: QueueEffect | None = None  # on the whole queue: PAUSE (401/403), COOL_DOWN (429)
     effect_seconds: float | None = None  # only for COOL_DOWN: how long the queue waits
+    # DEAD because this was the job's last counted attempt (``reason`` is the answer's own):
+    # recorded as ``dispatcher_jobs.exhausted``, so nothing has to read it back out of a text.
+    exhausted: bool = False
+
+    @property
+    def message(self) -> str | None:
+        """The reason as people read it: "max attempts exceeded: …" when exhausted."""
+        return shown_reason(self.reason, exhausted=self.exhausted)
+
+
+def shown_reason(reason: str | None, *, exhausted: bool) -> str | None:
+    """A job's last error as shown (history, the page, the API, the log): the answer's reason,
+    after "max attempts exceeded: " when the job ran out of attempts."""
+    if not exhausted:
+        return reason
+    return _one_line(f"{MAX_ATTEMPTS_REASON}: {reason or 'no response'}", 1000)
+
+
+def is_outage(status_code: int | None) -> bool:
+    """Does this answer say the API (not the request) is failing? 5xx, 408, or no answer."""
+    return status_code is None or status_code == 408 or 500 <= status_code <= 599
+
+
+def during_outage(decision: Decision) -> Decision:
+    """An outage answer while its queue's circuit is not closed (or one that tripped it, or a
+    probe's): the job waits for the circuit to close, due at once then, and the attempt does not
+    count. ``decide(..., outage=True)`` applies it; the recording transaction applies it to the
+    answers of a circuit another worker opened meanwhile (``outbox.uncount_open``)."""
+    return Decision(
+        Outcome.RETRY, counts=False, delay_seconds=0.0, reason=decision.reason or "no response"
+    )
 
 
 def decide(
@@ -118,6 +153,7 @@ def decide(
     now: datetime | None = None,
     rand: Callable[[], float] = random.random,
     sent: bool = True,
+    outage: bool = False,
 ) -> Decision:
     """Classify one attempt.
 
@@ -131,7 +167,38 @@ def decide(
     ``sent`` False: the request's body was never completely written. A timeout then (connecting,
     waiting for a connection) cannot have reached the API, so the job is tried again at once and
     the attempt does not count: it cannot be a second trigger, and it says nothing of the job.
+
+    ``outage`` True: the queue's circuit is not closed (or this is a probe): an outage answer
+    (:func:`is_outage`) is the outage's, not the job's (:func:`during_outage`).
     """
+    decision = _decide(
+        status_code,
+        attempts_before=attempts_before,
+        policy=policy,
+        retry_after=retry_after,
+        body=body,
+        error=error,
+        now=now,
+        rand=rand,
+        sent=sent,
+    )
+    if outage and is_outage(status_code):
+        return during_outage(decision)
+    return decision
+
+
+def _decide(
+    status_code: int | None,
+    *,
+    attempts_before: int,
+    policy: RetryPolicy,
+    retry_after: str | None,
+    body: bytes,
+    error: str | None,
+    now: datetime | None,
+    rand: Callable[[], float],
+    sent: bool,
+) -> Decision:
     if attempts_before < 0:
         raise ValueError(f"attempts_before must be >= 0, got {attempts_before!r}")
 
@@ -173,9 +240,10 @@ def decide(
             Outcome.DEAD,
             counts=True,
             delay_seconds=None,
-            reason=_one_line(f"{MAX_ATTEMPTS_REASON}: {reason}", 1000),
+            reason=reason,
             effect=effect,
             effect_seconds=effect_seconds,
+            exhausted=True,
         )
     return Decision(
         Outcome.RETRY,

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dispatcher.breaker import Circuit
 from dispatcher.db import UTCDateTime
 
 
@@ -43,7 +44,7 @@ class JobStatus(StrEnum):
 
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
-CIRCUIT_STATES = ("closed", "open", "half_open")  # see dispatcher.breaker
+CIRCUIT_STATES: tuple[Circuit, ...] = tuple(Circuit)  # see dispatcher.breaker
 DUE_STATUSES = (JobStatus.PENDING, JobStatus.RETRYING)
 FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD, JobStatus.CANCELLED)
 
@@ -101,7 +102,11 @@ jobs = sa.Table(
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("dedupe_key", sa.String(255)),
     sa.Column("last_status_code", sa.Integer),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", sa.Text),  # the last answer's reason (policy.Decision.reason)
+    # Dead because its last counted attempt was the last one allowed (policy.Decision.exhausted):
+    # shown as "max attempts exceeded: <last_error>"; a circuit that opens on the outage that
+    # killed it brings it back (outbox.open_circuit).
+    sa.Column("exhausted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("replays", sa.Integer, nullable=False, server_default="0"),
     sa.Column("replayed_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -165,7 +170,7 @@ queues = sa.Table(
     sa.Column("cooldown_until", UTCDateTime),
     # The circuit breaker (dispatcher.breaker): while not closed, workers send nothing for the
     # queue but one probe at circuit_retry_at; circuit_probes failed probes grow that interval.
-    sa.Column("circuit", sa.String(16), nullable=False, server_default="closed"),
+    sa.Column("circuit", sa.String(16), nullable=False, server_default=Circuit.CLOSED.value),
     sa.Column("circuit_since", UTCDateTime),
     sa.Column("circuit_reason", sa.Text),
     sa.Column("circuit_retry_at", UTCDateTime),
@@ -183,7 +188,7 @@ queues = sa.Table(
     # Re-sends after a timeout that came after the body was written: each may have reached the
     # API twice (ECDP has no idempotency key).
     sa.Column("resent", sa.BigInteger, nullable=False, server_default="0"),
-    sa.CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit"),
+    sa.CheckConstraint(f"circuit IN ({', '.join(repr(c.value) for c in Circuit)})", name="circuit"),
 )
 
 # Jobs per queue and status, exact, kept by the jobs table's triggers (see the module's docstring

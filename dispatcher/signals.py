@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dispatcher.config import broker_timeouts
+
 log = logging.getLogger("dispatcher.signals")
 
 SEND_TIMEOUT = 1.0  # connect and socket timeout of one publish
@@ -193,7 +195,6 @@ class Signaller:
 def celery_sender() -> Callable[[str], None]:
     """Publish ``dispatcher.deliver(queue)`` on a connection of our own with short timeouts and
     no retries (the Celery app's own pool retries a lost broker for a long time)."""
-    from dispatcher.config import broker_timeouts
     from dispatcher.tasks import app, deliver  # Celery is imported only once a signal is needed
 
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")

@@ -6,22 +6,27 @@ signals every unpaused queue
 that has a job due, which covers retries whose time has come, signals lost in a broker flush, and
 jobs enqueued through a bare ``Connection`` (no after-commit hook); (3) applies the retention
 (:mod:`dispatcher.retention`) and (4) on the partitioned layout, keeps the months
-(:mod:`dispatcher.partitions`). Run exactly one or several: it only issues idempotent statements
-and hints.
+(:mod:`dispatcher.partitions`); it also keeps the admin charts' settled buckets. Each job has one
+shape (:class:`Periodic`: ``run_once``). Run exactly one or several: it only issues idempotent
+statements and hints.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
 from dispatcher import health, listener, outbox
+from dispatcher.admin.activity import keep_activity
 from dispatcher.db import utcnow
 from dispatcher.partitions import Maintainer
+from dispatcher.problems import EXIT_BROKER, EXIT_DATABASE, EXIT_SCHEMA, explain
 from dispatcher.retention import Retention
 from dispatcher.scrub import scrub
 
@@ -45,8 +50,6 @@ class Health:
 
     @staticmethod
     def kind(exc: BaseException) -> str:
-        from dispatcher.problems import EXIT_BROKER, EXIT_DATABASE, EXIT_SCHEMA, explain
-
         problem = explain(exc)
         code = problem.code if problem is not None else None
         if code == EXIT_BROKER or _is_connection_error(exc):
@@ -96,7 +99,16 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
+class Periodic(Protocol):
+    """One of the sweeper's jobs (River's maintenance services have this shape): each pass calls
+    ``run_once``, which does its work if its time has come and says what it did (None: not
+    time yet)."""
+
+    def run_once(self) -> object: ...
+
+
 def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> SweepResult:
+    """Return expired leases, then signal every queue with a job due."""
     with engine.begin() as conn:
         released = outbox.release_expired(conn, utcnow())
     with engine.begin() as conn:
@@ -111,22 +123,44 @@ def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> Sweep
     return SweepResult(released, tuple(queues))
 
 
-CHARTS_SECONDS = 300.0  # how often the charts' settled buckets are kept (see keep_charts)
+class Sweep:
+    """:func:`sweep_once` at every pass: the safety net itself."""
+
+    def __init__(self, engine: Engine, notify: Callable[[Iterable[str]], None]) -> None:
+        self.engine = engine
+        self.notify = notify
+
+    def run_once(self) -> SweepResult:
+        return sweep_once(self.engine, self.notify)
 
 
-def keep_charts(engine: Engine, due: float, every: float = CHARTS_SECONDS) -> float:
-    """Once ``due`` (a ``time.monotonic()``) has come, keep every queue's settled chart buckets
-    (:func:`dispatcher.admin.reads.keep_activity`), so that the queue page's first view of the
-    day and the overview's sparklines measure only the newest half hour of attempts; when it is
-    due next."""
-    import time
+CHARTS_SECONDS = 300.0  # how often the charts' settled buckets are kept (see Charts)
 
-    from dispatcher.admin.reads import keep_activity
 
-    if time.monotonic() < due:
-        return due
-    keep_activity(engine, utcnow())
-    return time.monotonic() + every
+class Charts:
+    """Every ``interval`` seconds, keep every queue's settled chart buckets
+    (:func:`dispatcher.admin.activity.keep_activity`), so that the queue page's first view of the
+    day and the overview's sparklines measure only the newest half hour of attempts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        interval: float = CHARTS_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._monotonic = monotonic
+        self._next_at = float("-inf")
+
+    def run_once(self) -> int | None:
+        """How many queues' buckets were kept (None: not time yet)."""
+        if self._monotonic() < self._next_at:
+            return None
+        kept = keep_activity(self.engine, utcnow())
+        self._next_at = self._monotonic() + self.interval
+        return kept
 
 
 def run(
@@ -137,20 +171,17 @@ def run(
     retention: Retention | None = None,
     partitions: Maintainer | None = None,
 ) -> None:
-    """Sweep (and apply the retention, if any, and keep the partitions) until ``stop`` is set;
-    errors (database or broker down) are logged and retried."""
+    """Sweep, keep the charts (and apply the retention, if any, and keep the partitions) until
+    ``stop`` is set; errors (database or broker down) are logged and retried."""
     stop = stop or threading.Event()
     listener.start(engine, notify, stop)  # jobs enqueued in SQL: signalled at their commit
     health_state = Health()
-    charts_due = float("-inf")
+    jobs: list[Periodic] = [Sweep(engine, notify), Charts(engine)]
+    jobs += [job for job in (retention, partitions) if job is not None]
     while not stop.is_set():
         try:
-            sweep_once(engine, notify)
-            charts_due = keep_charts(engine, charts_due)
-            if retention is not None:
-                retention.run_once()
-            if partitions is not None:
-                partitions.run_once()
+            for job in jobs:
+                job.run_once()
         except Exception as exc:
             health_state.failed(exc, interval)
         else:

@@ -23,6 +23,8 @@ from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -147,3 +149,27 @@ def account(url: str, sandbox: Sandbox, key: str = "customerId") -> Accounting:
         sends=len(sandbox.requests),
         duplicates=sum(n - 1 for n in accepted.values() if n > 1),
     )
+
+
+def status_of(engine: sa.Engine, job_id: str) -> str:
+    with engine.connect() as conn:
+        found: str = conn.execute(
+            sa.select(jobs.c.status).where(jobs.c.id == int(job_id))
+        ).scalar_one()
+        return found
+
+
+def assert_counts_exact(engine: sa.Engine) -> None:
+    """The counts (folded and not) hold exactly what a count of the jobs table finds."""
+    from dispatcher.outbox import job_counts
+
+    with engine.connect() as conn:
+        real = {
+            (r.queue, r.status): r.n
+            for r in conn.execute(
+                sa.select(jobs.c.queue, jobs.c.status, sa.func.count().label("n")).group_by(
+                    jobs.c.queue, jobs.c.status
+                )
+            )
+        }
+        assert job_counts(conn) == real

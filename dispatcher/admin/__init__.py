@@ -8,9 +8,10 @@ since/until as a time or an age like ``2h``), feeds every read, the replay and t
 names follow the rule ``enqueue`` applies.
 
 - :mod:`~dispatcher.admin.filters`: the filter, its parsing from text, and every limit.
-- :mod:`~dispatcher.admin.times`: ``2h`` and ISO 8601 times (pure).
-- :mod:`~dispatcher.admin.reads`: :func:`history`, :func:`show`, :func:`stats`, and
-  :func:`activity` / :func:`delivered_per_minute` (the admin page's charts).
+- :func:`parse_age`, :func:`parse_when`: ``2h`` and ISO 8601 times (:mod:`dispatcher.times`, pure).
+- :mod:`~dispatcher.admin.reads`: :func:`history`, :func:`show`, :func:`stats`.
+- :mod:`~dispatcher.admin.activity`: :func:`activity` / :func:`delivered_per_minute` (the admin
+  page's charts), and :func:`keep_activity`, which the sweeper runs to keep settled buckets.
 - :mod:`~dispatcher.admin.actions`: :func:`pause_queue` (returns once no worker sends),
   :func:`resume_queue` (tells the workers after its commit), :func:`replay` (optionally only if
   the filter still matches the expected number of jobs), :func:`cancel` (waiting jobs, the same
@@ -40,6 +41,14 @@ from dispatcher.admin.actions import (
     replay,
     resume_queue,
 )
+from dispatcher.admin.activity import (
+    ACTIVITY_WINDOWS,
+    Activity,
+    ActivityBucket,
+    activity,
+    delivered_per_minute,
+    keep_activity,
+)
 from dispatcher.admin.filters import (
     FILTER_FIELDS,
     MAX_EXPECTED,
@@ -55,18 +64,7 @@ from dispatcher.admin.filters import (
 )
 from dispatcher.admin.forget import IDENTIFIER_KINDS, Customer, forget, parse_customer
 from dispatcher.admin.names import UnknownQueue, delete_queue, existing_queues, require_queue
-from dispatcher.admin.reads import (
-    ACTIVITY_WINDOWS,
-    Activity,
-    ActivityBucket,
-    activity,
-    delivered_per_minute,
-    history,
-    history_page,
-    keep_activity,
-    show,
-    stats,
-)
+from dispatcher.admin.reads import history, history_page, show, stats
 from dispatcher.admin.results import (
     Attempt,
     CancelResult,
@@ -77,7 +75,7 @@ from dispatcher.admin.results import (
     QueueStats,
     ReplayResult,
 )
-from dispatcher.admin.times import parse_age, parse_when
+from dispatcher.times import parse_age, parse_when
 
 __all__ = [
     "ACTIVITY_WINDOWS",

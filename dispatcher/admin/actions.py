@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from dispatcher import outbox
+from dispatcher import outbox, producer
 from dispatcher.admin.filters import (
     MAX_BATCH_SIZE,
     MAX_EXPECTED,
@@ -66,9 +66,7 @@ PURGE_VACUUM_EVERY = 1_000_000
 
 
 def _signal(queues: Iterable[str]) -> None:
-    from dispatcher.producer import signal_workers
-
-    signal_workers(queues)
+    producer.signal_workers(queues)  # looked up at the call: tests replace it
 
 
 # --------------------------------------------------------------------------- pause / resume
@@ -220,7 +218,7 @@ def replay(
         f,
         job_ids,
         targets,
-        lambda conditions: _replay_statement(conditions, now),
+        lambda conn, where: outbox.replay_jobs(conn, where, targets, now),
         into=JobStatus.PENDING,
         refusal=refusal,
         verb="replayed",
@@ -278,7 +276,7 @@ def cancel(
         f,
         job_ids,
         targets,
-        lambda conditions: _cancel_statement(conditions, now),
+        lambda conn, where: outbox.cancel_jobs(conn, where, targets, now),
         into=JobStatus.CANCELLED,
         refusal=refusal,
         verb="cancelled",
@@ -297,7 +295,7 @@ def _move(
     f: Filter,
     job_ids: Iterable[int | str] | None,
     targets: tuple[JobStatus, ...],
-    statement: Callable[[list[sa.ColumnElement[bool]]], sa.Update],
+    move: Callable[[sa.Connection, list[sa.ColumnElement[bool]]], Counter[str]],
     *,
     into: JobStatus,
     refusal: Callable[[int, str], str | None],
@@ -308,8 +306,8 @@ def _move(
     skipped: JobStatus | None = None,
 ) -> Moved:
     """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
-    ``targets`` move to ``into`` with one UPDATE per target status (``statement``, RETURNING
-    the queue; the counts follow by the jobs table's triggers); or, with
+    ``targets`` move to ``into`` (``move``: :func:`dispatcher.outbox.replay_jobs` or
+    :func:`~dispatcher.outbox.cancel_jobs`, which keep ``dispatcher_counts`` exact); or, with
     ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
     jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
     transaction and moved any.
@@ -366,9 +364,7 @@ def _move(
             if isinstance(bind, sa.Engine):
                 conn.rollback()
             return result(per_queue, left_alone)
-        for target in targets:
-            for queue in conn.execute(statement([*conditions, jobs.c.status == target])).scalars():
-                per_queue[queue] += 1
+        per_queue = move(conn, conditions)
         if expected is not None:  # this call's own connection: commit or undo here
             if per_queue.total() != expected:
                 conn.rollback()
@@ -382,35 +378,6 @@ def _move(
             " ".join(f"{k}={v}" for k, v in f.as_text(f.given()).items()) or "by id",
         )
     return result(per_queue, left_alone)
-
-
-def _replay_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
-    return (
-        sa.update(jobs)
-        .where(*conditions)
-        .values(
-            status=JobStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            lease_token=None,
-            lease_expires_at=None,
-            delivered_at=None,
-            replays=jobs.c.replays + 1,
-            replayed_at=now,
-            updated_at=now,
-        )
-        .returning(jobs.c.queue)
-    )
-
-
-def _cancel_statement(conditions: list[sa.ColumnElement[bool]], now: datetime) -> sa.Update:
-    # Only waiting rows (the conditions hold status): a leased row is its worker's to record.
-    return (
-        sa.update(jobs)
-        .where(*conditions)
-        .values(status=JobStatus.CANCELLED, updated_at=now)
-        .returning(jobs.c.queue)
-    )
 
 
 def _check_ids(
@@ -499,7 +466,7 @@ def purge(
         if progress is not None:  # jobs and attempts deleted so far, after each batch
             progress(total_jobs, total_attempts)
         if unvacuumed and (last or unvacuumed >= PURGE_VACUUM_EVERY):
-            _vacuum(engine, analyze=last)  # its time counts in the pause below
+            vacuum(engine, analyze=last)  # its time counts in the pause below
             unvacuumed = 0
         if last:
             break
@@ -509,7 +476,7 @@ def purge(
     return PurgeResult(total_jobs, total_attempts)
 
 
-def _vacuum(engine: sa.Engine, *, analyze: bool, what: str = "purge") -> None:
+def vacuum(engine: sa.Engine, *, analyze: bool, what: str = "purge") -> None:
     """VACUUM (and at a purge's end, ANALYZE: the history's shape changed) the jobs and attempts
     tables on PostgreSQL; SQLite reuses a deleted row's pages by itself.
 

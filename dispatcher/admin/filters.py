@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatcher.admin.times import parse_when
+from dispatcher.producer import check_queue as enqueue_rule
 from dispatcher.schema import STATUSES, JobStatus
+from dispatcher.times import parse_when
 
 __all__ = [
     "EMAIL_MAX",
@@ -73,8 +74,6 @@ class AdminError(ValueError):
 
 def check_queue(queue: object, field: str = "queue") -> str:
     """A queue name by the rule ``enqueue`` applies (:func:`dispatcher.producer.check_queue`)."""
-    from dispatcher.producer import check_queue as enqueue_rule
-
     problems = enqueue_rule(queue, field)
     if problems or not isinstance(queue, str) or "\n" in queue:  # QUEUE_NAME's $ allows a \n
         message = problems[0].partition(": ")[2] if problems else "control characters"

@@ -40,8 +40,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dispatcher import outbox
+from dispatcher.admin.actions import vacuum
 from dispatcher.admin.filters import AdminError, check_int, check_time
 from dispatcher.admin.results import ForgetResult
+from dispatcher.partitions import DEDUPE
 from dispatcher.schema import (
     DUE_STATUSES,
     JobStatus,
@@ -279,14 +282,12 @@ def forget(
             )
     result = ForgetResult(customer.kind, **vars(tally), dry_run=dry_run)
     if not dry_run:
-        from dispatcher.admin.actions import _vacuum
-
         log.info(
             "admin: forgot a customer (by %s): %s",
             customer.kind,
             ", ".join(f"{n} {k}" for k, n in vars(tally).items()),
         )
-        _vacuum(engine, analyze=False, what="forget")  # the old row versions hold the data too
+        vacuum(engine, analyze=False, what="forget")  # the old row versions hold the data too
     return result
 
 
@@ -317,8 +318,6 @@ def _in_batches(
 
 def _dedupe_table(conn: sa.Connection) -> sa.Table | None:
     """The partitioned layout's key table (dispatcher.partitions), which holds dedupe keys too."""
-    from dispatcher.partitions import DEDUPE
-
     if conn.dialect.name != "postgresql" or not sa.inspect(conn).has_table(DEDUPE):
         return None
     return sa.Table(
@@ -366,8 +365,10 @@ def _jobs_batch(
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()  # a claim skips them; a recording worker waits
     owned: set[int] = set()
+    erased: list[outbox.Erasure] = []
     for row in conn.execute(query).all():
         changes: dict[str, Any] = {}
+        cancel = False
         key_dropped = (
             row.dedupe_key is not None and customer.scrub(row.dedupe_key) != row.dedupe_key
         )
@@ -378,7 +379,7 @@ def _jobs_batch(
             if row.last_error is not None:
                 changes["last_error"] = ERASED
             if row.status in DUE_STATUSES:
-                changes["status"] = JobStatus.CANCELLED
+                cancel = True
                 tally.cancelled += 1
             elif row.status == JobStatus.IN_FLIGHT:
                 tally.in_flight += 1
@@ -394,9 +395,9 @@ def _jobs_batch(
             if dedupe is not None and not dry_run:
                 conn.execute(sa.delete(dedupe).where(dedupe.c.job_id == row.id))
         if changes and not dry_run:
-            conn.execute(
-                sa.update(jobs).where(jobs.c.id == row.id).values(**changes, updated_at=now)
-            )
+            erased.append(outbox.Erasure(row.id, row.queue, changes, cancel=cancel))
+    if not dry_run:
+        outbox.erase_jobs(conn, erased, now)
     return owned
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from dispatcher import outbox
 from dispatcher.admin.filters import AdminError, check_queue
-from dispatcher.admin.reads import Bind, _queue_names, connected
+from dispatcher.admin.reads import Bind, connected, queue_names
 from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
     FINISHED_STATUSES,
@@ -58,7 +58,7 @@ def existing_queues(bind: Bind) -> set[str]:
     purged)."""
     with connected(bind) as conn:
         counted = sa.union(sa.select(counts.c.queue), sa.select(count_deltas.c.queue))
-        found = _queue_names(conn) | set(conn.execute(counted).scalars())
+        found = queue_names(conn) | set(conn.execute(counted).scalars())
         if isinstance(bind, sa.Engine):
             conn.rollback()
     return found

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dispatcher.admin.times import iso as _iso
+from dispatcher.breaker import Circuit
 from dispatcher.policy import Outcome, cause
 from dispatcher.schema import JobStatus
+from dispatcher.times import iso as _iso
 
 __all__ = [
     "Attempt",
@@ -125,7 +126,7 @@ class QueueStats:
     # The circuit breaker (dispatcher.breaker): closed, open or half_open; since when (None: it
     # never opened) and why it opened. While open, workers send nothing for the queue but one
     # probe at circuit_next_probe_at (None unless open), after circuit_failed_probes failed ones.
-    circuit: str = "closed"
+    circuit: Circuit = Circuit.CLOSED
     circuit_since: datetime | None = None
     circuit_reason: str | None = None
     circuit_next_probe_at: datetime | None = None
@@ -143,7 +144,7 @@ class QueueStats:
     @property
     def circuit_open(self) -> bool:
         """Open or half_open: nothing but probes is sent for the queue."""
-        return self.circuit != "closed"
+        return self.circuit is not Circuit.CLOSED
 
     @property
     def pause_cause(self) -> str | None:

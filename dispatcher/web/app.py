@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from dispatcher.config import Settings
 from dispatcher.db import get_engine
+from dispatcher.problems import is_schema_missing
 from dispatcher.web import api, ingest, pages, probes, queues
 from dispatcher.web.access import Gate, SecurityHeaders, check_bind, error, guarded, is_api
 from dispatcher.web.metrics import CONTENT_TYPE, Metrics
@@ -54,8 +55,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _database_down(request: Request, exc: Exception) -> Response:
     """The database is unreachable or refused us (restart, too many clients, lock timeout), or
     its outbox tables are missing (before ``dispatcher migrate``)."""
-    from dispatcher.problems import is_schema_missing
-
     if is_schema_missing(exc):
         log.warning("admin: the outbox tables do not exist: run dispatcher migrate")
         message = "the outbox tables do not exist in this database: run `dispatcher migrate`"

@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.policy import Outcome
+from dispatcher.problems import is_schema_missing
 from dispatcher.schema import STATUSES, attempts, jobs
 
 __all__ = ["CODE_CLASSES", "CONTENT_TYPE", "Metrics", "code_class"]
@@ -131,8 +132,6 @@ class Metrics:
 
     @staticmethod
     def _unreadable(exc: sa.exc.DBAPIError | sa.exc.TimeoutError) -> bool:
-        from dispatcher.problems import is_schema_missing
-
         return isinstance(exc, _UNREADABLE) or is_schema_missing(exc)
 
     def _count_new_attempts(self, conn: sa.Connection, moment: float) -> None:

@@ -12,10 +12,21 @@ from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy as sa
 
+from dispatcher import CustomEvent, enqueue_many
 from dispatcher.db import get_engine
 from dispatcher.sandbox import Sandbox
-from tests.support import free_port, start, stop, wait_until, worker_ready
+from tests.support import (
+    account,
+    free_port,
+    settled,
+    start,
+    statuses,
+    stop,
+    wait_until,
+    worker_ready,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis]
 
@@ -132,3 +143,25 @@ def rig(pg_test_url: str, api_key: str, tmp_path: Path, monkeypatch) -> Iterator
         get_settings.cache_clear()
         logs = the_rig.logs()
         assert api_key.encode() not in logs, "the API key leaked into a process log"
+
+
+# The scenarios' shared steps (tests/faults/test_faults.py, test_slow_api.py).
+JOBS = 2000
+
+
+def fill(n: int = JOBS, event_id: int = 1) -> None:
+    enqueue_many([CustomEvent(event_id, customer_id=i) for i in range(1, n + 1)])
+
+
+def delivered(rig: Rig) -> int:
+    try:
+        return statuses(rig.db_url).get("delivered", 0)
+    except sa.exc.OperationalError:
+        return 0
+
+
+def drain_and_account(rig: Rig, limit: float = 180.0):
+    wait_until(lambda: settled(rig.db_url), "every job to be delivered or dead", limit=limit)
+    result = account(rig.db_url, rig.sandbox)
+    print(result)
+    return result

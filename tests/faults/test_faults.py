@@ -20,32 +20,13 @@ from dispatcher.db import get_engine, utcnow
 from dispatcher.outbox import is_paused, resume
 from dispatcher.sandbox import Reply
 from dispatcher.schema import attempts, jobs
-from tests.faults.conftest import Rig
-from tests.support import account, settled, statuses, stop, wait_until
+from tests.faults.conftest import JOBS, Rig, delivered, drain_and_account, fill
+from tests.support import statuses, stop, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis]
 
-JOBS = 2000
 BATCH = get_settings().batch_size
 IN_FLIGHT_BOUND = 2 * BATCH  # a worker with --concurrency=2 holds at most two leased batches
-
-
-def fill(n: int = JOBS, event_id: int = 1) -> None:
-    enqueue_many([CustomEvent(event_id, customer_id=i) for i in range(1, n + 1)])
-
-
-def delivered(rig: Rig) -> int:
-    try:
-        return statuses(rig.db_url).get("delivered", 0)
-    except sa.exc.OperationalError:
-        return 0
-
-
-def drain_and_account(rig: Rig, limit: float = 180.0):
-    wait_until(lambda: settled(rig.db_url), "every job to be delivered or dead", limit=limit)
-    result = account(rig.db_url, rig.sandbox)
-    print(result)
-    return result
 
 
 def start_mid_drain(

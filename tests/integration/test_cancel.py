@@ -20,6 +20,7 @@ from dispatcher.cli import main
 from dispatcher.db import utcnow
 from dispatcher.policy import Decision, Outcome
 from dispatcher.schema import counts, jobs, queues
+from tests.support import assert_counts_exact, status_of
 
 
 @pytest.fixture
@@ -36,33 +37,11 @@ def run(env: pytest.MonkeyPatch) -> Callable[..., Result]:
     return invoke
 
 
-def status_of(engine: sa.Engine, job_id: str) -> str:
-    with engine.connect() as conn:
-        found: str = conn.execute(
-            sa.select(jobs.c.status).where(jobs.c.id == int(job_id))
-        ).scalar_one()
-        return found
-
-
 def set_status(engine: sa.Engine, job_id: str, status: str, **values: object) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.update(jobs).where(jobs.c.id == int(job_id)).values(status=status, **values)
         )
-
-
-def assert_counts_exact(engine: sa.Engine) -> None:
-    """The counts (folded and not) hold exactly what a count of the jobs table finds."""
-    with engine.connect() as conn:
-        real = {
-            (r.queue, r.status): r.n
-            for r in conn.execute(
-                sa.select(jobs.c.queue, jobs.c.status, sa.func.count().label("n")).group_by(
-                    jobs.c.queue, jobs.c.status
-                )
-            )
-        }
-        assert outbox.job_counts(conn) == real
 
 
 # --------------------------------------------------------------------------- queue names

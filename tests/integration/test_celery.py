@@ -6,8 +6,6 @@ This is the production shape (the Procfile's ``worker`` and ``sweeper`` lines) a
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,42 +17,6 @@ from dispatcher.sandbox import Sandbox
 from tests.support import start, statuses, stop, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def system(
-    pg_test_url: str, redis_url: str, sandbox: Sandbox, api_key: str, tmp_path: Path, monkeypatch
-) -> Iterator[dict[str, str]]:
-    """Env for the processes, and a clean Redis db and outbox."""
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    with get_engine(pg_test_url).begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE dispatcher_attempts, dispatcher_jobs, dispatcher_queues RESTART IDENTITY"
-        )
-    env = {
-        **os.environ,
-        "DISPATCHER_DATABASE_URL": pg_test_url,
-        "DISPATCHER_BROKER_URL": redis_url,
-        "ECDP_BASE_URL": sandbox.url,
-        "ECDP_API_KEY": api_key,
-        "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.5",
-    }
-    for name in ("DISPATCHER_DATABASE_URL", "DISPATCHER_BROKER_URL", "ECDP_API_KEY"):
-        monkeypatch.setenv(name, env[name])
-    from dispatcher.config import get_settings
-    from dispatcher.signals import signaller
-    from dispatcher.tasks import TASK_NAME, make_celery
-
-    get_settings.cache_clear()
-    # This process's own Celery app may already be bound to the in-memory broker of other tests;
-    # after-commit signals from here go to Redis through an app made for it.
-    redis_app = make_celery(get_settings())
-    monkeypatch.setattr(signaller, "_send", lambda queue: redis_app.send_task(TASK_NAME, (queue,)))
-    yield env
-    redis_app.close()
-    get_settings.cache_clear()
 
 
 def test_celery_workers_deliver_each_job_exactly_once(

@@ -13,7 +13,6 @@ from dispatcher.config import ConfigError, Settings, get_settings
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.signals import signaller
 from dispatcher.tasks import CELERY_QUEUE, TASK_NAME, make_celery, worker_queues
-from tests.integration.test_celery import system  # noqa: F401 - the fixture
 from tests.support import start, statuses, stop, wait_until
 
 DEDICATED = Settings.from_env({"DISPATCHER_DEDICATED_QUEUES": "eu-shop, default"})
@@ -48,7 +47,7 @@ def test_a_worker_without_a_dedicated_queue_is_refused(tmp_path: Path) -> None:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_a_hanging_queue_never_occupies_the_other_queues_worker(
-    system: dict[str, str],  # noqa: F811 - the fixture
+    system: dict[str, str],
     pg_test_url: str,
     sandbox: Sandbox,
     tmp_path: Path,

@@ -230,7 +230,7 @@ def test_max_attempts_then_dead(deliverer: Deliverer, engine: sa.Engine, sandbox
     row = job(engine, job_id)
     assert row.status == "dead"
     assert row.attempts == 4  # delivery_settings: max_attempts=4
-    assert row.last_error.startswith("max attempts exceeded")
+    assert row.exhausted and row.last_error.startswith("503 Service Unavailable")
     assert sandbox.count(custom_event_id=14) == 4
 
 

@@ -448,7 +448,8 @@ def test_an_outage_does_not_revive_a_dead_job_whose_key_went_on(
                 .values(
                     status=status,
                     attempts=1,
-                    last_error=None if status == "delivered" else "max attempts exceeded: 503 x",
+                    last_error=None if status == "delivered" else "503 x",
+                    exhausted=status == "dead",
                 )
             )
         conn.execute(

@@ -28,8 +28,7 @@ from dispatcher.db import utcnow
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import attempts, erasures, jobs, queues
-from tests.integration.test_cancel import assert_counts_exact, status_of
-from tests.support import settle
+from tests.support import assert_counts_exact, settle, status_of
 
 ANNA = "Anna.Smith@Example.com"
 ANNA_MD5 = hashlib.md5(ANNA.lower().encode()).hexdigest()

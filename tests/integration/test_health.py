@@ -14,7 +14,6 @@ import pytest
 
 from dispatcher import health
 from dispatcher.migrate import HEAD, alembic_config, downgrade
-from tests.integration.test_celery import system  # noqa: F401 - the fixture
 from tests.support import free_port, start, stop, wait_until
 
 
@@ -130,7 +129,7 @@ def test_check_prints_readiness_as_json(db_url: str) -> None:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_a_real_worker_and_sweeper_keep_their_heartbeats(
-    system: dict[str, str],  # noqa: F811 - the fixture
+    system: dict[str, str],
     tmp_path: Path,
 ) -> None:
     beats = tmp_path / "beats"

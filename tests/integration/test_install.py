@@ -15,27 +15,9 @@ import pytest
 
 from tests.conftest import IN_CI
 
-ROOT = Path(__file__).resolve().parents[2]
-
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 WEB_STACK = {"starlette", "uvicorn", "jinja2", "python-multipart", "prometheus-client", "flower"}
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the checkout's files, so that building the metadata leaves nothing behind."""
-    src = tmp_path_factory.mktemp("src")
-    names = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in names)):
-        if (ROOT / name).is_file():
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            (src / name).write_bytes((ROOT / name).read_bytes())
-    return src
 
 
 def resolve(*requirements: str) -> dict[str, str]:

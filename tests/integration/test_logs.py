@@ -12,7 +12,6 @@ import pytest
 from dispatcher import CustomEvent, enqueue
 from dispatcher.logs import JsonFormatter, redact
 from dispatcher.sandbox import Reply, Sandbox
-from tests.integration.test_celery import system  # noqa: F401 - the fixture
 from tests.support import start, statuses, stop, wait_until
 
 EMAIL = "very.private@example.com"
@@ -64,7 +63,7 @@ def test_redact(raw: str, masked: str) -> None:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_every_line_a_json_worker_writes_parses(
-    system: dict[str, str],  # noqa: F811 - the fixture
+    system: dict[str, str],
     pg_test_url: str,
     sandbox: Sandbox,
     tmp_path: Path,

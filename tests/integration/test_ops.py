@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from dispatcher import CustomEvent, enqueue
 from dispatcher.db import get_engine
-from tests.integration.test_celery import system  # noqa: F401
 from tests.support import free_port, start, statuses, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +68,7 @@ def test_every_long_running_service_has_a_cheap_health_check() -> None:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_flower_lists_the_worker_and_its_delivery_tasks(
-    system: dict[str, str],  # noqa: F811
+    system: dict[str, str],
     pg_test_url: str,
     tmp_path: Path,
 ) -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import dispatcher
-from tests.integration.test_install import ROOT, source  # noqa: F401 - the fixture
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
 def test_the_wheel_holds_what_runs_and_builds_without_warnings(
-    source: Path,  # noqa: F811 - the fixture
+    source: Path,
     tmp_path: Path,
 ) -> None:
     done = subprocess.run(

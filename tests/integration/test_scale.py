@@ -11,9 +11,11 @@ shows them at ten million rows.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ import sqlalchemy as sa
 
 from dispatcher import admin, outbox
 from dispatcher.breaker import BreakerPolicy
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome
+from dispatcher.policy import Decision, Outcome
 from dispatcher.schema import FINISHED_STATUSES, STATUSES, count_deltas, counts, jobs
 
 from ..conftest import EMPTY_OUTBOX, PG_URL
@@ -127,7 +129,7 @@ def test_counts_stay_exact_through_every_path(engine: sa.Engine) -> None:
                     503,
                     None,
                     None,
-                    answer(Outcome.DEAD, f"{MAX_ATTEMPTS_REASON}: 503"),
+                    replace(answer(Outcome.DEAD, "503"), exhausted=True),
                 )
             ],
             later,
@@ -578,7 +580,10 @@ def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
     at the pass (read back: the ``since`` they measure from), with the same figures as
     measuring everything."""
     from dispatcher import sweeper
-    from dispatcher.admin import reads
+
+    reads = importlib.import_module(
+        "dispatcher.admin.activity"
+    )  # the package's activity() hides it
     from dispatcher.db import utcnow
     from dispatcher.schema import activity_marks, attempts
 
@@ -621,7 +626,6 @@ def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
         sparklines = admin.delivered_per_minute(conn, now)
     assert sparklines.keys() == {"shop", "mail"} and sum(sparklines["shop"]) > 0
 
-    assert sweeper.keep_charts(engine, float("inf")) == float("inf"), "not due: nothing done"
     assert reads.keep_activity(engine, now) == 6  # three queues, two windows
     settled = now - reads.ARRIVAL_MARGIN
     with engine.connect() as conn:
@@ -654,7 +658,9 @@ def test_a_sweeper_pass_keeps_every_queues_chart_buckets(
     assert admin.delivered_per_minute(engine, now) == sparklines
     assert measured_from == [min(marks[q, 60] for q in ("shop", "mail", "idle"))]
     # A later pass (the sweeper's own clock) measures only what settled since.
-    assert sweeper.keep_charts(engine, float("-inf")) > 0
+    charts = sweeper.Charts(engine, interval=300.0, monotonic=lambda: 0.0)
+    assert charts.run_once() is not None, "due at its first pass"
+    assert charts.run_once() is None, "not due again before its interval: nothing done"
 
 
 # --------------------------------------------------------------------------- purged rows

@@ -13,7 +13,6 @@ from dispatcher import CustomEvent, enqueue
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import jobs
-from tests.integration.test_delivery import deliverer, delivery_settings, sandbox  # noqa: F401
 from tests.support import settle
 
 EXPORTER = InMemorySpanExporter()
@@ -23,9 +22,9 @@ trace.set_tracer_provider(_provider)  # once per process: the API allows no seco
 
 
 def test_delivery_attempts_are_spans_of_the_producers_trace(
-    deliverer: Deliverer,  # noqa: F811 - the fixture
+    deliverer: Deliverer,
     engine: sa.Engine,
-    sandbox: Sandbox,  # noqa: F811 - the fixture
+    sandbox: Sandbox,
 ) -> None:
     EXPORTER.clear()
     sandbox.script(31, Reply(503))  # the first attempt fails, the retry is delivered
@@ -58,7 +57,7 @@ def test_delivery_attempts_are_spans_of_the_producers_trace(
 
 
 def test_no_trace_no_context_no_span(
-    deliverer: Deliverer,  # noqa: F811 - the fixture
+    deliverer: Deliverer,
     engine: sa.Engine,
 ) -> None:
     EXPORTER.clear()
@@ -70,7 +69,7 @@ def test_no_trace_no_context_no_span(
 
 
 def test_baggage_is_never_stored_in_the_outbox(
-    deliverer: Deliverer,  # noqa: F811 - the fixture
+    deliverer: Deliverer,
     engine: sa.Engine,
 ) -> None:
     """The global propagator injects W3C baggage too (often a user id or an email): only

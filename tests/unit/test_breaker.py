@@ -1,5 +1,6 @@
 """Unit tests for dispatcher.breaker: which answers mean an outage, the probe schedule, the
-policy's validation, the sliding window that trips the circuit, and uncounted decisions."""
+policy's validation and the sliding window that trips the circuit (what an outage answer does to
+its job is policy's: tests/unit/test_policy.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from dispatcher.breaker import (
     BreakerPolicy,
     Circuit,
     Window,
-    is_outage,
     probe_interval,
-    uncounted,
 )
-from dispatcher.policy import MAX_ATTEMPTS_REASON, Decision, Outcome, RetryPolicy, decide
+from dispatcher.policy import is_outage
+
+from .conftest import NO_DEADLINE
 
 PROFILE = settings(deadline=None, max_examples=300)
-NO_DEADLINE = settings(deadline=None)  # a loaded CI machine is not a failure
 
 
 def policy(**overrides: object) -> BreakerPolicy:
@@ -337,57 +337,6 @@ def test_all_outages_trip_exactly_at_min_requests(m: int, successes: int) -> Non
         assert not w.add(False, 0.0, i)
     results = [w.add(True, 0.0, i) for i in range(m)]
     assert results == [False] * (m - 1) + [True]
-
-
-# --------------------------------------------------------------------------- uncounted
-
-RETRY = RetryPolicy(base_seconds=1.0, max_seconds=60.0, max_attempts=3)
-
-
-def test_uncounted_turns_a_counted_retry_into_an_immediate_uncounted_one() -> None:
-    counted = decide(503, attempts_before=0, policy=RETRY, rand=lambda: 0.5)
-    assert counted.outcome is Outcome.RETRY and counted.counts and counted.delay_seconds
-    d = uncounted(counted)
-    assert d == Decision(Outcome.RETRY, counts=False, delay_seconds=0.0, reason=counted.reason)
-    assert d.reason is not None and d.reason.startswith("503")
-
-
-def test_uncounted_undoes_a_max_attempts_dead_letter_and_strips_its_prefix() -> None:
-    dead = decide(503, attempts_before=RETRY.max_attempts - 1, policy=RETRY)
-    assert dead.outcome is Outcome.DEAD
-    assert dead.reason is not None and dead.reason.startswith(MAX_ATTEMPTS_REASON + ": ")
-    d = uncounted(dead)
-    assert d.outcome is Outcome.RETRY and not d.counts and d.delay_seconds == 0.0
-    assert d.reason == dead.reason.removeprefix(MAX_ATTEMPTS_REASON + ": ")
-    assert d.reason.startswith("503 Service Unavailable")
-
-
-def test_uncounted_keeps_a_timeout_reason_and_names_a_missing_one() -> None:
-    timeout = decide(None, attempts_before=0, policy=RETRY, error="timeout: ReadTimeout")
-    assert uncounted(timeout).reason == "timeout: ReadTimeout"
-    dead = decide(None, attempts_before=5, policy=RETRY, error="timeout: ReadTimeout")
-    assert uncounted(dead).reason == "timeout: ReadTimeout"
-    assert uncounted(Decision(Outcome.RETRY, True, 1.0, None)).reason == "no response"
-
-
-def test_uncounted_strips_the_prefix_only_at_the_start() -> None:
-    reason = f"500 Internal Server Error: upstream said {MAX_ATTEMPTS_REASON}: x"
-    assert uncounted(Decision(Outcome.RETRY, True, 1.0, reason)).reason == reason
-
-
-@NO_DEADLINE
-@given(
-    st.one_of(st.none(), st.integers(min_value=500, max_value=599), st.just(408)),
-    st.integers(min_value=0, max_value=50),
-)
-def test_an_outage_answer_made_uncounted_never_dead_letters(
-    status: int | None, attempts_before: int
-) -> None:
-    d = uncounted(
-        decide(status, attempts_before=attempts_before, policy=RETRY, error="connection error: x")
-    )
-    assert d.outcome is Outcome.RETRY and d.counts is False and d.delay_seconds == 0.0
-    assert d.reason and not d.reason.startswith(MAX_ATTEMPTS_REASON)
 
 
 def test_circuit_states_are_the_strings_stored_in_the_queue_row() -> None:

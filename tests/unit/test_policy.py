@@ -21,10 +21,14 @@ from dispatcher.policy import (
     backoff_delay,
     cause,
     decide,
+    during_outage,
     parse_retry_after,
     problem_summary,
+    shown_reason,
     truncate_body,
 )
+
+from .conftest import NO_DEADLINE
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy()
@@ -132,9 +136,10 @@ def test_every_status_code_at_the_limit(code: int) -> None:
     table = expected_outcome(code)
     assert d.effect is expected_effect(code)  # the queue's effect stays on the last attempt
     if table is Outcome.RETRY:
-        assert d.outcome is Outcome.DEAD
-        assert d.reason is not None and d.reason.startswith(MAX_ATTEMPTS_REASON)
+        assert d.outcome is Outcome.DEAD and d.exhausted
+        assert d.message is not None and d.message.startswith(MAX_ATTEMPTS_REASON)
     else:
+        assert not d.exhausted
         assert d.outcome is table
 
 
@@ -164,8 +169,8 @@ def test_4xx_dead_at_once_with_own_reason(code: int) -> None:
         assert d.outcome is Outcome.DEAD
         assert d.counts is True
         assert d.delay_seconds is None
-        assert d.reason is not None
-        assert not d.reason.startswith(MAX_ATTEMPTS_REASON)
+        assert d.reason is not None and not d.exhausted
+        assert d.message == d.reason
         assert "One or more validation errors occurred." in d.reason
 
 
@@ -262,7 +267,9 @@ def test_500_at_limit_is_dead() -> None:
     assert d.outcome is Outcome.DEAD
     assert d.counts is True
     assert d.delay_seconds is None
-    assert d.reason == f"{MAX_ATTEMPTS_REASON}: 500 Internal Server Error"
+    assert d.exhausted
+    assert d.reason == "500 Internal Server Error"  # the answer's own: the flag says the rest
+    assert d.message == f"{MAX_ATTEMPTS_REASON}: 500 Internal Server Error"
     assert MAX_ATTEMPTS_REASON == "max attempts exceeded"
 
 
@@ -274,7 +281,8 @@ def test_past_limit_is_dead() -> None:
 
 def test_timeout_at_limit_is_dead_with_last_reason() -> None:
     d = decide(None, attempts_before=11, policy=POLICY, error="timeout: read")
-    assert d.reason == "max attempts exceeded: timeout: read"
+    assert d.exhausted and d.reason == "timeout: read"
+    assert d.message == "max attempts exceeded: timeout: read"
 
 
 def test_unknown_answers_exhaust_the_budget() -> None:
@@ -905,3 +913,73 @@ def test_truncate_valid_utf8_roundtrip_prefix(text: str, limit: int) -> None:
 def test_cause_is_a_bounded_word(reason: str | None, circuit: bool, word: str) -> None:
     assert cause(reason, circuit=circuit) == word
     assert word in CAUSES
+
+
+# --------------------------------------------------------------------------- during an outage
+
+OUTAGE_POLICY = RetryPolicy(base_seconds=1.0, max_seconds=60.0, max_attempts=3)
+OUTAGE_ANSWERS = st.one_of(st.none(), st.integers(min_value=500, max_value=599), st.just(408))
+
+
+def test_an_outage_answer_during_an_outage_waits_uncounted_and_due_at_once() -> None:
+    counted = decide(503, attempts_before=0, policy=OUTAGE_POLICY, rand=no_jitter)
+    assert counted.outcome is Outcome.RETRY and counted.counts and counted.delay_seconds
+    d = decide(503, attempts_before=0, policy=OUTAGE_POLICY, rand=no_jitter, outage=True)
+    assert d == Decision(Outcome.RETRY, counts=False, delay_seconds=0.0, reason=counted.reason)
+    assert d.reason is not None and d.reason.startswith("503")
+    assert d == during_outage(counted)
+
+
+def test_the_last_attempt_during_an_outage_is_not_a_dead_letter() -> None:
+    last = OUTAGE_POLICY.max_attempts - 1
+    dead = decide(503, attempts_before=last, policy=OUTAGE_POLICY)
+    assert dead.outcome is Outcome.DEAD and dead.exhausted
+    d = decide(503, attempts_before=last, policy=OUTAGE_POLICY, outage=True)
+    assert d.outcome is Outcome.RETRY and not d.counts and d.delay_seconds == 0.0
+    assert not d.exhausted and d.reason == dead.reason == d.message
+    assert d.reason is not None and d.reason.startswith("503 Service Unavailable")
+
+
+@pytest.mark.parametrize("code", [200, 201, 400, 401, 403, 404, 409, 422, 429, 302, 600, 999])
+def test_answers_that_are_not_an_outage_are_judged_as_ever_during_one(code: int) -> None:
+    for attempts_before in (0, OUTAGE_POLICY.max_attempts - 1):
+        plain = decide(code, attempts_before=attempts_before, policy=OUTAGE_POLICY, rand=no_jitter)
+        during = decide(
+            code, attempts_before=attempts_before, policy=OUTAGE_POLICY, rand=no_jitter, outage=True
+        )
+        assert during == plain
+
+
+def test_during_an_outage_a_timeout_keeps_its_reason_and_a_missing_one_is_named() -> None:
+    timeout = decide(None, attempts_before=0, policy=OUTAGE_POLICY, error="timeout: ReadTimeout")
+    assert during_outage(timeout).reason == "timeout: ReadTimeout"
+    late = decide(
+        None, attempts_before=5, policy=OUTAGE_POLICY, error="timeout: ReadTimeout", outage=True
+    )
+    assert late.reason == "timeout: ReadTimeout" and not late.exhausted
+    assert during_outage(Decision(Outcome.RETRY, True, 1.0, None)).reason == "no response"
+
+
+def test_a_reason_that_mentions_max_attempts_is_left_as_it_is() -> None:
+    reason = f"500 Internal Server Error: upstream said {MAX_ATTEMPTS_REASON}: x"
+    assert during_outage(Decision(Outcome.RETRY, True, 1.0, reason)).reason == reason
+    assert shown_reason(reason, exhausted=False) == reason
+    assert shown_reason(reason, exhausted=True) == f"{MAX_ATTEMPTS_REASON}: {reason}"
+    assert shown_reason(None, exhausted=True) == f"{MAX_ATTEMPTS_REASON}: no response"
+
+
+@NO_DEADLINE
+@given(OUTAGE_ANSWERS, st.integers(min_value=0, max_value=50), st.booleans())
+def test_an_outage_answer_during_an_outage_never_dead_letters(
+    status: int | None, attempts_before: int, sent: bool
+) -> None:
+    d = decide(
+        status,
+        attempts_before=attempts_before,
+        policy=OUTAGE_POLICY,
+        error="connection error: x",
+        sent=sent,
+        outage=True,
+    )
+    assert d.outcome is Outcome.RETRY and d.counts is False and d.delay_seconds == 0.0
+    assert d.reason and not d.exhausted and d.effect is None

@@ -24,6 +24,7 @@ from dispatcher.policy import RetryPolicy
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import queues
 from dispatcher.web import create_app
+from dispatcher.web.metrics import Metrics
 from tests.conftest import require
 from tests.support import settle
 
@@ -208,3 +209,25 @@ def screenshot_dir() -> Path | None:
     """Where to (re)write the README's screenshots: set ``SCREENSHOTS_DIR=docs`` to refresh."""
     value = os.environ.get("SCREENSHOTS_DIR")
     return Path(value) if value else None
+
+
+def log_in(client: httpx.Client) -> str:
+    response = client.post("/login", data={"token": TOKEN, "next": "/"})
+    assert response.status_code == 303
+    return client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(source: Metrics | bytes | str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = source.render() if isinstance(source, Metrics) else source
+    if isinstance(text, bytes):
+        text = text.decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

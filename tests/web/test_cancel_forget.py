@@ -13,10 +13,9 @@ import sqlalchemy as sa
 from dispatcher import admin
 from dispatcher.db import utcnow
 from dispatcher.schema import erasures, jobs, queues
-from tests.integration.test_cancel import status_of
+from tests.support import status_of
 
-from .conftest import AUTH, Outbox
-from .test_queues import log_in
+from .conftest import AUTH, Outbox, log_in
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,7 @@ from dispatcher.cli import main
 from dispatcher.db import utcnow
 from dispatcher.outbox import pause
 
-from .conftest import AUTH, set_circuit
-from .test_metrics import scrape
+from .conftest import AUTH, scrape, set_circuit
 
 # What an API may echo: an email (one with an escaped '+'), a phone number, a customer id.
 PERSONAL = (

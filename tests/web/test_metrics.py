@@ -24,22 +24,7 @@ from dispatcher.web import create_app
 from dispatcher.web.metrics import GRACE_SECONDS, Metrics, code_class
 from tests.support import settle
 
-from .conftest import AUTH, TOKEN, Outbox, set_circuit
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(source: Metrics | bytes | str) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = source.render() if isinstance(source, Metrics) else source
-    if isinstance(text, bytes):
-        text = text.decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from .conftest import AUTH, TOKEN, Outbox, Samples, scrape, set_circuit
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

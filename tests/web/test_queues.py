@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher import admin
-from dispatcher.admin.reads import _id_floor, _percentile
+from dispatcher.admin.activity import _id_floor, _percentile
 from dispatcher.schema import attempts, jobs
 from dispatcher.web.charts import counts_chart, sparkline, times_chart
 
-from .conftest import AUTH, TOKEN, Outbox
+from .conftest import AUTH, Outbox, log_in
 
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)
 
@@ -165,12 +165,6 @@ def test_the_overview_links_a_sparkline_per_queue(client: httpx.Client, outbox: 
         assert link is not None, name
         assert 'class="sparkline" role="img"' in link.group(1)
         assert f"Queue {name}: {delivered} delivered in the last hour" in link.group(1)
-
-
-def log_in(client: httpx.Client) -> str:
-    response = client.post("/login", data={"token": TOKEN, "next": "/"})
-    assert response.status_code == 303
-    return client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
 def test_pause_from_the_page(client: httpx.Client, outbox: Outbox, engine: sa.Engine) -> None:

@@ -12,12 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from dispatcher.db import UTCDateTime
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+UTCDateTime = sa.DateTime(timezone=True)  # = dispatcher.db.UTCDateTime's column type
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dispatcher.db import UTCDateTime
-
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+UTCDateTime = sa.DateTime(timezone=True)  # = dispatcher.db.UTCDateTime's column type
 
 
 def upgrade() -> None:

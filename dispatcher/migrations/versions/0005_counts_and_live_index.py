@@ -3,7 +3,8 @@
 ``dispatcher_counts`` holds the number of delivered and dead jobs per queue (kept by the
 transactions that change them: see dispatcher.outbox.add_counts), and ``ix_dispatcher_jobs_live``
 covers pending, in-flight and retrying rows only, so ``dispatcher stats``, ``/metrics`` and the
-pages never scan the finished history. The counts are backfilled here.
+pages never scan the finished history. The counts are backfilled here (as ``outbox.recount``
+would; its SQL is written out below, since a migration must not run today's code).
 ``dispatcher_activity`` keeps the admin page's settled chart buckets (filled as pages are viewed).
 
 On PostgreSQL the index is built ``CONCURRENTLY``, outside the migration's transaction, so
@@ -21,12 +22,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dispatcher.db import UTCDateTime
-
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+
+UTCDateTime = sa.DateTime(timezone=True)  # = dispatcher.db.UTCDateTime's column type
 
 LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"  # = dispatcher.schema.LIVE_WHERE
 
@@ -39,12 +40,7 @@ def upgrade() -> None:
         sa.Column("jobs", sa.BigInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("queue", "status", name="pk_dispatcher_counts"),
     )
-    # The backfill, as this revision's code counted: finished jobs only (frozen here, so that a
-    # later change of the product's code cannot change what this migration does).
-    op.execute(
-        "INSERT INTO dispatcher_counts (queue, status, jobs) SELECT queue, status, count(*) "
-        "FROM dispatcher_jobs WHERE status IN ('delivered', 'dead') GROUP BY queue, status"
-    )
+    _backfill_counts()
     op.create_table(
         "dispatcher_activity",
         sa.Column("queue", sa.String(64), nullable=False),
@@ -92,3 +88,17 @@ def downgrade() -> None:
     op.drop_table("dispatcher_activity_marks")
     op.drop_table("dispatcher_activity")
     op.drop_table("dispatcher_counts")
+
+
+def _backfill_counts() -> None:
+    """Count the finished jobs per queue and status (0005's finished statuses: delivered and
+    dead). On PostgreSQL the counts table is locked first, so a worker recording meanwhile waits
+    for this commit."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("LOCK TABLE dispatcher_counts IN EXCLUSIVE MODE")
+    op.execute("DELETE FROM dispatcher_counts")
+    op.execute(
+        "INSERT INTO dispatcher_counts (queue, status, jobs) "
+        "SELECT queue, status, count(*) FROM dispatcher_jobs "
+        "WHERE status IN ('delivered', 'dead') GROUP BY queue, status"
+    )

@@ -24,12 +24,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dispatcher.db import UTCDateTime
-
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+
+UTCDateTime = sa.DateTime(timezone=True)  # = dispatcher.db.UTCDateTime's column type
 
 # = dispatcher.schema.ORDERING_WHERE (a migration does not import today's code for its SQL)
 ORDERING_WHERE = "ordering_key IS NOT NULL AND status IN ('pending', 'in_flight', 'retrying')"

@@ -18,12 +18,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dispatcher.db import UTCDateTime
-
 revision = "0007"
 down_revision = "0006"  # the lead re-points this at "0006" when merging
 branch_labels = None
 depends_on = None
+
+UTCDateTime = sa.DateTime(timezone=True)  # = dispatcher.db.UTCDateTime's column type
 
 NAME = "ck_dispatcher_jobs_status"  # dispatcher.schema's name for it
 # What 0001 actually called it (the naming convention was applied to a full name): replaced here.

@@ -11,7 +11,7 @@ holds it equal to what the generator makes today, so a change of the validation 
 with a new migration that replaces the functions (``CREATE OR REPLACE``).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-08
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

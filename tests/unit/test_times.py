@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.admin import parse_age, parse_when
+from dispatcher.times import parse_age, parse_when
 
 NOW = datetime(2026, 11, 27, 12, 30, 15, 250000, tzinfo=UTC)
 

@@ -1,4 +1,8 @@
-"""Times as operators type them: ISO 8601 or an age like ``2h`` meaning that long ago (pure)."""
+"""Times as people type them: ISO 8601 or an age like ``2h`` meaning that long ago (pure).
+
+The operator's filters (:mod:`dispatcher.admin`) and the settings (``DISPATCHER_RETENTION``) read
+them; it imports nothing of the package, so both can.
+"""
 
 from __future__ import annotations
 
