@@ -252,7 +252,7 @@ def _enqueue_file(path: str, queue: str, batch_size: int) -> tuple[int, str | No
 @click.option(
     "--file",
     "path",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     help="JSON lines, one API-shaped body per line ('-' for stdin). All or nothing: every line "
     "is checked first, then the file is written in one transaction, streamed.",
 )
@@ -278,16 +278,21 @@ def enqueue(
     path: str | None,
     batch_size: int,
 ) -> None:
-    """Put an event (or a file of events) in the outbox; invalid input writes nothing."""
+    """Put an event (or a file of events) in the outbox; invalid input writes nothing.
+
+    An invalid option (an event given as options, a queue name) exits 2 as any usage error; a
+    file with bad lines exits 1: the command read it and refused it."""
     from dispatcher.producer import check_queue
     from dispatcher.producer import enqueue as enqueue_one
 
+    code = problems.EXIT_USAGE
     try:
+        if queue_problems := check_queue(queue, "--queue"):
+            raise ValidationError(queue_problems)
         if path is not None:
             if event_id is not None or segments or fields or customer_email:
                 raise ValidationError(["--file: cannot be combined with single-event options"])
-            if queue_problems := check_queue(queue, "--queue"):
-                raise ValidationError(queue_problems)
+            code = problems.EXIT_FAILED
             count, first, last = _enqueue_file(path, queue, batch_size)
             echo(f"enqueued {count} events" + (f" (ids {first}..{last})" if count else ""))
             return
@@ -321,7 +326,7 @@ def enqueue(
             )
         echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key))
     except ValidationError as exc:
-        fail("invalid input:\n  " + "\n  ".join(exc.errors))
+        fail("invalid input:\n  " + "\n  ".join(exc.errors), code)
     finally:
         from dispatcher.signals import signaller
 
@@ -350,6 +355,9 @@ def worker(ctx: click.Context, queues: str) -> None:
     except ConfigError as exc:
         fail(f"configuration: {exc}", problems.EXIT_CONFIG)
     _warn_missing_keys(selected, settings)
+    from dispatcher.config import notice_default_broker
+
+    notice_default_broker(settings)  # listening where producers may not signal: say so
     _check_broker(app)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # the banner is not JSON
     app.worker_main(
@@ -1247,8 +1255,8 @@ def _serve_web(host: str, port: int, *, pages: bool, trusted: str | None = None)
         settings = dataclasses.replace(settings, trusted_proxies=proxies)
     try:
         serve(host, port, settings, pages_and_api=pages)
-    except BindError as exc:
-        fail(str(exc))
+    except BindError as exc:  # a public address without DISPATCHER_ADMIN_TOKEN: configuration
+        fail(str(exc), problems.EXIT_CONFIG)
 
 
 @main.command()

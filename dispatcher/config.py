@@ -84,11 +84,28 @@ def broker_timeouts(url: str, seconds: float = BROKER_SOCKET_TIMEOUT) -> dict[st
     return {}
 
 
+# The URL an async application already has, and what the dispatcher's own (synchronous) engines
+# use for the same database: the CLI, the worker and the sweeper accept either.
+_SYNC_DRIVERS = {
+    "postgres://": "postgresql+psycopg://",
+    "postgresql://": "postgresql+psycopg://",
+    "postgresql+asyncpg://": "postgresql+psycopg://",
+    "postgresql+psycopg_async://": "postgresql+psycopg://",
+    "sqlite+aiosqlite://": "sqlite://",
+}
+
+
 def normalize_database_url(url: str) -> str:
-    """Make plain ``postgresql://`` and Heroku's ``postgres://`` use the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
+    """Make plain ``postgresql://`` and Heroku's ``postgres://`` use the psycopg 3 driver, and an
+    async driver's URL (``postgresql+asyncpg://``, ``+psycopg_async``, ``sqlite+aiosqlite``) its
+    synchronous twin: a FastAPI application's URL works for ``dispatcher migrate`` as it is.
+    asyncpg's ``?ssl=`` becomes libpq's ``?sslmode=``."""
+    for prefix, sync in _SYNC_DRIVERS.items():
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            rest = url[len(prefix) :]
+            if prefix == "postgresql+asyncpg://":
+                rest = re.sub(r"([?&])ssl=", r"\1sslmode=", rest)
+            return sync + rest
     return url
 
 
@@ -526,13 +543,43 @@ def notice_defaults(settings: Settings | None = None) -> None:
     database = os.path.abspath(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
     broker = ""
     if "DISPATCHER_BROKER_URL" in settings.defaulted:
-        broker = " and the broker file " + os.path.abspath(
-            DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
-        )
-    message = (
+        broker = " and the broker file " + _default_broker_file()
+    _say(
+        settings,
         f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
-        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)",
     )
+
+
+_noticed_broker = False
+
+
+def notice_default_broker(settings: Settings | None = None) -> None:
+    """Once per process, on stderr, when a process signals (or listens) through the embedded
+    broker file although its outbox is a database of its own: a producer whose environment
+    lacks ``DISPATCHER_BROKER_URL`` would otherwise signal into ``./dispatcher-broker.db`` where
+    no worker reads, and its jobs would wait for the sweeper. (Both unset: notice_defaults.)"""
+    global _noticed_broker
+    settings = settings or get_settings()
+    if _noticed_broker or "DISPATCHER_BROKER_URL" not in settings.defaulted:
+        return
+    _noticed_broker = True
+    if "DISPATCHER_DATABASE_URL" in settings.defaulted:
+        notice_defaults(settings)  # says both
+        return
+    _say(
+        settings,
+        "DISPATCHER_BROKER_URL is not set: signalling workers through the SQLite file "
+        f"{_default_broker_file()}, which only processes started in this folder read (set "
+        "DISPATCHER_BROKER_URL, e.g. redis://host:6379/0, alike in every process)",
+    )
+
+
+def _default_broker_file() -> str:
+    return os.path.abspath(DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///"))
+
+
+def _say(settings: Settings, message: str) -> None:
     if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
         from dispatcher.logs import json_line
 

@@ -193,8 +193,10 @@ class Signaller:
 def celery_sender() -> Callable[[str], None]:
     """Publish ``dispatcher.deliver(queue)`` on a connection of our own with short timeouts and
     no retries (the Celery app's own pool retries a lost broker for a long time)."""
-    from dispatcher.config import broker_timeouts
+    from dispatcher.config import broker_timeouts, notice_default_broker
     from dispatcher.tasks import app, deliver  # Celery is imported only once a signal is needed
+
+    notice_default_broker()  # no DISPATCHER_BROKER_URL: say where the signals go, once
 
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
     options: dict[str, Any] = broker_timeouts(url, SEND_TIMEOUT)
