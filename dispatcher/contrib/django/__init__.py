@@ -1,8 +1,7 @@
 """Enqueue from a Django project, through Django's own connection and transaction.
 
-Add ``"dispatcher.contrib.django"`` to ``INSTALLED_APPS``, create the tables once with
-``python manage.py dispatcher_migrate`` (the same Alembic migrations as ``dispatcher migrate``,
-on the database of ``--database``, default ``default``), then::
+Add ``"dispatcher.contrib.django"`` to ``INSTALLED_APPS``; ``python manage.py migrate`` creates
+the tables (the same Alembic migrations as ``dispatcher migrate``: see ``outbox_schema``), then::
 
     from django.db import transaction
     from dispatcher import CustomEvent
@@ -86,7 +85,7 @@ def _write(rows: Sequence[NewJob], using: str) -> list[int]:
     except Exception as exc:
         if is_schema_missing(exc):  # the same exception as dispatcher.enqueue's
             raise OutboxSchemaMissing(
-                f"the Django database {using!r}", exc, fix="python manage.py dispatcher_migrate"
+                f"the Django database {using!r}", exc, fix="python manage.py migrate"
             ) from exc
         raise
     return ids
