@@ -340,20 +340,40 @@ def enqueue(
 @click.option(
     "--queues",
     default="",
-    help="Serve only these outbox queues (comma-separated; each listed in "
-    "DISPATCHER_DEDICATED_QUEUES). Default: all.",
+    help="Serve only these outbox queues (comma-separated): their signals then travel on Celery "
+    "queues of their own, recorded in the outbox so that every process routes them here. "
+    "Default: all.",
 )
 @click.pass_context
 def worker(ctx: click.Context, queues: str) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
+    from dispatcher.routing import dedicate, read_dedicated
     from dispatcher.tasks import app, worker_queues
 
     settings = get_settings()
     selected = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        consume = worker_queues(selected, settings)
+        worker_queues(selected, settings)  # refuses a name that is not a queue's
     except ConfigError as exc:
-        fail(f"configuration: {exc}", problems.EXIT_CONFIG)
+        fail(str(exc), problems.EXIT_USAGE)
+    # The dedication goes in the queues' rows, so that producers and the sweeper route their
+    # signals to this worker's Celery queues without being told (dispatcher.routing).
+    # A worker serving every queue also consumes the dedicated ones' Celery queues; it may start
+    # before the database is up (it waits for the broker likewise): then the settings' list.
+    known = settings.dedicated_queues
+    try:
+        with _engine().begin() as conn:
+            dedicate(conn, selected)
+            known |= read_dedicated(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        if selected:
+            raise  # its dedication must be recorded, or nobody signals it: exit 4 or 5
+        logging.getLogger("dispatcher.worker").warning(
+            "could not read the dedicated queues from the outbox (%s): serving the shared "
+            "queue and DISPATCHER_DEDICATED_QUEUES only",
+            scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+        )
+    consume = worker_queues(selected, settings, known)
     _warn_missing_keys(selected, settings)
     from dispatcher.config import notice_default_broker
 
