@@ -11,8 +11,9 @@ Only the W3C trace context is stored (``traceparent``, ``tracestate``), whatever
 application configured: OpenTelemetry baggage travels with the same global propagator and often
 holds a user id or an email, which has no business in the outbox row.
 
-Sentry picks the spans up through its OpenTelemetry integration; Jaeger, Tempo and any OTLP
-backend through the SDK's OTLP exporter (see the README).
+Sentry receives the spans through its ``OTLPIntegration`` (sentry-sdk 2.x and 3.x); Jaeger, Tempo
+and any OTLP backend through the SDK's OTLP exporter. A worker sets its SDK up in a module named
+with ``dispatcher worker -I module`` (see the README).
 """
 
 from __future__ import annotations
