@@ -28,6 +28,7 @@ from typing import Any
 
 from dispatcher.masking import redact
 from dispatcher.scrub import scrub, terminal_safe
+from dispatcher.tracing import current_ids
 
 __all__ = [
     "FIELDS",
@@ -91,6 +92,9 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 line[name] = value if isinstance(value, int | float | bool) else str(value)
+        ids = current_ids()  # the span active where the record was made (same thread)
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

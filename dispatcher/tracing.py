@@ -53,6 +53,18 @@ def current_context() -> str | None:
     return json.dumps(stored, separators=(",", ":")) if stored else None
 
 
+def current_ids() -> tuple[str, str] | None:
+    """The active span's trace id and span id in W3C hex (32 and 16 digits), for JSON log lines:
+    a log search then finds the trace, and the trace its log lines. None without a span."""
+    if not AVAILABLE:
+        return None
+    _, trace = _otel()
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
 def record_attempt(
     trace_context: str | None,
     *,

@@ -101,6 +101,24 @@ def test_baggage_is_never_stored_in_the_outbox(
     assert attempt.context.trace_id == producer.context.trace_id
 
 
+def test_json_log_lines_carry_the_active_spans_ids() -> None:
+    import json
+    import logging
+
+    from dispatcher.logs import JsonFormatter
+
+    def line() -> dict[str, object]:
+        record = logging.LogRecord("shop", logging.INFO, __file__, 1, "placed", None, None)
+        return json.loads(JsonFormatter().format(record))  # type: ignore[no-any-return]
+
+    assert "trace_id" not in line() and "span_id" not in line()
+    with trace.get_tracer("shop").start_as_current_span("POST /orders") as span:
+        inside = line()
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+
+
 # The README's worker recipe, run: `dispatcher worker -I <module>`, the module setting up Sentry's
 # OTLPIntegration (sentry-sdk 2.x/3.x); the attempts reach Sentry's OTLP endpoint (a loopback
 # server here) in the producer's trace.
