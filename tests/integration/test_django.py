@@ -565,6 +565,11 @@ out = {"before": outbox()}
 call_command("migrate", run_syncdb=True, verbosity=0)
 out["migrated"] = outbox()
 out["job"] = enqueue(CustomEvent(9, customer_id=1))
+from dispatcher.config import get_settings
+from dispatcher.routing import outbox_url
+
+# Without DISPATCHER_DATABASE_URL, this producer reads the dedicated queues from Django's database.
+out["routing"] = outbox_url(get_settings()) == database_url()
 call_command("dispatcher_migrate", verbosity=0)
 out["again"] = outbox()
 call_command("migrate", "ecdp_dispatcher", "0001", verbosity=0)
@@ -597,7 +602,7 @@ def test_plain_migrate_creates_the_outbox_as_alembic_does(
     assert {"dispatcher_jobs", "dispatcher_attempts", "dispatcher_queues"} <= set(
         migrated["tables"]
     )
-    assert out["job"] == "1"
+    assert out["job"] == "1" and out["routing"] is True
     assert out["again"] == migrated  # dispatcher_migrate still works, and changes nothing
     # migrate ecdp_dispatcher 0001: no outbox (Alembic leaves its empty version table)
     assert out["reversed"]["tables"] == ["dispatcher_alembic_version"]
