@@ -1068,15 +1068,40 @@ def purge(
 
 @main.command("queues")
 @click.option("--delete", metavar="NAME", help="Remove queue NAME, which must have no jobs.")
+@click.option(
+    "--undedicate",
+    metavar="NAME",
+    help="Signal queue NAME on the shared Celery queue again (a `worker --queues NAME` made it "
+    "dedicated).",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
-def queues_command(delete: str | None, as_json: bool) -> None:
+def queues_command(delete: str | None, undedicate: str | None, as_json: bool) -> None:
     """The queues in use: paused or not, circuit, live and finished jobs.
 
     `--delete NAME` removes a queue without jobs (a typo's pause row, a queue whose jobs were
-    purged): its pause switch, throttle and circuit state, counts and chart buckets."""
+    purged): its pause switch, throttle and circuit state, counts and chart buckets.
+    `--undedicate NAME` undoes what `dispatcher worker --queues NAME` recorded: every process
+    signals NAME on the shared Celery queue again within 5 s."""
     from dispatcher import admin
     from dispatcher.schema import FINISHED_STATUSES
 
+    if undedicate is not None:
+        from dispatcher.producer import check_queue
+        from dispatcher.routing import undedicate as share
+
+        if problems_found := check_queue(undedicate, "--undedicate"):
+            raise click.BadParameter(problems_found[0], param_hint="--undedicate")
+        with _engine().begin() as conn:
+            changed = share(conn, undedicate)
+        if as_json:
+            _json({"queue": undedicate, "undedicated": changed})
+        else:
+            echo(
+                f"queue {undedicate} is signalled on the shared Celery queue again"
+                if changed
+                else f"queue {undedicate} was not dedicated"
+            )
+        return
     if delete is not None:
         with _admin_errors(queue="--delete"):
             removed = admin.delete_queue(_engine(), delete)

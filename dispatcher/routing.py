@@ -47,6 +47,16 @@ def dedicate(conn: sa.Connection, names: Iterable[str]) -> None:
         )
 
 
+def undedicate(conn: sa.Connection, name: str) -> bool:
+    """Signal ``name`` on the shared Celery queue again; whether it was dedicated."""
+    done = conn.execute(
+        sa.update(queues)
+        .where(queues.c.name == name, queues.c.dedicated)
+        .values(dedicated=False, updated_at=utcnow())
+    )
+    return bool(done.rowcount)
+
+
 def read_dedicated(conn: sa.Connection) -> frozenset[str]:
     return frozenset(conn.execute(sa.select(queues.c.name).where(queues.c.dedicated)).scalars())
 

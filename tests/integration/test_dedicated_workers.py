@@ -83,6 +83,16 @@ def test_a_worker_records_its_dedication_and_refuses_a_bad_name(
     # A worker serving every queue consumes the dedicated one's Celery queue too.
     assert CliRunner().invoke(main, ["worker"]).exit_code == 0
     assert "--queues=dispatcher,dispatcher.eu-shop" in started[-1]
+    # Undone by an operator: the shared Celery queue again.
+    undone = CliRunner().invoke(main, ["queues", "--undedicate", "eu-shop"])
+    assert undone.exit_code == 0 and "shared Celery queue again" in undone.stdout
+    again = CliRunner().invoke(main, ["queues", "--undedicate", "eu-shop"])
+    assert again.exit_code == 0 and "was not dedicated" in again.stdout
+    assert CliRunner().invoke(main, ["queues", "--undedicate", "EU shop"]).exit_code == 2
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(queues.c.dedicated)).scalars().all() == [False]
+    assert CliRunner().invoke(main, ["worker"]).exit_code == 0
+    assert "--queues=dispatcher" in started[-1]  # the shared Celery queue alone
 
 
 @pytest.mark.postgres
