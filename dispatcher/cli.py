@@ -286,7 +286,7 @@ def _enqueue_file(
 @click.option(
     "--file",
     "path",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     help="JSON lines, one API-shaped body per line ('-' for stdin). All or nothing: every line "
     "is checked first, then the file is written in one transaction, streamed.",
 )
@@ -314,17 +314,22 @@ def enqueue(
     path: str | None,
     batch_size: int,
 ) -> None:
-    """Put an event (or a file of events) in the outbox; invalid input writes nothing."""
+    """Put an event (or a file of events) in the outbox; invalid input writes nothing.
+
+    An invalid option (an event given as options, a queue name) exits 2 as any usage error; a
+    file with bad lines exits 1: the command read it and refused it."""
     from dispatcher.producer import check_queue
     from dispatcher.producer import enqueue as enqueue_one
 
+    code = problems.EXIT_USAGE
     try:
         deliver_at = _deliver_at(at, delay)
+        if queue_problems := check_queue(queue, "--queue"):
+            raise ValidationError(queue_problems)
         if path is not None:
             if event_id is not None or segments or fields or customer_email:
                 raise ValidationError(["--file: cannot be combined with single-event options"])
-            if queue_problems := check_queue(queue, "--queue"):
-                raise ValidationError(queue_problems)
+            code = problems.EXIT_FAILED
             count, first, last = _enqueue_file(path, queue, batch_size, deliver_at)
             echo(f"enqueued {count} events" + (f" (ids {first}..{last})" if count else ""))
             return
@@ -358,7 +363,7 @@ def enqueue(
             )
         echo(enqueue_one(event, queue=queue, dedupe_key=dedupe_key, deliver_at=deliver_at))
     except ValidationError as exc:
-        fail("invalid input:\n  " + "\n  ".join(exc.errors))
+        fail("invalid input:\n  " + "\n  ".join(exc.errors), code)
     finally:
         from dispatcher.signals import signaller
 
@@ -372,21 +377,44 @@ def enqueue(
 @click.option(
     "--queues",
     default="",
-    help="Serve only these outbox queues (comma-separated; each listed in "
-    "DISPATCHER_DEDICATED_QUEUES). Default: all.",
+    help="Serve only these outbox queues (comma-separated): their signals then travel on Celery "
+    "queues of their own, recorded in the outbox so that every process routes them here. "
+    "Default: all.",
 )
 @click.pass_context
 def worker(ctx: click.Context, queues: str) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
+    from dispatcher.routing import dedicate, read_dedicated
     from dispatcher.tasks import app, worker_queues
 
     settings = get_settings()
     selected = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        consume = worker_queues(selected, settings)
+        worker_queues(selected, settings)  # refuses a name that is not a queue's
     except ConfigError as exc:
-        fail(f"configuration: {exc}", problems.EXIT_CONFIG)
+        fail(str(exc), problems.EXIT_USAGE)
+    # The dedication goes in the queues' rows, so that producers and the sweeper route their
+    # signals to this worker's Celery queues without being told (dispatcher.routing).
+    # A worker serving every queue also consumes the dedicated ones' Celery queues; it may start
+    # before the database is up (it waits for the broker likewise): then the settings' list.
+    known = settings.dedicated_queues
+    try:
+        with _engine().begin() as conn:
+            dedicate(conn, selected)
+            known |= read_dedicated(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        if selected:
+            raise  # its dedication must be recorded, or nobody signals it: exit 4 or 5
+        logging.getLogger("dispatcher.worker").warning(
+            "could not read the dedicated queues from the outbox (%s): serving the shared "
+            "queue and DISPATCHER_DEDICATED_QUEUES only",
+            scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+        )
+    consume = worker_queues(selected, settings, known)
     _warn_missing_keys(selected, settings)
+    from dispatcher.logs import notice_default_broker
+
+    notice_default_broker(settings)  # listening where producers may not signal: say so
     _check_broker(app)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # the banner is not JSON
     app.worker_main(
@@ -1077,15 +1105,40 @@ def purge(
 
 @main.command("queues")
 @click.option("--delete", metavar="NAME", help="Remove queue NAME, which must have no jobs.")
+@click.option(
+    "--undedicate",
+    metavar="NAME",
+    help="Signal queue NAME on the shared Celery queue again (a `worker --queues NAME` made it "
+    "dedicated).",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON object for scripts.")
-def queues_command(delete: str | None, as_json: bool) -> None:
+def queues_command(delete: str | None, undedicate: str | None, as_json: bool) -> None:
     """The queues in use: paused or not, circuit, live and finished jobs.
 
     `--delete NAME` removes a queue without jobs (a typo's pause row, a queue whose jobs were
-    purged): its pause switch, throttle and circuit state, counts and chart buckets."""
+    purged): its pause switch, throttle and circuit state, counts and chart buckets.
+    `--undedicate NAME` undoes what `dispatcher worker --queues NAME` recorded: every process
+    signals NAME on the shared Celery queue again within 5 s."""
     from dispatcher import admin
     from dispatcher.schema import FINISHED_STATUSES
 
+    if undedicate is not None:
+        from dispatcher.producer import check_queue
+        from dispatcher.routing import undedicate as share
+
+        if problems_found := check_queue(undedicate, "--undedicate"):
+            raise click.BadParameter(problems_found[0], param_hint="--undedicate")
+        with _engine().begin() as conn:
+            changed = share(conn, undedicate)
+        if as_json:
+            _json({"queue": undedicate, "undedicated": changed})
+        else:
+            echo(
+                f"queue {undedicate} is signalled on the shared Celery queue again"
+                if changed
+                else f"queue {undedicate} was not dedicated"
+            )
+        return
     if delete is not None:
         with _admin_errors(queue="--delete"):
             removed = admin.delete_queue(_engine(), delete)
@@ -1284,8 +1337,8 @@ def _serve_web(host: str, port: int, *, pages: bool, trusted: str | None = None)
         settings = dataclasses.replace(settings, trusted_proxies=proxies)
     try:
         serve(host, port, settings, pages_and_api=pages)
-    except BindError as exc:
-        fail(str(exc))
+    except BindError as exc:  # a public address without DISPATCHER_ADMIN_TOKEN: configuration
+        fail(str(exc), problems.EXIT_CONFIG)
 
 
 @main.command()

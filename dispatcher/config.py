@@ -84,11 +84,28 @@ def broker_timeouts(url: str, seconds: float = BROKER_SOCKET_TIMEOUT) -> dict[st
     return {}
 
 
+# The URL an async application already has, and what the dispatcher's own (synchronous) engines
+# use for the same database: the CLI, the worker and the sweeper accept either.
+_SYNC_DRIVERS = {
+    "postgres://": "postgresql+psycopg://",
+    "postgresql://": "postgresql+psycopg://",
+    "postgresql+asyncpg://": "postgresql+psycopg://",
+    "postgresql+psycopg_async://": "postgresql+psycopg://",
+    "sqlite+aiosqlite://": "sqlite://",
+}
+
+
 def normalize_database_url(url: str) -> str:
-    """Make plain ``postgresql://`` and Heroku's ``postgres://`` use the psycopg 3 driver."""
-    for prefix in ("postgres://", "postgresql://"):
+    """Make plain ``postgresql://`` and Heroku's ``postgres://`` use the psycopg 3 driver, and an
+    async driver's URL (``postgresql+asyncpg://``, ``+psycopg_async``, ``sqlite+aiosqlite``) its
+    synchronous twin: a FastAPI application's URL works for ``dispatcher migrate`` as it is.
+    asyncpg's ``?ssl=`` becomes libpq's ``?sslmode=``."""
+    for prefix, sync in _SYNC_DRIVERS.items():
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            rest = url[len(prefix) :]
+            if prefix == "postgresql+asyncpg://":
+                rest = re.sub(r"([?&])ssl=", r"\1sslmode=", rest)
+            return sync + rest
     return url
 
 

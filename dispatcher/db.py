@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 from dispatcher.config import DEFAULT_DATABASE_URL, normalize_database_url
 from dispatcher.logs import notice_defaults
 
+SUPPORTED_BACKENDS = ("postgresql", "sqlite")
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -63,9 +64,13 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
 def create_engine(url: str) -> Engine:
     url = normalize_database_url(url)
     try:
-        sa.make_url(url)
+        backend = sa.make_url(url).get_backend_name()
     except ValueError as exc:  # e.g. a port that is not a number: a URL we cannot use
         raise sa.exc.ArgumentError(f"not a database URL: {exc}") from None
+    if backend not in SUPPORTED_BACKENDS:  # before SQLAlchemy imports a driver we lack
+        raise sa.exc.ArgumentError(
+            f"{backend}:// is not supported: the outbox runs on PostgreSQL or SQLite"
+        )
     if url.startswith("sqlite"):
         # NullPool: a file-backed SQLite connection is cheap, and pooling across fork() is unsafe.
         engine = sa.create_engine(url, poolclass=NullPool)

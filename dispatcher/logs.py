@@ -29,6 +29,7 @@ from typing import Any
 from dispatcher.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, Settings, get_settings
 from dispatcher.masking import redact
 from dispatcher.scrub import scrub, terminal_safe
+from dispatcher.tracing import current_ids
 
 __all__ = [
     "FIELDS",
@@ -37,6 +38,7 @@ __all__ = [
     "TextFormatter",
     "configure",
     "json_line",
+    "notice_default_broker",
     "notice_defaults",
     "redact",
 ]
@@ -93,6 +95,9 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 line[name] = value if isinstance(value, int | float | bool) else str(value)
+        ids = current_ids()  # the span active where the record was made (same thread)
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
@@ -165,13 +170,43 @@ def notice_defaults(settings: Settings | None = None) -> None:
     database = os.path.abspath(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
     broker = ""
     if "DISPATCHER_BROKER_URL" in settings.defaulted:
-        broker = " and the broker file " + os.path.abspath(
-            DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///")
-        )
-    message = (
+        broker = " and the broker file " + _default_broker_file()
+    _say(
+        settings,
         f"DISPATCHER_DATABASE_URL is not set: using the SQLite file {database}"
-        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)"
+        f"{broker} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, to use your own)",
     )
+
+
+_noticed_broker = False
+
+
+def notice_default_broker(settings: Settings | None = None) -> None:
+    """Once per process, on stderr, when a process signals (or listens) through the embedded
+    broker file although its outbox is a database of its own: a producer whose environment
+    lacks ``DISPATCHER_BROKER_URL`` would otherwise signal into ``./dispatcher-broker.db`` where
+    no worker reads, and its jobs would wait for the sweeper. (Both unset: notice_defaults.)"""
+    global _noticed_broker
+    settings = settings or get_settings()
+    if _noticed_broker or "DISPATCHER_BROKER_URL" not in settings.defaulted:
+        return
+    _noticed_broker = True
+    if "DISPATCHER_DATABASE_URL" in settings.defaulted:
+        notice_defaults(settings)  # says both
+        return
+    _say(
+        settings,
+        "DISPATCHER_BROKER_URL is not set: signalling workers through the SQLite file "
+        f"{_default_broker_file()}, which only processes started in this folder read (set "
+        "DISPATCHER_BROKER_URL, e.g. redis://host:6379/0, alike in every process)",
+    )
+
+
+def _default_broker_file() -> str:
+    return os.path.abspath(DEFAULT_BROKER_URL.removeprefix("sqla+sqlite:///"))
+
+
+def _say(settings: Settings, message: str) -> None:
     if settings.log_format == "json":  # a log pipeline reads stderr: one JSON line there too
         sys.stderr.write(json_line("WARNING", "dispatcher.config", message) + "\n")
     else:

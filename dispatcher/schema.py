@@ -188,6 +188,9 @@ queues = sa.Table(
     # Re-sends after a timeout that came after the body was written: each may have reached the
     # API twice (ECDP has no idempotency key).
     sa.Column("resent", sa.BigInteger, nullable=False, server_default="0"),
+    # Signals travel on a Celery queue of the queue's own, "dispatcher.<name>": set by
+    # `dispatcher worker --queues`, read by every process that signals (dispatcher.routing).
+    sa.Column("dedicated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint(f"circuit IN ({', '.join(repr(c.value) for c in Circuit)})", name="circuit"),
 )
 

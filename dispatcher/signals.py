@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dispatcher.config import broker_timeouts
+from dispatcher.logs import notice_default_broker
 
 log = logging.getLogger("dispatcher.signals")
 
@@ -196,6 +197,8 @@ def celery_sender() -> Callable[[str], None]:
     """Publish ``dispatcher.deliver(queue)`` on a connection of our own with short timeouts and
     no retries (the Celery app's own pool retries a lost broker for a long time)."""
     from dispatcher.tasks import app, deliver  # Celery is imported only once a signal is needed
+
+    notice_default_broker()  # no DISPATCHER_BROKER_URL: say where the signals go, once
 
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
     options: dict[str, Any] = broker_timeouts(url, SEND_TIMEOUT)

@@ -42,6 +42,7 @@ from celery.signals import (
 from dispatcher import health, logs
 from dispatcher.config import (
     BROKER_CONNECT_TIMEOUT,
+    QUEUE_NAME,
     ConfigError,
     Settings,
     broker_timeouts,
@@ -58,26 +59,32 @@ DRAIN_SECONDS = 10.0
 TASK_NAME = "dispatcher.deliver"
 
 
-def celery_queue(queue: str, settings: Settings) -> str:
-    """The Celery queue that carries ``queue``'s signals: one of its own for the queues listed in
-    ``DISPATCHER_DEDICATED_QUEUES`` (so a worker can serve only them), else the shared one."""
-    return f"{CELERY_QUEUE}.{queue}" if queue in settings.dedicated_queues else CELERY_QUEUE
+def celery_queue(queue: str, settings: Settings, dedicated: frozenset[str] | None = None) -> str:
+    """The Celery queue that carries ``queue``'s signals: one of its own for a dedicated queue
+    (one a worker serves with ``--queues``, recorded in the outbox, or one listed in
+    ``DISPATCHER_DEDICATED_QUEUES``), else the shared one. ``dedicated`` defaults to the
+    settings' list alone."""
+    dedicated = settings.dedicated_queues if dedicated is None else dedicated
+    return f"{CELERY_QUEUE}.{queue}" if queue in dedicated else CELERY_QUEUE
 
 
-def worker_queues(selected: Iterable[str], settings: Settings) -> list[str]:
+def worker_queues(
+    selected: Iterable[str], settings: Settings, dedicated: frozenset[str] | None = None
+) -> list[str]:
     """What ``dispatcher worker [--queues a,b]`` consumes: the named outbox queues' own Celery
-    queues, or (none named) the shared one and every dedicated one: such a worker serves all."""
+    queues, or (none named) the shared one and every dedicated one: such a worker serves all.
+    A name that is not a queue name is refused (ConfigError naming ``--queues``)."""
     selected = list(selected)
+    dedicated = settings.dedicated_queues if dedicated is None else dedicated
     if not selected:
-        return [CELERY_QUEUE, *(f"{CELERY_QUEUE}.{q}" for q in sorted(settings.dedicated_queues))]
-    unknown = [q for q in selected if q not in settings.dedicated_queues]
-    if unknown:
+        return [CELERY_QUEUE, *(f"{CELERY_QUEUE}.{q}" for q in sorted(dedicated))]
+    bad = [q for q in selected if not QUEUE_NAME.fullmatch(q)]
+    if bad:
         raise ConfigError(
-            f"--queues {','.join(unknown)}: list {'it' if len(unknown) == 1 else 'them'} in "
-            "DISPATCHER_DEDICATED_QUEUES, in the environment of every process (producers, "
-            "sweeper, workers), so that their signals go to a Celery queue of their own"
+            f"--queues: {', '.join(repr(q) for q in bad)} is not a queue name (lower-case "
+            "letters, digits, '-' and '_', at most 64, starting with a letter or digit)"
         )
-    return [celery_queue(q, settings) for q in selected]
+    return [f"{CELERY_QUEUE}.{q}" for q in selected]
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -110,7 +117,9 @@ def make_celery(settings: Settings) -> Celery:
 
     def route(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, str] | None:
         if name == TASK_NAME and args:
-            return {"queue": celery_queue(str(args[0]), settings)}
+            from dispatcher.routing import dedicated_queues  # the outbox's dedications too
+
+            return {"queue": celery_queue(str(args[0]), settings, dedicated_queues(settings))}
         return None
 
     app.conf.task_routes = (route,)

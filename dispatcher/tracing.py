@@ -11,8 +11,9 @@ Only the W3C trace context is stored (``traceparent``, ``tracestate``), whatever
 application configured: OpenTelemetry baggage travels with the same global propagator and often
 holds a user id or an email, which has no business in the outbox row.
 
-Sentry picks the spans up through its OpenTelemetry integration; Jaeger, Tempo and any OTLP
-backend through the SDK's OTLP exporter (see the README).
+Sentry receives the spans through its ``OTLPIntegration`` (sentry-sdk 2.x and 3.x); Jaeger, Tempo
+and any OTLP backend through the SDK's OTLP exporter. A worker sets its SDK up in a module named
+with ``dispatcher worker -I module`` (see the README).
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def current_context() -> str | None:
     propagator.inject(carrier)
     stored = {k: v for k, v in carrier.items() if k in STORED_KEYS}
     return json.dumps(stored, separators=(",", ":")) if stored else None
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The active span's trace id and span id in W3C hex (32 and 16 digits), for JSON log lines:
+    a log search then finds the trace, and the trace its log lines. None without a span."""
+    if not AVAILABLE:
+        return None
+    _, trace = _otel()
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 def record_attempt(

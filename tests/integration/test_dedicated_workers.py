@@ -26,21 +26,72 @@ def test_routing_and_consumption() -> None:
         "dispatcher.default",
         "dispatcher.eu-shop",
     ]
+    assert worker_queues([], plain, frozenset({"us-shop"})) == ["dispatcher", "dispatcher.us-shop"]
     assert worker_queues(["eu-shop"], DEDICATED) == ["dispatcher.eu-shop"]
-    with pytest.raises(ConfigError, match="DISPATCHER_DEDICATED_QUEUES"):
-        worker_queues(["us-shop"], DEDICATED)
+    # Not in the variable: its dedication is recorded in the outbox instead (dispatcher.routing).
+    assert worker_queues(["us-shop"], plain) == ["dispatcher.us-shop"]
+    with pytest.raises(ConfigError, match="--queues: 'EU shop' is not a queue name"):
+        worker_queues(["EU shop"], plain)
     with pytest.raises(ConfigError, match="'EU shop' is not a queue name"):
         Settings.from_env({"DISPATCHER_DEDICATED_QUEUES": "EU shop"})
 
 
-def test_a_worker_without_a_dedicated_queue_is_refused(tmp_path: Path) -> None:
+def test_the_dedicated_view_refreshes_and_survives_a_failed_read() -> None:
+    from dispatcher.routing import Dedicated
+
+    now = [0.0]
+    answers: list[object] = [frozenset({"eu-shop"}), RuntimeError("down"), frozenset()]
+
+    def read() -> frozenset[str] | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    view = Dedicated(read, refresh=5.0, clock=lambda: now[0])
+    assert view() == {"eu-shop"}
+    now[0] = 4.9
+    assert view() == {"eu-shop"} and len(answers) == 2  # not read again yet
+    now[0] = 5.0
+    assert view() == {"eu-shop"}  # the read failed: what was known stays
+    now[0] = 10.0
+    assert view() == frozenset()
+
+
+def test_a_worker_records_its_dedication_and_refuses_a_bad_name(
+    env: pytest.MonkeyPatch, db_url: str
+) -> None:
+    import sqlalchemy as sa
     from click.testing import CliRunner
 
     from dispatcher.cli import main
+    from dispatcher.db import get_engine
+    from dispatcher.schema import queues
 
-    result = CliRunner().invoke(main, ["worker", "--queues", "eu-shop"])
-    assert result.exit_code != 0
-    assert "DISPATCHER_DEDICATED_QUEUES" in result.output
+    started: list[list[str]] = []
+    env.setattr("dispatcher.tasks.app.worker_main", started.append)
+    env.setattr("dispatcher.cli._check_broker", lambda app: None)
+    refused = CliRunner().invoke(main, ["worker", "--queues", "EU shop"])
+    assert refused.exit_code == 2 and "--queues" in refused.stderr, refused.output
+    done = CliRunner().invoke(main, ["worker", "--queues", "eu-shop"])
+    assert done.exit_code == 0, done.output
+    assert "--queues=dispatcher.eu-shop" in started[-1]
+    with get_engine(db_url).connect() as conn:
+        rows = conn.execute(sa.select(queues.c.name, queues.c.dedicated)).all()
+    assert rows == [("eu-shop", True)]
+    # A worker serving every queue consumes the dedicated one's Celery queue too.
+    assert CliRunner().invoke(main, ["worker"]).exit_code == 0
+    assert "--queues=dispatcher,dispatcher.eu-shop" in started[-1]
+    # Undone by an operator: the shared Celery queue again.
+    undone = CliRunner().invoke(main, ["queues", "--undedicate", "eu-shop"])
+    assert undone.exit_code == 0 and "shared Celery queue again" in undone.stdout
+    again = CliRunner().invoke(main, ["queues", "--undedicate", "eu-shop"])
+    assert again.exit_code == 0 and "was not dedicated" in again.stdout
+    assert CliRunner().invoke(main, ["queues", "--undedicate", "EU shop"]).exit_code == 2
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(queues.c.dedicated)).scalars().all() == [False]
+    assert CliRunner().invoke(main, ["worker"]).exit_code == 0
+    assert "--queues=dispatcher" in started[-1]  # the shared Celery queue alone
 
 
 @pytest.mark.postgres
@@ -85,3 +136,41 @@ def test_a_hanging_queue_never_occupies_the_other_queues_worker(
     assert served["default"] == {b"default"}, served
     assert served["eu"] <= {b"eu-shop"}, served
     assert b"dispatcher.eu-shop" in logs["eu"].read_bytes()  # its Celery queue, in the banner
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_dedicated_queue_is_delivered_when_only_its_worker_was_told(
+    system: dict[str, str],
+    pg_test_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Neither this producer nor the sweeper has DISPATCHER_DEDICATED_QUEUES; the worker started
+    with --queues eu-shop records the dedication, and both route eu-shop's signals to it."""
+    import redis
+
+    assert "DISPATCHER_DEDICATED_QUEUES" not in system
+    env = system | {"ECDP_API_KEY_EU_SHOP": system["ECDP_API_KEY"]}
+    logs = {name: tmp_path / f"{name}.log" for name in ("eu", "sweeper")}
+    eu = start(env, "worker", "--queues", "eu-shop", "--concurrency=1", log=logs["eu"])
+    sweeper = None
+    try:
+        wait_until(lambda: b"ready" in logs["eu"].read_bytes(), "the worker to start")
+        enqueue_many([CustomEvent(1, customer_id=n) for n in range(1, 6)], queue="eu-shop")
+        signaller.flush()
+        wait_until(lambda: statuses(pg_test_url).get("delivered") == 5, "the producer's signal")
+        # The sweeper's signals go the same way (a retry's, or a lost one's).
+        monkeypatch.setattr(signaller, "_send", lambda queue: None)  # this producer is silent
+        enqueue_many([CustomEvent(1, customer_id=n) for n in range(6, 9)], queue="eu-shop")
+        signaller.flush()
+        sweeper = start(env, "sweeper", log=logs["sweeper"])
+        wait_until(lambda: statuses(pg_test_url).get("delivered") == 8, "the sweeper's signal")
+    finally:
+        stop(eu)
+        if sweeper is not None:
+            stop(sweeper)
+    # Nothing left on the shared Celery queue, which no worker here reads.
+    assert redis.Redis.from_url(redis_url).llen(CELERY_QUEUE) == 0

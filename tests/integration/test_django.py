@@ -1,6 +1,7 @@
 """``dispatcher.contrib.django`` in a real Django project (run in a child process: Django's
-settings are process-wide), on SQLite and PostgreSQL: ``manage.py dispatcher_migrate`` creates the
-tables; inside ``transaction.atomic()`` a rolled-back block leaves neither the order nor the job
+settings are process-wide), on SQLite and PostgreSQL: plain ``manage.py migrate`` creates the
+tables (Alembic's, the same as ``dispatcher migrate``; ``dispatcher_migrate`` still works);
+inside ``transaction.atomic()`` a rolled-back block leaves neither the order nor the job
 and signals nothing, a committed one signals once on commit; outside a block the job commits at
 once; ``dedupe_key`` works; invalid input writes nothing. The jobs that committed are delivered.
 """
@@ -66,8 +67,7 @@ from dispatcher.contrib.django import enqueue, enqueue_many
 from dispatcher.signals import signaller
 from shop.models import Order
 
-call_command("dispatcher_migrate", verbosity=0)  # the documented way to create the tables
-call_command("migrate", run_syncdb=True, verbosity=0)  # the project's own tables
+call_command("migrate", run_syncdb=True, verbosity=0)  # the outbox's tables and the project's
 
 sent = []
 signaller._send = sent.append  # record signals instead of publishing them
@@ -151,7 +151,6 @@ from django.test import RequestFactory
 from dispatcher import ValidationError
 from shop.models import Order
 
-call_command("dispatcher_migrate", verbosity=0)
 call_command("migrate", run_syncdb=True, verbosity=0)
 view = {"Order": Order}
 exec(pathlib.Path("example.py").read_text(), view)
@@ -314,8 +313,8 @@ def run_project(
 
 @pytest.fixture
 def django_database(db_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, object], str]]:
-    """Django's DATABASES entry for a fresh, empty database (dispatcher_migrate creates the
-    outbox there), and that outbox's SQLAlchemy URL."""
+    """Django's DATABASES entry for a fresh, empty database (``migrate`` creates the outbox
+    there), and that outbox's SQLAlchemy URL."""
     if db_url.startswith("sqlite"):
         path = tmp_path / "django.db"
         yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}, f"sqlite:///{path}"
@@ -483,7 +482,7 @@ print(json.dumps(out))
 """
 
 
-def test_django_enqueue_before_dispatcher_migrate_raises_outbox_schema_missing(
+def test_django_enqueue_before_migrate_raises_outbox_schema_missing(
     tmp_path: Path,
 ) -> None:
     database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "fresh.db")}
@@ -491,7 +490,7 @@ def test_django_enqueue_before_dispatcher_migrate_raises_outbox_schema_missing(
     assert len(out) == 6
     assert all(
         "the outbox tables do not exist in the Django database 'default'" in line
-        and "python manage.py dispatcher_migrate" in line
+        and "python manage.py migrate" in line
         for line in out
     ), out
 
@@ -531,3 +530,151 @@ def test_the_outbox_url_keeps_the_databases_options() -> None:
     sqlite = url_of({"ENGINE": "django.db.backends.sqlite3", "NAME": "/x/db.sqlite3",
                      "OPTIONS": {"timeout": 20, "init_command": "PRAGMA x"}})  # fmt: skip
     assert sqlite == "sqlite:////x/db.sqlite3?timeout=20"
+
+
+# --------------------------------------------------------------------------- issue 26
+
+# Plain `migrate` creates the outbox (what Alembic creates, at its head), dispatcher_migrate
+# after it changes nothing, migrating the app back removes it; Django's test database (in-memory
+# SQLite shared with this process, or test_<name> on PostgreSQL) gets it too.
+MIGRATE_SCENARIO = """
+import json
+
+import django
+
+django.setup()
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from django.core.management import call_command
+from django.db import connection
+
+from dispatcher import CustomEvent
+from dispatcher.contrib.django import enqueue
+from dispatcher.contrib.django.management.commands.dispatcher_migrate import database_url
+from dispatcher.db import create_engine
+from dispatcher.migrate import VERSION_TABLE
+from dispatcher.schema import metadata
+
+
+def ours(name, kind, parent):  # the outbox's tables only: the project's are Django's
+    return kind != "table" or name.startswith("dispatcher_")
+from dispatcher.signals import signaller
+
+signaller._send = lambda queue: None
+
+
+def outbox():
+    engine = create_engine(database_url())
+    try:
+        with engine.connect() as conn:
+            names = sorted(
+                n for n in sa.inspect(conn).get_table_names() if n.startswith("dispatcher_")
+            )
+            if VERSION_TABLE not in names:
+                return {"tables": names}
+            context = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE, "include_name": ours}
+            )
+            return {"tables": names, "version": context.get_current_revision(),
+                    "diff": [str(d) for d in compare_metadata(context, metadata)]}
+    finally:
+        engine.dispose()
+
+
+out = {"before": outbox()}
+call_command("migrate", run_syncdb=True, verbosity=0)
+out["migrated"] = outbox()
+out["job"] = enqueue(CustomEvent(9, customer_id=1))
+from dispatcher.config import get_settings
+from dispatcher.routing import outbox_url
+
+# Without DISPATCHER_DATABASE_URL, this producer reads the dedicated queues from Django's database.
+out["routing"] = outbox_url(get_settings()) == database_url()
+call_command("dispatcher_migrate", verbosity=0)
+out["again"] = outbox()
+call_command("migrate", "ecdp_dispatcher", "0001", verbosity=0)
+out["reversed"] = outbox()
+call_command("migrate", verbosity=0)
+
+from django.test.utils import setup_test_environment
+from django.test.runner import DiscoverRunner
+
+setup_test_environment()
+runner = DiscoverRunner(verbosity=0)
+old = runner.setup_databases()
+out["test_database"] = [connection.settings_dict["NAME"], outbox().get("version"),
+                        enqueue(CustomEvent(9, customer_id=2))]
+runner.teardown_databases(old)
+print(json.dumps(out))
+"""
+
+
+def test_plain_migrate_creates_the_outbox_as_alembic_does(
+    django_database: tuple[dict[str, object], str], tmp_path: Path
+) -> None:
+    from dispatcher.migrate import HEAD
+
+    database, _ = django_database
+    out = run_project(tmp_path, database, {}, MIGRATE_SCENARIO)
+    assert out["before"] == {"tables": []}
+    migrated = out["migrated"]
+    assert migrated["version"] == HEAD and migrated["diff"] == [], migrated
+    assert {"dispatcher_jobs", "dispatcher_attempts", "dispatcher_queues"} <= set(
+        migrated["tables"]
+    )
+    assert out["job"] == "1" and out["routing"] is True
+    assert out["again"] == migrated  # dispatcher_migrate still works, and changes nothing
+    # migrate ecdp_dispatcher 0001: no outbox (Alembic leaves its empty version table)
+    assert out["reversed"]["tables"] == ["dispatcher_alembic_version"]
+    assert out["reversed"]["version"] is None
+    name, version, job = out["test_database"]
+    assert name != database["NAME"] and version == HEAD and job == "1", out["test_database"]
+
+
+def test_the_django_migrations_are_in_step_with_alembic() -> None:
+    """The last Django migration upgrades to Alembic's head: a new Alembic revision needs its
+    Django migration (copy the last one, name the revision)."""
+    import importlib
+    import pkgutil
+
+    from alembic.script import ScriptDirectory
+
+    from dispatcher.contrib.django import migrations as django_migrations
+    from dispatcher.migrate import HEAD, alembic_config
+
+    names = sorted(m.name for m in pkgutil.iter_modules(django_migrations.__path__))
+    last = importlib.import_module(f"{django_migrations.__name__}.{names[-1]}")
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert last.OUTBOX_REVISION == HEAD == head
+
+
+def test_manage_py_runs_dispatcher_commands_on_djangos_database(
+    django_database: tuple[dict[str, object], str], tmp_path: Path
+) -> None:
+    """``manage.py dispatcher stats`` reads DATABASES (and DISPATCHER_*/ECDP_* settings): no URL
+    copied into the environment."""
+    database, _ = django_database
+    run_project(tmp_path, database, {})  # writes the project, migrates, enqueues
+    (tmp_path / "project_settings.py").write_text(
+        (tmp_path / "project_settings.py").read_text() + "DISPATCHER_LOG_FORMAT = 'json'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "ECDP_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="project_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "dispatcher", "stats", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is not set" not in done.stderr  # the database came from DATABASES
+    stats = json.loads(done.stdout)
+    assert {"default", "eu-shop"} <= set(stats["queues"]), stats
+    refused = subprocess.run(
+        [sys.executable, "-m", "django", "dispatcher_worker", "--queues", "Not A Queue"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert refused.stderr.strip().startswith("{")  # DISPATCHER_LOG_FORMAT from settings.py

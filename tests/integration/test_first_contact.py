@@ -230,6 +230,7 @@ def test_a_worker_without_keys_for_its_queues_says_so(
     monkeypatch.setenv("DISPATCHER_DEDICATED_QUEUES", "eu-shop,us-shop")
     monkeypatch.setenv("ECDP_API_KEY_US_SHOP", "a-key")
     url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert cli(url, "migrate").exit_code == 0  # a dedicated worker records itself there
     with caplog.at_level(logging.WARNING, logger="dispatcher.worker"):
         assert cli(url, "worker", "--queues", "eu-shop,us-shop").exit_code == 0
     assert [r.getMessage() for r in caplog.records] == [
@@ -339,9 +340,10 @@ def test_queue_names_follow_enqueues_rule_everywhere(
     for bad in ("DEFAULT", " default", "default ", "default\n", "eu shop", ""):
         with pytest.raises(ValidationError):
             enqueue(CustomEvent(1, customer_id=1), queue=bad)
-        for command in ("pause", "resume"):
-            result = cli(db_url, command, bad)
-            assert result.exit_code == problems.EXIT_USAGE, (bad, result.output)
+        enqueue_bad = ["enqueue", "--queue", bad, *COMMANDS[0][1:]]
+        for args in (["pause", bad], ["resume", bad], enqueue_bad):
+            result = cli(db_url, *args)
+            assert result.exit_code == problems.EXIT_USAGE, (args, result.output)
             assert "must be 1-64 characters of a-z" in result.stderr
     assert "did you mean 'default'?" in cli(db_url, "pause", "DEFAULT").stderr
     assert "did you mean 'default'?" in cli(db_url, "pause", " default").stderr
@@ -404,3 +406,120 @@ def test_the_web_before_migrate_answers_503_naming_migrate(tmp_path: Path) -> No
             assert response.status_code == 503, (url, path, response.text[:300])
             assert "dispatcher migrate" in response.text
     dispose_engines()
+
+
+# --------------------------------------------------------------------------- issue 26: no traps
+
+
+def test_a_producer_without_a_broker_url_says_where_its_signals_go(tmp_path: Path) -> None:
+    """With the outbox set and the broker not, signals would go to ./dispatcher-broker.db, where
+    no worker reads: said once on stderr, naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "ECDP_"))}
+    script = (
+        "from dispatcher import CustomEvent, enqueue\n"
+        "from dispatcher.migrate import upgrade\n"
+        "upgrade('sqlite:///outbox.db')\n"
+        "enqueue(CustomEvent(1, customer_id=1)); enqueue(CustomEvent(1, customer_id=2))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "DISPATCHER_DATABASE_URL": "sqlite:///outbox.db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "is not set" in line]
+    assert notices == [
+        "dispatcher: DISPATCHER_BROKER_URL is not set: signalling workers through the SQLite "
+        f"file {tmp_path / 'dispatcher-broker.db'}, which only processes started in this folder "
+        "read (set DISPATCHER_BROKER_URL, e.g. redis://host:6379/0, alike in every process)"
+    ]
+
+
+def test_an_async_applications_url_works_for_migrate_and_stats(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """The URL a FastAPI application has (``+asyncpg``, ``+psycopg_async``, ``+aiosqlite``) is
+    taken as its synchronous twin by the CLI: no greenlet traceback."""
+    urls = [f"sqlite+aiosqlite:///{tmp_path / 'async.db'}"]
+    if PG_URL:
+        plain = sa.make_url(require(PG_URL, "PostgreSQL")).render_as_string(hide_password=False)
+        rest = plain.split("://", 1)[1]
+        urls += [f"postgresql+asyncpg://{rest}", f"postgresql+psycopg_async://{rest}"]
+    for url in urls:
+        for args in (["migrate"], ["stats"]):
+            result = cli(url, *args)
+            assert result.exit_code == 0, (url, args, result.output)
+            assert "Traceback" not in result.output and "greenlet" not in result.output
+
+
+def test_async_urls_are_normalized_for_synchronous_use() -> None:
+    from dispatcher.config import Settings, normalize_database_url
+
+    assert normalize_database_url("postgresql+asyncpg://u:p@h/db?ssl=require") == (
+        "postgresql+psycopg://u:p@h/db?sslmode=require"
+    )
+    assert normalize_database_url("postgresql+psycopg_async://h/db") == "postgresql+psycopg://h/db"
+    assert normalize_database_url("sqlite+aiosqlite:///x.db") == "sqlite:///x.db"
+    settings = Settings.from_env({"DISPATCHER_DATABASE_URL": "postgresql+asyncpg://h/db"})
+    assert settings.database_url == "postgresql+psycopg://h/db"
+
+
+@pytest.mark.parametrize("url", ["mysql://app:pw@db/shop", "mssql+pyodbc://db/shop", "oracle://db"])
+def test_an_unsupported_database_names_what_is_supported(
+    cli: Callable[..., Result], url: str
+) -> None:
+    for args in (["stats"], ["migrate"]):
+        result = cli(url, *args)
+        assert result.exit_code == problems.EXIT_CONFIG, result.output
+        lines = _lines(result)
+        assert len(lines) == 2, lines
+        assert "is not supported: the outbox runs on PostgreSQL or SQLite" in lines[0]
+        assert "Traceback" not in result.output and "pw" not in result.output
+
+
+def test_a_missing_file_is_a_usage_error(cli: Callable[..., Result], db_url: str) -> None:
+    result = cli(db_url, "enqueue", "--file", "nope.jsonl")
+    assert result.exit_code == problems.EXIT_USAGE, result.output
+    assert "Traceback" not in result.output
+    assert "'nope.jsonl' does not exist" in result.stderr and len(_lines(result)) <= 4
+
+
+# One command per documented exit code: what a script can rely on.
+def test_every_documented_exit_code_has_its_case(
+    cli: Callable[..., Result],
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert cli(db_url, "stats").exit_code == 0
+    assert cli(db_url, "show", "17").exit_code == problems.EXIT_FAILED
+    assert cli(db_url, "history", "--since", "yesterday-ish").exit_code == problems.EXIT_USAGE
+    assert cli("mysql://db/shop", "stats").exit_code == problems.EXIT_CONFIG
+    assert cli("postgresql://app@127.0.0.1:9/x", "stats").exit_code == problems.EXIT_DATABASE
+    assert cli(f"sqlite:///{tmp_path / 'empty.db'}", "stats").exit_code == problems.EXIT_SCHEMA
+    monkeypatch.setattr("dispatcher.tasks.app.worker_main", lambda argv: None)
+    monkeypatch.setattr("dispatcher.tasks.app.conf.broker_url", "redis://127.0.0.1:9/0")
+    monkeypatch.setattr("dispatcher.cli._check_broker.__defaults__", (1.0,))
+    assert cli(db_url, "worker").exit_code == problems.EXIT_BROKER
+    monkeypatch.setattr("dispatcher.cli.CONFIRM_ABOVE", 1)
+    with get_engine(db_url).begin() as conn:
+        enqueue_many([CustomEvent(1, customer_id=n) for n in range(1, 3)], session=conn)
+    declined = cli(db_url, "cancel", "--queue", "default")  # no terminal to ask on
+    assert declined.exit_code == problems.EXIT_DECLINED, declined.output
+
+
+@pytest.mark.parametrize("command", ["web", "metrics"])
+def test_serving_publicly_without_a_token_is_a_configuration_error(
+    cli: Callable[..., Result], db_url: str, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.delenv("DISPATCHER_ADMIN_TOKEN", raising=False)
+    result = cli(db_url, command, "--host", "0.0.0.0")
+    assert result.exit_code == problems.EXIT_CONFIG, result.output
+    assert "DISPATCHER_ADMIN_TOKEN" in result.stderr and len(_lines(result)) == 1

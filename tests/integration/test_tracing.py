@@ -3,6 +3,12 @@ exporter records them)."""
 
 from __future__ import annotations
 
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,7 +19,7 @@ from dispatcher import CustomEvent, enqueue
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Reply, Sandbox
 from dispatcher.schema import jobs
-from tests.support import settle
+from tests.support import settle, start, statuses, stop, wait_until
 
 EXPORTER = InMemorySpanExporter()
 _provider = TracerProvider()
@@ -91,3 +97,86 @@ def test_baggage_is_never_stored_in_the_outbox(
     producer = next(s for s in EXPORTER.get_finished_spans() if s.name == "POST /orders")
     attempt = next(s for s in EXPORTER.get_finished_spans() if s.name.startswith("ecdp "))
     assert attempt.context.trace_id == producer.context.trace_id
+
+
+def test_json_log_lines_carry_the_active_spans_ids() -> None:
+    import json
+    import logging
+
+    from dispatcher.logs import JsonFormatter
+
+    def line() -> dict[str, object]:
+        record = logging.LogRecord("shop", logging.INFO, __file__, 1, "placed", None, None)
+        return json.loads(JsonFormatter().format(record))  # type: ignore[no-any-return]
+
+    assert "trace_id" not in line() and "span_id" not in line()
+    with trace.get_tracer("shop").start_as_current_span("POST /orders") as span:
+        inside = line()
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+
+
+# The README's worker recipe, run: `dispatcher worker -I <module>`, the module setting up Sentry's
+# OTLPIntegration (sentry-sdk 2.x/3.x); the attempts reach Sentry's OTLP endpoint (a loopback
+# server here) in the producer's trace.
+TELEMETRY = """
+import os
+
+import sentry_sdk
+from sentry_sdk.integrations.otlp import OTLPIntegration
+
+sentry_sdk.init(dsn=os.environ["SENTRY_DSN"], integrations=[OTLPIntegration()])
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_worker_started_with_minus_i_sends_its_spans_to_sentry_over_otlp(
+    system: dict[str, str],
+    pg_test_url: str,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("sentry_sdk.integrations.otlp")
+    received: list[tuple[str, bytes]] = []
+
+    class Sentry(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sentry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "telemetry.py").write_text(TELEMETRY)
+    env = system | {
+        "SENTRY_DSN": f"http://publickey@127.0.0.1:{server.server_address[1]}/1",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s (the pool's processes never
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }  # run atexit, so a batch waiting for the default 5 s would be lost at the worker's stop)
+    worker = start(env, "worker", "-I", "telemetry", "--concurrency=1", log=tmp_path / "w.log")
+    try:
+        with trace.get_tracer("shop").start_as_current_span("POST /orders") as producer:
+            enqueue(CustomEvent(34, customer_id=1))
+        trace_id = producer.get_span_context().trace_id.to_bytes(16, "big")
+        wait_until(lambda: statuses(pg_test_url).get("delivered") == 1, "the delivery")
+
+        def exported() -> bool:
+            return any(
+                "/api/1/integration/otlp/v1/traces" in path and trace_id in body
+                for path, body in received
+            )
+
+        wait_until(exported, "the attempt's span at Sentry's OTLP endpoint")
+    finally:
+        stop(worker)
+        server.shutdown()
+        server.server_close()
+    (_path, body) = next(r for r in received if "otlp" in r[0] and trace_id in r[1])
+    assert b"ecdp POST /scenariocustomevents" in body

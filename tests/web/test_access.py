@@ -165,10 +165,10 @@ def test_without_a_token_only_loopback(
 
 def test_cli_refuses_to_bind_publicly_without_a_token(env: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # configuration, as the README's table says
     assert "refusing to serve on '0.0.0.0' without DISPATCHER_ADMIN_TOKEN" in result.output
     result = CliRunner().invoke(main, ["metrics", "--host", "0.0.0.0"])
-    assert result.exit_code == 1 and "DISPATCHER_ADMIN_TOKEN" in result.output
+    assert result.exit_code == 3 and "DISPATCHER_ADMIN_TOKEN" in result.output
 
 
 def test_emails_are_masked_unless_revealed(client: httpx.Client, outbox: Outbox) -> None:

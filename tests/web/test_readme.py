@@ -42,6 +42,22 @@ def test_every_variable_is_in_the_configuration_table() -> None:
     assert not missing, f"add these to the README's Configuration table: {sorted(missing)}"
 
 
+def test_every_variable_any_module_reads_is_in_the_configuration_table() -> None:
+    """Not only config.py's: the heartbeat folder (health.py), the web host (a click envvar)."""
+    pattern = re.compile(
+        r'(?:environ|env)(?:\.get)?[\[(]"((?:DISPATCHER|ECDP)_[A-Z0-9_]+)"'
+        r'|envvar="((?:DISPATCHER|ECDP)_[A-Z0-9_]+)"'
+    )
+    read = {
+        a or b
+        for path in (ROOT / "dispatcher").rglob("*.py")
+        for a, b in pattern.findall(path.read_text())
+    }
+    assert {"DISPATCHER_HEARTBEAT_DIR", "DISPATCHER_WEB_HOST"} <= read
+    missing = read - set(config_rows()) - NOT_IN_THE_TABLE
+    assert not missing, f"add these to the README's Configuration table: {sorted(missing)}"
+
+
 def test_the_breaker_and_shutdown_defaults_are_the_real_ones() -> None:
     settings, rows = Settings(), config_rows()
     breaker = settings.breaker

@@ -1,8 +1,7 @@
 """Enqueue from a Django project, through Django's own connection and transaction.
 
-Add ``"dispatcher.contrib.django"`` to ``INSTALLED_APPS``, create the tables once with
-``python manage.py dispatcher_migrate`` (the same Alembic migrations as ``dispatcher migrate``,
-on the database of ``--database``, default ``default``), then::
+Add ``"dispatcher.contrib.django"`` to ``INSTALLED_APPS``; ``python manage.py migrate`` creates
+the tables (the same Alembic migrations as ``dispatcher migrate``: see ``outbox_schema``), then::
 
     from django.db import transaction
     from dispatcher import CustomEvent
@@ -82,7 +81,7 @@ class DjangoAdapter(Adapter):
     """Django's connection ``using``: the rows go through its cursor, inside the current
     ``atomic()`` block, and the signal through ``transaction.on_commit``."""
 
-    fix = "python manage.py dispatcher_migrate"
+    fix = "python manage.py migrate"
 
     def __init__(self, using: str = "default") -> None:
         from django.db import connections

@@ -1,6 +1,9 @@
 """``python manage.py dispatcher_migrate [--database default]``: create or upgrade the outbox's
 tables in a Django database, with the same Alembic migrations as ``dispatcher migrate`` (their
-own version table, ``dispatcher_alembic_version``, so Django's and your Alembic's stay apart)."""
+own version table, ``dispatcher_alembic_version``, so Django's and your Alembic's stay apart).
+
+Plain ``manage.py migrate`` does the same (dispatcher.contrib.django.outbox_schema); this command
+stays for scripts that call it, and to upgrade to a given ``--revision``."""
 
 from __future__ import annotations
 
@@ -32,9 +35,13 @@ def url_of(config: Mapping[str, Any], alias: str = "default") -> str:
     options = dict(config.get("OPTIONS") or {})
     if engine.endswith("sqlite3"):
         name = str(config["NAME"])
+        timeout = options.get("timeout")  # the only one of Django's SQLite OPTIONS for the driver
+        if name.startswith("file:") and "cache=shared" in name:
+            # Django's test database (file:memorydb_default?mode=memory&cache=shared): another
+            # connection of this process reaches it while Django's keeps it alive.
+            return f"sqlite:///{name}{'&' if '?' in name else '?'}uri=true"
         if name in ("", ":memory:") or name.startswith("file:"):
             raise CommandError(f"database {alias!r}: an in-memory SQLite database has no outbox")
-        timeout = options.get("timeout")  # the only one of Django's SQLite OPTIONS for the driver
         return f"sqlite:///{name}" + (f"?timeout={float(timeout):g}" if timeout is not None else "")
     if "postgresql" in engine or "postgis" in engine:
         url = sa.URL.create(
