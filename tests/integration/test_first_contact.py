@@ -443,13 +443,13 @@ def test_a_producer_without_a_broker_url_says_where_its_signals_go(tmp_path: Pat
 
 
 def test_an_async_applications_url_works_for_migrate_and_stats(
-    cli: Callable[..., Result], tmp_path: Path
+    cli: Callable[..., Result], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The URL a FastAPI application has (``+asyncpg``, ``+psycopg_async``, ``+aiosqlite``) is
     taken as its synchronous twin by the CLI: no greenlet traceback."""
     urls = [f"sqlite+aiosqlite:///{tmp_path / 'async.db'}"]
-    if PG_URL:
-        plain = sa.make_url(require(PG_URL, "PostgreSQL")).render_as_string(hide_password=False)
+    if PG_URL:  # this run's own database (the server's `test` database is not ours to migrate)
+        plain = request.getfixturevalue("pg_test_url")
         rest = plain.split("://", 1)[1]
         urls += [f"postgresql+asyncpg://{rest}", f"postgresql+psycopg_async://{rest}"]
     for url in urls:
