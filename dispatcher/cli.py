@@ -825,7 +825,7 @@ def history(limit: int, before: str | None, as_json: bool, **filters: str | None
 def show(job_id: str, as_json: bool) -> None:
     """One job in full: the exact request body and every attempt with its answer."""
     from dispatcher import admin
-    from dispatcher.schema import DUE_STATUSES
+    from dispatcher.schema import WAITING_STATUSES
 
     with _admin_errors():
         job = admin.show(_engine(), job_id)
@@ -845,7 +845,7 @@ def show(job_id: str, as_json: bool) -> None:
         ("last error", job.last_error),
         ("created", job.created_at),
         ("delivered", job.delivered_at),
-        ("next attempt", job.next_attempt_at if job.status in DUE_STATUSES else None),
+        ("next attempt", job.next_attempt_at if job.status in WAITING_STATUSES else None),
         ("replays", job.replays),
         ("replayed", job.replayed_at),
     )
@@ -1011,7 +1011,7 @@ def _confirmed_move(
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@_filter_options("pending or retrying (default: both).")
+@_filter_options("scheduled, pending or retrying (default: all three).")
 @click.option("--expected-count", type=int, help="Cancel only if the filter matches this many.")
 @click.option("--dry-run", is_flag=True, help="Only count; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help=f"No confirmation above {CONFIRM_ABOVE:,} jobs.")

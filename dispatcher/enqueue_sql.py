@@ -579,7 +579,8 @@ BEGIN
       ELSE {_lit(ev.CustomEvent.endpoint)} END,
     (body ->> 'customEventId')::int,
     CASE WHEN body ? 'segments' THEN NULL ELSE lower(body ->> 'customerEmail') END,
-    checked.payload, dedupe_key, NULL, ordering_key, 'pending', 0, due, now(), now())
+    checked.payload, dedupe_key, NULL, ordering_key,
+    CASE WHEN due > now() THEN 'scheduled' ELSE 'pending' END, 0, due, now(), now())
   ON CONFLICT DO NOTHING
   RETURNING j.id INTO job;
   IF job IS NULL THEN  -- the key is taken: the existing job's id, as enqueue() returns it

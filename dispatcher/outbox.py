@@ -23,10 +23,11 @@ from dispatcher.breaker import BreakerPolicy, Circuit, probe_interval
 from dispatcher.config import QueueLimits
 from dispatcher.policy import Decision, Outcome, QueueEffect, during_outage, is_outage
 from dispatcher.schema import (
-    DUE_STATUSES,
     DUE_WHERE,
     FINISHED_STATUSES,
     LEASED_WHERE,
+    SCHEDULED_WHERE,
+    WAITING_STATUSES,
     JobStatus,
     attempts,
     count_deltas,
@@ -39,7 +40,8 @@ from dispatcher.schema import (
 
 _DUE = sa.text(DUE_WHERE)  # literal, so PostgreSQL matches the partial index
 _EARLIER_LIVE = sa.text(
-    "earlier.ordering_key IS NOT NULL AND earlier.status IN ('pending', 'in_flight', 'retrying')"
+    "earlier.ordering_key IS NOT NULL AND earlier.status IN "
+    "('pending', 'in_flight', 'retrying', 'scheduled')"
 )  # = ORDERING_WHERE on the alias "earlier" (see _first_of_its_key)
 
 # The contract between a pause and the workers: a sending worker re-reads its queue's row
@@ -70,6 +72,12 @@ class NewJob:
     def due(self, now: datetime) -> datetime:
         """The row's first ``next_attempt_at``: its ``deliver_at``, or ``now`` if that is sooner."""
         return self.deliver_at if self.deliver_at is not None and self.deliver_at > now else now
+
+    def status(self, now: datetime) -> JobStatus:
+        """``scheduled`` while its ``deliver_at`` is ahead, else ``pending``."""
+        if self.deliver_at is not None and self.deliver_at > now:
+            return JobStatus.SCHEDULED
+        return JobStatus.PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +175,7 @@ def _values(rows: Sequence[NewJob], now: datetime) -> list[dict[str, Any]]:
             "dedupe_key": r.dedupe_key,
             "trace_context": r.trace_context,
             "ordering_key": r.ordering_key,
-            "status": JobStatus.PENDING,
+            "status": r.status(now),
             "attempts": 0,
             "next_attempt_at": r.due(now),
             "created_at": now,
@@ -297,7 +305,7 @@ def pg_params(rows: Sequence[NewJob], now: datetime) -> list[tuple[Any, ...]]:
             r.dedupe_key,
             r.trace_context,
             r.ordering_key,
-            JobStatus.PENDING.value,  # a plain str for the drivers' own adapters
+            r.status(now).value,  # a plain str for the drivers' own adapters
             0,
             r.due(now),
             now,
@@ -563,8 +571,8 @@ def _lease(
     ids: no join, no walk.
 
     Ordering keys: a job with a key is due only while no other job of its queue and key is in
-    flight or has a smaller id and is still live (pending, retrying). So a key's jobs go one at
-    a time, in id order (= commit order: see ``ordering_locks``); a retrying job holds its
+    flight or has a smaller id and is still live (scheduled, pending, retrying). So a key's jobs
+    go one at a time, in id order (= commit order: see ``ordering_locks``); a retrying job holds its
     successors, a finished one (delivered, dead) lets them go. Any snapshot that sees a job sees
     its key's earlier jobs (they committed first), still live unless they finished, so two
     workers never hold two jobs of one key, and neither does one claim (the second has the
@@ -624,7 +632,7 @@ def _overtaken() -> sa.Exists:
         .where(
             *_same_key(later),
             later.c.id > jobs.c.id,
-            sa.or_(later.c.status.not_in(DUE_STATUSES), later.c.attempts > 0),
+            sa.or_(later.c.status.not_in(WAITING_STATUSES), later.c.attempts > 0),
         )
         .exists()
     )
@@ -1170,6 +1178,30 @@ def release_expired(conn: sa.Connection, now: datetime) -> int:
         .values(status=JobStatus.PENDING, lease_token=None, lease_expires_at=None, updated_at=now)
     )
     return int(result.rowcount)
+
+
+PROMOTE_BATCH = 10_000  # scheduled jobs made pending per statement (the sweeper loops)
+
+
+def promote_scheduled(conn: sa.Connection, now: datetime, limit: int = PROMOTE_BATCH) -> int:
+    """Make up to ``limit`` scheduled jobs whose time has come pending (the sweeper, every pass,
+    before it signals the queues with jobs due): oldest time first, skipping rows another
+    transaction holds. How many."""
+    chosen = (
+        sa.select(jobs.c.id)
+        .where(sa.text(SCHEDULED_WHERE), jobs.c.next_attempt_at <= now)
+        .order_by(jobs.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return int(
+        conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id.in_(chosen.scalar_subquery()), sa.text(SCHEDULED_WHERE))
+            .values(status=JobStatus.PENDING, updated_at=now)
+        ).rowcount
+        or 0
+    )
 
 
 def due_queues(conn: sa.Connection, now: datetime) -> list[str]:

@@ -41,11 +41,17 @@ class JobStatus(StrEnum):
     # Never sent, on an operator's word (``dispatcher cancel`` or ``forget``): final, counted in
     # dispatcher_counts like delivered and dead; an operator may replay it.
     CANCELLED = "cancelled"
+    # Enqueued with a ``deliver_at`` still ahead: waiting for its time, apart from the due
+    # backlog (a week of reminders is no outage). The sweeper makes it pending at its time
+    # (outbox.promote_scheduled).
+    SCHEDULED = "scheduled"
 
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 CIRCUIT_STATES: tuple[Circuit, ...] = tuple(Circuit)  # see dispatcher.breaker
 DUE_STATUSES = (JobStatus.PENDING, JobStatus.RETRYING)
+# Not sent yet and not on the wire: what cancel and forget may stop.
+WAITING_STATUSES = (JobStatus.SCHEDULED, JobStatus.PENDING, JobStatus.RETRYING)
 FINISHED_STATUSES = (JobStatus.DELIVERED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
@@ -55,7 +61,8 @@ DUE_WHERE = "status IN ('pending', 'retrying')"
 LEASED_WHERE = "status = 'in_flight'"
 DEDUPE_WHERE = "dedupe_key IS NOT NULL"
 EMAIL_WHERE = "customer_email IS NOT NULL"
-LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying')"
+LIVE_WHERE = "status IN ('pending', 'in_flight', 'retrying', 'scheduled')"
+SCHEDULED_WHERE = "status = 'scheduled'"
 ORDERING_WHERE = f"ordering_key IS NOT NULL AND {LIVE_WHERE}"
 
 
@@ -120,6 +127,7 @@ jobs = sa.Table(
     sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
     sa.Index("ix_dispatcher_jobs_due", "queue", "next_attempt_at", "id", **_partial(DUE_WHERE)),
     sa.Index("ix_dispatcher_jobs_leased", "lease_expires_at", **_partial(LEASED_WHERE)),
+    sa.Index("ix_dispatcher_jobs_scheduled", "next_attempt_at", **_partial(SCHEDULED_WHERE)),
     sa.Index(
         "uq_dispatcher_jobs_dedupe", "queue", "dedupe_key", unique=True, **_partial(DEDUPE_WHERE)
     ),

@@ -108,9 +108,14 @@ class Periodic(Protocol):
 
 
 def sweep_once(engine: Engine, notify: Callable[[Iterable[str]], None]) -> SweepResult:
-    """Return expired leases, then signal every queue with a job due."""
+    """Return expired leases, make scheduled jobs whose time has come pending, then signal
+    every queue with a job due."""
     with engine.begin() as conn:
         released = outbox.release_expired(conn, utcnow())
+    while True:  # a batch per transaction: a week of reminders due at once takes a few
+        with engine.begin() as conn:
+            if outbox.promote_scheduled(conn, utcnow()) < outbox.PROMOTE_BATCH:
+                break
     with engine.begin() as conn:
         outbox.fold_counts(conn)  # the counts' deltas (see dispatcher.schema), kept few
     if released:

@@ -34,7 +34,13 @@ from dispatcher.admin.reads import Bind, connected, job_id, where
 from dispatcher.admin.results import CancelResult, PurgeResult, ReplayResult
 from dispatcher.db import utcnow
 from dispatcher.masking import redact
-from dispatcher.schema import DUE_STATUSES, FINISHED_STATUSES, JobStatus, attempts, jobs
+from dispatcher.schema import (
+    FINISHED_STATUSES,
+    WAITING_STATUSES,
+    JobStatus,
+    attempts,
+    jobs,
+)
 
 __all__ = [
     "REASON_MAX",
@@ -240,11 +246,11 @@ def cancel(
     expected: int | None = None,
     now: datetime,
 ) -> CancelResult:
-    """Cancel waiting jobs (pending, retrying): they take the finished status ``cancelled`` and
-    are never sent; in one UPDATE, counted in ``dispatcher_counts`` in the same transaction.
+    """Cancel waiting jobs (scheduled, pending, retrying): they take the finished status
+    ``cancelled`` and are never sent; one UPDATE per status (the triggers count it).
 
     Choose them by ``job_ids`` and/or ``f`` (a filter with at least one field: an empty one is
-    refused; ``f.status`` may narrow to pending or retrying). A job in flight (leased by a worker)
+    refused; ``f.status`` may narrow to one of those). A job in flight (leased by a worker)
     cannot be recalled, its request may be on the wire: it is left alone and counted in
     ``in_flight`` (its worker records its answer as usual). A named id that is unknown or
     finished makes the whole call fail before anything changes. ``expected`` as for
@@ -252,15 +258,16 @@ def cancel(
     """
     f = f or Filter()
     now = check_time("now", now)
-    targets: tuple[JobStatus, ...] = DUE_STATUSES
+    targets: tuple[JobStatus, ...] = WAITING_STATUSES
     if f.status is not None:
         if f.status is JobStatus.IN_FLIGHT:
             raise AdminError(
                 "status", "in-flight jobs cannot be recalled: their request may be on the wire"
             )
-        if f.status not in DUE_STATUSES:
+        if f.status not in WAITING_STATUSES:
             raise AdminError(
-                "status", f"only pending or retrying jobs can be cancelled ({f.status} is final)"
+                "status",
+                f"only scheduled, pending or retrying jobs can be cancelled ({f.status} is final)",
             )
         targets = (f.status,)
     if job_ids is None and not f.given():
@@ -269,7 +276,7 @@ def cancel(
     def refusal(i: int, state: str) -> str | None:
         if state == JobStatus.IN_FLIGHT:
             return None  # skipped and counted: it may be on the wire
-        return f"job {i} is {state}: only pending or retrying jobs can be cancelled"
+        return f"job {i} is {state}: only scheduled, pending or retrying jobs can be cancelled"
 
     result = _move(
         bind,

@@ -7,7 +7,7 @@ ranges, one short transaction each, and for every job:
 
 - of that customer (its body names them): the body becomes :data:`ERASED_PAYLOAD`, the email
   column and a dedupe key that carries an identifier are cleared, its last error and its attempts'
-  errors and response bodies become :data:`ERASED`. A waiting job (pending, retrying) is
+  errors and response bodies become :data:`ERASED`. A waiting job (scheduled, pending, retrying) is
   cancelled, so it is never sent. A job in flight keeps its status (its request may be on the
   wire; its worker records the answer as usual) but loses its data all the same: if the API's
   answer makes it retry, the next attempt sends the erased stub, which the API refuses, never
@@ -46,7 +46,7 @@ from dispatcher.admin.filters import AdminError, check_int, check_time
 from dispatcher.admin.results import ForgetResult
 from dispatcher.partitions import DEDUPE
 from dispatcher.schema import (
-    DUE_STATUSES,
+    WAITING_STATUSES,
     JobStatus,
     attempts,
     erasures,
@@ -378,7 +378,7 @@ def _jobs_batch(
             changes = {"payload": ERASED_PAYLOAD, "customer_email": None}
             if row.last_error is not None:
                 changes["last_error"] = ERASED
-            if row.status in DUE_STATUSES:
+            if row.status in WAITING_STATUSES:
                 cancel = True
                 tally.cancelled += 1
             elif row.status == JobStatus.IN_FLIGHT:

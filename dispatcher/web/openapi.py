@@ -22,7 +22,7 @@ from dispatcher.admin.filters import (
 from dispatcher.config import QUEUE_NAME
 from dispatcher.policy import Outcome
 from dispatcher.producer import MAX_DEDUPE_KEY, MAX_ORDERING_KEY
-from dispatcher.schema import CIRCUIT_STATES, DUE_STATUSES, STATUSES
+from dispatcher.schema import CIRCUIT_STATES, STATUSES, WAITING_STATUSES
 
 _STATUS_NAMES = [s.value for s in STATUSES]
 # Job ids per cancel request: the body stays far below the server's 64 KiB limit.
@@ -487,7 +487,7 @@ OPENAPI: dict[str, Any] = {
                         "description": f"At most {API_MAX_JOB_IDS} per call (the body's limit); "
                         "a filter for more.",
                     },
-                    status={"type": "string", "enum": [s.value for s in DUE_STATUSES]},
+                    status={"type": "string", "enum": [s.value for s in WAITING_STATUSES]},
                     customer_email={"type": "string", "maxLength": EMAIL_MAX},
                     **_move_body("Cancel"),
                 ),

@@ -352,6 +352,7 @@ def test_stats_json(outbox: Outbox, run: Callable[..., Result], engine: sa.Engin
             "delivered": 4,
             "dead": 2,
             "cancelled": 0,
+            "scheduled": 0,
         },
         "oldest_due_age_seconds": None,
         "circuit": "closed",
@@ -370,6 +371,7 @@ def test_stats_json(outbox: Outbox, run: Callable[..., Result], engine: sa.Engin
         "delivered": 0,
         "dead": 0,
         "cancelled": 0,
+        "scheduled": 0,
     }
     assert isinstance(eu["oldest_due_age_seconds"], float)
     assert eu["oldest_due_age_seconds"] >= 0
@@ -399,6 +401,7 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "DELIVERED",
         "DEAD",
         "CANCELLED",
+        "SCHEDULED",
         "OLDEST",
         "DUE",
         "WINDOW",
@@ -406,8 +409,8 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "PAUSED",
     ]
     default, eu = (line.split() for line in lines[1:])
-    assert default[8].isdigit(), "the in-flight window its worker reported"
-    assert default[:8] + default[9:] == [
+    assert default[9].isdigit(), "the in-flight window its worker reported"
+    assert default[:9] + default[10:] == [
         "default",
         "0",
         "0",
@@ -415,11 +418,12 @@ def test_stats_table(outbox: Outbox, run: Callable[..., Result]) -> None:
         "4",
         "2",
         "0",
+        "0",
         "-",
         "closed",
         "no",
     ]
-    assert eu[:7] == ["eu-shop", "3", "0", "0", "0", "0", "0"] and eu[8:10] == ["-", "closed"]
+    assert eu[:8] == ["eu-shop", "3", "0", "0", "0", "0", "0", "0"] and eu[9:11] == ["-", "closed"]
     assert "yes, since" in lines[2] and "migrating the EU account" in lines[2]
     assert len(lines) == 3, "nothing below the table while every circuit is closed"
 
@@ -477,9 +481,9 @@ def test_stats_show_the_circuit_breaker(
 
     lines = run("stats").stdout.splitlines()
     table = {line.split()[0]: line.split() for line in lines[1:4]}
-    assert table["default"][7:8] + table["default"][9:] == ["-", "open", "no"]  # [8]: window
-    assert table["eu-shop"][9] == "half_open" and table["eu-shop"][10] == "yes,"
-    assert table["api-down"][7:] == ["-", "-", "open", "no"]
+    assert table["default"][8:9] + table["default"][10:] == ["-", "open", "no"]  # [9]: window
+    assert table["eu-shop"][10] == "half_open" and table["eu-shop"][11] == "yes,"
+    assert table["api-down"][8:] == ["-", "-", "open", "no"]
     stamp = lambda t: t.strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
     assert lines[4:] == [
         "",
@@ -496,7 +500,7 @@ def test_stats_show_the_circuit_breaker(
     assert closed["circuit"] == "closed" and closed["circuit_reason"] is None
     assert closed["circuit_since"] is not None and closed["circuit_next_probe_at"] is None
     after = run("stats").stdout.splitlines()
-    assert after[2].split()[:1] + after[2].split()[9:] == ["default", "closed", "no"]
+    assert after[2].split()[:1] + after[2].split()[10:] == ["default", "closed", "no"]
     assert len(after) == 1 + 3 + 1 + 2  # header, 3 queues, a blank line, api-down and eu-shop
     assert not any("for default" in line for line in after)
 
@@ -519,7 +523,7 @@ def test_stats_show_a_circuit_a_real_outage_opened(
     assert found.circuit_next_probe_at is not None
     assert not [i for i in ids if row(engine, i).status == "dead"], "the outage killed none"
     lines = run("stats").stdout.splitlines()
-    assert lines[1].split()[0] == "default" and lines[1].split()[9] == "open"
+    assert lines[1].split()[0] == "default" and lines[1].split()[10] == "open"
     assert lines[-1].startswith("circuit open for default since ") and "503" in lines[-1]
 
     sandbox.fail_ratio = 0.0  # the API is back: the next probe closes the circuit

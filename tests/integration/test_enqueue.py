@@ -14,7 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from dispatcher import CustomEvent, DataField, SegmentEvent, ValidationError, enqueue, enqueue_many
+from dispatcher import (
+    CustomEvent,
+    DataField,
+    SegmentEvent,
+    ValidationError,
+    enqueue,
+    enqueue_many,
+    outbox,
+)
 from dispatcher.cli import main
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
@@ -332,3 +340,34 @@ def test_a_scheduled_job_can_be_cancelled_and_a_pause_holds_it(
     with engine.connect() as conn:
         statuses = {r.id: r.status for r in conn.execute(sa.select(jobs.c.id, jobs.c.status))}
     assert statuses == {int(cancelled): "cancelled", int(held): "delivered"}
+
+
+def test_a_scheduled_job_shows_as_scheduled_apart_from_the_due_backlog(
+    engine: sa.Engine, deliverer: Deliverer, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: a job for later is ``scheduled`` in history, stats and the counts, not
+    pending, and no lag; at its time the sweeper makes it pending. A later job of its ordering
+    key waits for it, as for any job."""
+    from dispatcher import admin
+
+    monkeypatch.setattr("dispatcher.producer.signal_workers", lambda queues: None)
+    now = datetime.now(UTC)
+    soon = now + timedelta(seconds=1)
+    later = enqueue(CustomEvent(701, customer_id=1), deliver_at=soon, ordering_key="c-1")
+    week = enqueue(CustomEvent(702, customer_id=2), deliver_at=now + timedelta(days=7))
+    enqueue(CustomEvent(703, customer_id=1), ordering_key="c-1")  # due now, same key
+    stats = admin.stats(engine, datetime.now(UTC))["default"]
+    assert (stats.counts["scheduled"], stats.counts["pending"]) == (2, 1)
+    scheduled = admin.history(engine, admin.Filter(status="scheduled"))
+    assert {int(j.id) for j in scheduled} == {int(later), int(week)}
+    deliverer.drain("default")
+    assert sandbox.requests == [], "the key's later job went before its scheduled one"
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert sweep_once(engine, lambda queues: None).signalled == ("default",)
+    for _ in range(3):
+        deliverer.drain("default")
+    assert [json.loads(r.body)["customEventId"] for r in sandbox.requests] == [701, 703]
+    stats = admin.stats(engine, datetime.now(UTC))["default"]
+    assert (stats.counts["scheduled"], stats.counts["delivered"]) == (1, 2)
+    with engine.connect() as conn:
+        assert outbox.job_counts(conn)[("default", "scheduled")] == 1

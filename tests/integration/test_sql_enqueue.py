@@ -40,12 +40,13 @@ def db_url(pg_test_url: str) -> Iterator[str]:
 
 
 def test_the_migration_holds_the_text_generated_today() -> None:
-    migration = importlib.import_module("dispatcher.migrations.versions.0010_sql_enqueue")
+    migration = importlib.import_module("dispatcher.migrations.versions.0012_scheduled")
     assert enqueue_sql.function_sql() == migration.FUNCTIONS, (
         "the rules of dispatcher.events (or dispatcher.enqueue_sql) changed: add a migration "
         "that installs the new enqueue_sql.function_sql() (CREATE OR REPLACE)"
     )
-    assert enqueue_sql.drop_sql() == migration.DROP
+    first = importlib.import_module("dispatcher.migrations.versions.0010_sql_enqueue")
+    assert enqueue_sql.drop_sql() == first.DROP
 
 
 def _call(conn: sa.Connection, queue: str, body: str, **keys: object) -> int:

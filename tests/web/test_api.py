@@ -32,6 +32,7 @@ def test_queues(client: httpx.Client, outbox: Outbox) -> None:
     assert set(queues) == {"default", "eu-shop"}
     assert queues["default"]["counts"] == {
         "pending": 0, "in_flight": 0, "retrying": 0, "delivered": 3, "dead": 5, "cancelled": 0,
+        "scheduled": 0,
     }  # fmt: skip
     eu = queues["eu-shop"]
     assert eu["paused"] is True and eu["counts"]["pending"] == 3

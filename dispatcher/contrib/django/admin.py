@@ -113,7 +113,7 @@ class JobAdmin(admin.ModelAdmin):
         )
         from dispatcher.db import get_engine, utcnow
 
-        selected = queryset.filter(status__in=("pending", "retrying", "in_flight"))
+        selected = queryset.filter(status__in=("scheduled", "pending", "retrying", "in_flight"))
         ids = list(selected.values_list("id", flat=True))
         if not ids:
             self.message_user(request, "No waiting job among those selected.", messages.WARNING)
