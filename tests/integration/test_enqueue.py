@@ -310,9 +310,9 @@ def test_cli_enqueue_at_and_in(engine: sa.Engine, tmp_path: Path) -> None:
     assert at[:2] == [noon, noon] and at[3:] == [noon, noon]
     assert before + timedelta(hours=2) <= at[2] <= after + timedelta(hours=2)
 
-    assert "--at: expected an ISO 8601 time" in cli(*one, "--at", "soon", code=1)
-    assert "--in: expected an age" in cli(*one, "--in", "2 hours", code=1)
-    assert "--at: give --at or --in" in cli(*one, "--at", "2099-06-01", "--in", "2h", code=1)
+    assert "--at: expected an ISO 8601 time" in cli(*one, "--at", "soon", code=2)
+    assert "--in: expected an age" in cli(*one, "--in", "2 hours", code=2)
+    assert "--at: give --at or --in" in cli(*one, "--at", "2099-06-01", "--in", "2h", code=2)
     assert count(engine) == 5
 
 
