@@ -574,7 +574,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "DISPATCHER_DATABASE_URL",
         DEFAULT_DATABASE_URL,
-        "The outbox database. `postgresql://` and `postgres://` URLs use psycopg 3.",
+        "The outbox database: PostgreSQL or SQLite (another database is refused). "
+        "`postgresql://` and `postgres://` URLs use psycopg 3; an async application's URL "
+        "(`+asyncpg`, `+psycopg_async`, `+aiosqlite`) works as it is.",
         frozenset({"app", "worker", "sweeper", "web"}),
     ),
     Variable(
@@ -730,7 +732,8 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "Outbox queues (comma-separated) whose signals travel on a Celery queue of their own, "
         "`dispatcher.<queue>`, so that `dispatcher worker --queues eu-shop` serves only them. "
-        "Set it alike in every process.",
+        "Optional: `worker --queues` records the dedication in the database, where every "
+        "process reads it.",
         _SIGNALLERS,
     ),
     Variable(

@@ -12,6 +12,7 @@ from dispatcher.schema import (
     FINISHED_STATUSES,
     LEASED_WHERE,
     STATUSES,
+    WAITING_STATUSES,
     JobStatus,
     jobs,
 )
@@ -25,7 +26,8 @@ def quoted(sql: str) -> set[str]:
 
 def test_statuses_are_the_enum() -> None:
     assert tuple(JobStatus) == STATUSES
-    assert set(DUE_STATUSES) | set(FINISHED_STATUSES) | {JobStatus.IN_FLIGHT} == set(JobStatus)
+    assert set(WAITING_STATUSES) | set(FINISHED_STATUSES) | {JobStatus.IN_FLIGHT} == set(JobStatus)
+    assert set(DUE_STATUSES) == set(WAITING_STATUSES) - {JobStatus.SCHEDULED}
     assert all(isinstance(s, str) and str(s) == s.value for s in JobStatus)
 
 
@@ -34,9 +36,12 @@ def test_the_check_constraint_lists_every_status() -> None:
     assert quoted(str(check.sqltext)) == {s.value for s in JobStatus}
     first = (MIGRATIONS / "0001_outbox.py").read_text()
     migrated = re.search(r'"(status IN \([^)]*\))",\s*name="ck_dispatcher_jobs_status"', first)
-    assert migrated and quoted(migrated[1]) == {s.value for s in JobStatus} - {"cancelled"}
-    latest = (MIGRATIONS / "0007_cancelled_and_erasures.py").read_text()  # added cancelled
-    widened = re.search(r'^NEW = "(status IN \([^)]*\))"', latest, re.MULTILINE)
+    assert migrated and quoted(migrated[1]) == {s.value for s in JobStatus} - {
+        "cancelled",
+        "scheduled",
+    }
+    latest = (MIGRATIONS / "0012_scheduled.py").read_text()  # added scheduled
+    widened = re.search(r'^NEW = \(?\s*"(status IN \([^)]*\))"', latest, re.MULTILINE)
     assert widened and widened[1] == str(check.sqltext)
 
 
