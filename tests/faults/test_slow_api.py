@@ -187,8 +187,9 @@ def test_revoked_key_with_a_small_window(rig: Rig) -> None:
 
 OUTAGE_JOBS = 5000
 # 30 s in CI: already ten times the backoff schedule of these settings (0.2 s doubling, 5
-# attempts), so without the breaker every job is dead long before it ends. The README's figures
-# are the two minutes: DISPATCHER_TEST_OUTAGE_SECONDS=120 pytest -m faults -s -k outage
+# attempts), so without the breaker every job is dead long before it ends. The documented
+# figures (docs/concepts/circuit.md) are the two minutes:
+# DISPATCHER_TEST_OUTAGE_SECONDS=120 pytest -m faults -s -k outage
 OUTAGE_SECONDS = float(os.environ.get("DISPATCHER_TEST_OUTAGE_SECONDS", "30"))
 
 

@@ -26,7 +26,7 @@ from dispatcher.db import dispose_engines, get_engine
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
-from tests.readme_examples import example
+from tests.docs_examples import example
 from tests.support import settle
 
 pytest.importorskip("django")
@@ -136,8 +136,9 @@ print(json.dumps(out))
 """
 
 
-# The README's Django example, run as a view on a request, once with an event that is refused.
-README_SCENARIO = """
+# The Django guide's example (docs/guides/django.md), run as a view on a request, once with an
+# event that is refused.
+GUIDE_SCENARIO = """
 import json
 import pathlib
 
@@ -403,7 +404,7 @@ def test_readme_django_example(
     settings: Settings,
 ) -> None:
     database, outbox_url = django_database
-    out = run_project(tmp_path, database, {}, README_SCENARIO)
+    out = run_project(tmp_path, database, {}, GUIDE_SCENARIO)
     assert out == {"placed": {"order": 1}, "refused": True, "orders": ["dora@example.com"]}
     engine = get_engine(outbox_url)
     with engine.connect() as conn:

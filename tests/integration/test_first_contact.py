@@ -172,9 +172,9 @@ def test_exit_codes_are_distinct_and_documented() -> None:
         problems.EXIT_DECLINED,
     ]
     assert len(set(codes)) == len(codes)
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = (Path(__file__).parents[2] / "docs" / "operations" / "errors.md").read_text()
     for code in codes:
-        assert f"| {code} |" in readme
+        assert f"| {code} |" in table
 
 
 # --------------------------------------------------------------------------- from Python

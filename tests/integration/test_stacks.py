@@ -1,6 +1,6 @@
-"""The README's examples for FastAPI (AsyncSession), Flask-SQLAlchemy and plain psycopg, run as
-written (the Django one runs in ``test_django.py``): a request that commits leaves its order and
-its job, which is delivered; one that fails leaves neither."""
+"""The guides' examples (docs/guides/*.md) for FastAPI (AsyncSession), Flask-SQLAlchemy and plain
+psycopg, run as written (the Django one runs in ``test_django.py``): a request that commits leaves
+its order and its job, which is delivered; one that fails leaves neither."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dispatcher.db import get_engine
 from dispatcher.delivery import Deliverer
 from dispatcher.sandbox import Sandbox
 from dispatcher.schema import jobs
-from tests.readme_examples import example
+from tests.docs_examples import example
 from tests.support import settle
 
 pytestmark = pytest.mark.usefixtures("env")

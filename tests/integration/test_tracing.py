@@ -117,9 +117,9 @@ def test_json_log_lines_carry_the_active_spans_ids() -> None:
     assert inside["span_id"] == f"{context.span_id:016x}"
 
 
-# The README's worker recipe, run: `dispatcher worker -I <module>`, the module setting up Sentry's
-# OTLPIntegration (sentry-sdk 2.x/3.x); the attempts reach Sentry's OTLP endpoint (a loopback
-# server here) in the producer's trace.
+# The worker recipe of docs/guides/observability.md, run: `dispatcher worker -I <module>`, the
+# module setting up Sentry's OTLPIntegration (sentry-sdk 2.x/3.x); the attempts reach Sentry's
+# OTLP endpoint (a loopback server here) in the producer's trace.
 TELEMETRY = """
 import os
 

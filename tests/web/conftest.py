@@ -206,7 +206,7 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def screenshot_dir() -> Path | None:
-    """Where to (re)write the README's screenshots: set ``SCREENSHOTS_DIR=docs`` to refresh."""
+    """Where to (re)write the screenshots of docs/operations/admin.md: ``SCREENSHOTS_DIR=docs``."""
     value = os.environ.get("SCREENSHOTS_DIR")
     return Path(value) if value else None
 

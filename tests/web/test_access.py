@@ -165,7 +165,7 @@ def test_without_a_token_only_loopback(
 
 def test_cli_refuses_to_bind_publicly_without_a_token(env: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"])
-    assert result.exit_code == 3  # configuration, as the README's table says
+    assert result.exit_code == 3  # configuration, as docs/operations/errors.md's table says
     assert "refusing to serve on '0.0.0.0' without DISPATCHER_ADMIN_TOKEN" in result.output
     result = CliRunner().invoke(main, ["metrics", "--host", "0.0.0.0"])
     assert result.exit_code == 3 and "DISPATCHER_ADMIN_TOKEN" in result.output

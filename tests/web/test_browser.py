@@ -1,7 +1,7 @@
 """The admin page in real headless Chromium (Debian's chromium + chromium-driver via Selenium):
 log in, find a customer's event by email, open its attempts, pause a queue (and confirm) and
 resume one, see a queue's charts and the overview's sparklines, replay a filtered set of dead
-jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the README's screenshots."""
+jobs. ``SCREENSHOTS_DIR=docs`` also rewrites the screenshots of docs/operations/admin.md."""
 
 from __future__ import annotations
 

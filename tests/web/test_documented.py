@@ -1,10 +1,14 @@
-"""The README documents what an operator sets and scrapes: every variable config.py reads (the
-breaker's and the shutdown grace with their real defaults) and every metric /metrics exports."""
+"""The documentation says what an operator sets and scrapes: every variable any module reads (the
+breaker's and the shutdown grace with their real defaults) is in the configuration reference, and
+every metric /metrics exports is in the metrics reference. Both pages are generated at build time
+(tools/docs/reference.py); these tests read what that generator renders, as `mkdocs build` does."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 
@@ -16,16 +20,24 @@ from dispatcher.web.metrics import Metrics
 from .conftest import set_circuit
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
-# Read by config.py but documented otherwise: an old setting refused by name, and one written
-# as `DISPATCHER_HTTP_TIMEOUT_SECONDS` / `…_CONNECT_TIMEOUT_SECONDS` in a shared row.
-NOT_IN_THE_TABLE = {"DISPATCHER_WORKER_THREADS", "DISPATCHER_HTTP_CONNECT_TIMEOUT_SECONDS"}
+# Read by config.py but documented otherwise: an old setting, refused by name.
+NOT_IN_THE_TABLE = {"DISPATCHER_WORKER_THREADS"}
+
+
+def reference() -> ModuleType:
+    """tools/docs/reference.py, the generator of the reference pages (not a package: load it)."""
+    path = ROOT / "tools" / "docs" / "reference.py"
+    spec = importlib.util.spec_from_file_location("docs_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def config_rows() -> dict[str, list[str]]:
-    """Each variable of the README's Configuration table -> its row's cells."""
+    """Each variable of the configuration reference's table -> its row's cells."""
     rows: dict[str, list[str]] = {}
-    for line in README.splitlines():
+    for line in reference().configuration().splitlines():
         if line.startswith("| `DISPATCHER_") or line.startswith("| `ECDP_"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             for name in re.findall(r"`((?:DISPATCHER|ECDP)_[A-Z0-9_]+)`", cells[0]):
@@ -39,7 +51,7 @@ def test_every_variable_is_in_the_configuration_table() -> None:
     )
     assert "DISPATCHER_BREAKER_ENABLED" in read
     missing = read - set(config_rows()) - NOT_IN_THE_TABLE
-    assert not missing, f"add these to the README's Configuration table: {sorted(missing)}"
+    assert not missing, f"add these to dispatcher.config.VARIABLES: {sorted(missing)}"
 
 
 def test_every_variable_any_module_reads_is_in_the_configuration_table() -> None:
@@ -55,7 +67,7 @@ def test_every_variable_any_module_reads_is_in_the_configuration_table() -> None
     }
     assert {"DISPATCHER_HEARTBEAT_DIR", "DISPATCHER_WEB_HOST"} <= read
     missing = read - set(config_rows()) - NOT_IN_THE_TABLE
-    assert not missing, f"add these to the README's Configuration table: {sorted(missing)}"
+    assert not missing, f"add these to dispatcher.config.VARIABLES: {sorted(missing)}"
 
 
 def test_the_breaker_and_shutdown_defaults_are_the_real_ones() -> None:
@@ -63,21 +75,21 @@ def test_the_breaker_and_shutdown_defaults_are_the_real_ones() -> None:
     breaker = settings.breaker
 
     def default(name: str) -> str:
-        return rows[name][1]
+        return rows[name][1].strip("`")
 
-    assert default("DISPATCHER_BREAKER_ENABLED") == f"`{str(breaker.enabled).lower()}`"
+    assert default("DISPATCHER_BREAKER_ENABLED") == str(breaker.enabled).lower()
     assert default("DISPATCHER_BREAKER_MIN_REQUESTS") == f"{breaker.min_requests}"
     assert default("DISPATCHER_BREAKER_FAILURE_RATIO") == f"{breaker.failure_ratio:g}"
     assert default("DISPATCHER_BREAKER_WINDOW_SECONDS") == f"{breaker.window_seconds:g}"
-    probes = f"{breaker.probe_min_seconds:g} / {breaker.probe_max_seconds:g}"
-    assert default("DISPATCHER_BREAKER_PROBE_MIN_SECONDS") == probes
-    assert default("DISPATCHER_BREAKER_PROBE_MAX_SECONDS") == probes
+    assert default("DISPATCHER_BREAKER_PROBE_MIN_SECONDS") == f"{breaker.probe_min_seconds:g}"
+    assert default("DISPATCHER_BREAKER_PROBE_MAX_SECONDS") == f"{breaker.probe_max_seconds:g}"
     assert default("DISPATCHER_SHUTDOWN_GRACE_SECONDS") == f"{settings.shutdown_grace_seconds:g}"
     assert Settings.from_env({}) == settings, "the dataclass defaults are the environment's"
     for name, cells in rows.items():
         if name.startswith("DISPATCHER_BREAKER_") or name == "DISPATCHER_SHUTDOWN_GRACE_SECONDS":
             assert len(cells[2]) > 30, f"{name}: say what it means"
-    assert "### Circuit breaker" in README
+    circuit = (ROOT / "docs" / "concepts" / "circuit.md").read_text()
+    assert circuit.startswith("# The circuit breaker") or "# Circuit breaker" in circuit
 
 
 def test_every_exported_metric_is_in_the_metrics_table(engine: sa.Engine) -> None:
@@ -91,5 +103,6 @@ def test_every_exported_metric_is_in_the_metrics_table(engine: sa.Engine) -> Non
     }
     assert "dispatcher_queue_circuit_open" in exported
     assert "dispatcher_queue_circuit_info" in exported
-    table = set(re.findall(r"^\| `(dispatcher_[a-z_]+)[{`]", README, re.MULTILINE))
-    assert exported <= table, f"add to the README's metrics table: {sorted(exported - table)}"
+    rendered = reference().metrics()
+    table = set(re.findall(r"^\| `(dispatcher_[a-z_]+)[{`]", rendered, re.MULTILINE))
+    assert exported <= table, f"not in the metrics reference: {sorted(exported - table)}"
