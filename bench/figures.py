@@ -51,7 +51,14 @@ CPU = "ms/event"
 # fmt: off
 FIGURES: tuple[Figure, ...] = (
     Figure("enqueue", EPS, "one enqueue() per transaction",
-           (at_least(0.7, "enqueue_raw"),)),
+           (at_least(0.7, "enqueue_raw"), at_least(0.95, "enqueue_session"))),
+    Figure("enqueue_session", EPS, "the same INSERT by hand in a Session, one per transaction",
+           label="the INSERT by hand in a Session"),
+    Figure("first_enqueue", "ms", "the first enqueue() of a fresh process, minus the first "
+           "INSERT by hand in a Session of it (both after the imports, on a warm connection)",
+           (at_most(100.0),)),
+    Figure("first_enqueue_ms", "ms", "that first enqueue() and its commit"),
+    Figure("first_insert_ms", "ms", "that first INSERT by hand and its commit"),
     Figure("enqueue_raw", EPS, "the same rows inserted with raw psycopg, one per transaction",
            label="raw psycopg, 1 per tx"),
     Figure("enqueue_many", EPS, "enqueue_many() in batches of 1,000, a transaction each",

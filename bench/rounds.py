@@ -456,6 +456,7 @@ def enqueue_round(
     Both sides are warmed up first (the first ``enqueue()`` of a process starts the signal thread
     and connects to the broker), and which goes first alternates by round."""
     import psycopg
+    import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
     from dispatcher import enqueue, enqueue_many
@@ -480,6 +481,16 @@ def enqueue_round(
                 with conn.transaction():
                     conn.execute(RAW_INSERT + " RETURNING id", row(e))
 
+    parts = RAW_INSERT.split("%s")  # psycopg's placeholders, as SQLAlchemy's named ones
+    by_hand = sa.text(
+        "".join(f"{p}:p{i}" for i, p in enumerate(parts[:-1], 1)) + parts[-1] + " RETURNING id"
+    )
+
+    def hand_single(evs: list[CustomEvent]) -> None:  # the floor: any Session transaction
+        for e in evs:
+            with Session(eng) as session, session.begin():
+                session.execute(by_hand, {f"p{i}": v for i, v in enumerate(row(e), 1)})
+
     def ours_many(evs: list[CustomEvent]) -> None:
         for start in range(0, len(evs), 1000):
             with Session(eng) as session, session.begin():
@@ -496,11 +507,12 @@ def enqueue_round(
         ("enqueue_raw", single, raw_single),
         ("enqueue_many", batch, ours_many),
         ("enqueue_many_raw", batch, raw_many),
+        ("enqueue_session", single, hand_single),
     ]
     for _, evs, fn in steps:  # warm-up, not counted
         fn(evs[:100])
     if raw_first:
-        steps = [steps[1], steps[0], steps[3], steps[2]]
+        steps = [steps[4], steps[1], steps[0], steps[3], steps[2]]
     for name, evs, fn in steps:
         sql(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
         start = time.perf_counter()
@@ -508,6 +520,54 @@ def enqueue_round(
         out[name] = len(evs) / (time.perf_counter() - start)
     sql(url, "TRUNCATE dispatcher_attempts, dispatcher_jobs")
     return out
+
+
+FIRST_ENQUEUE = """
+import json, os, sys, time
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from dispatcher import CustomEvent, enqueue  # the application imports it at start-up
+engine = sa.create_engine(sys.argv[1])
+with engine.connect() as conn:  # connected and the driver warm, as a web worker's pool is
+    conn.exec_driver_sql("SELECT 1")
+insert = sa.text(sys.argv[2])
+now = sa.func.now()
+started = time.perf_counter()
+with Session(engine) as session, session.begin():
+    session.execute(insert, {"q": "first", "e": "/scenariocustomevents", "i": 1, "p": "{}"})
+hand = time.perf_counter() - started
+started = time.perf_counter()
+with Session(engine) as session, session.begin():
+    enqueue(CustomEvent(1, customer_id=1), session=session, queue="first")
+ours = time.perf_counter() - started
+print(json.dumps({"hand": hand, "ours": ours, "celery_on_return": "celery" in sys.modules}))
+"""
+FIRST_INSERT = (
+    "INSERT INTO dispatcher_jobs (queue, endpoint, custom_event_id, payload, status, attempts,"
+    " next_attempt_at, created_at, updated_at) VALUES (:q, :e, :i, :p, 'pending', 0, now(),"
+    " now(), now())"
+)
+
+
+def first_enqueue_round(url: str) -> dict[str, float]:
+    """Issue 25: the first ``enqueue`` of a fresh process (a web worker's first request after a
+    deploy) against the first INSERT written by hand in a ``Session`` of the same process, after
+    both the application's imports and a warm connection: ms more (``first_enqueue``)."""
+    import json
+    import subprocess
+
+    got = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", FIRST_ENQUEUE, engine(url).url.render_as_string(False),
+             FIRST_INSERT],
+            check=True, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        ).stdout
+    )  # fmt: skip
+    return {
+        "first_enqueue": (got["ours"] - got["hand"]) * 1000,
+        "first_enqueue_ms": got["ours"] * 1000,
+        "first_insert_ms": got["hand"] * 1000,
+    }
 
 
 ASYNCPG_INSERT = (

@@ -57,6 +57,7 @@ from rounds import (
     drain_run,
     enqueue_async_round,
     enqueue_round,
+    first_enqueue_round,
     latency_run,
     naive_run,
     raw_http_run,
@@ -351,10 +352,14 @@ class Steps:
         res = enqueue_round(
             self.ctx.small_url, self.args.single, self.args.batch, f"enq{r}", raw_first=r % 2 == 1
         )
+        res |= first_enqueue_round(self.ctx.small_url)
         self._add(self.results.keep("enqueue", res))
         log(
-            f"enqueue {res['enqueue']:,.0f}/s (raw {res['enqueue_raw']:,.0f}), "
-            f"enqueue_many {res['enqueue_many']:,.0f}/s (raw {res['enqueue_many_raw']:,.0f})"
+            f"enqueue {res['enqueue']:,.0f}/s (raw {res['enqueue_raw']:,.0f}, by hand in a "
+            f"Session {res['enqueue_session']:,.0f}), enqueue_many "
+            f"{res['enqueue_many']:,.0f}/s (raw {res['enqueue_many_raw']:,.0f}); first enqueue "
+            f"{res['first_enqueue_ms']:.0f} ms, first INSERT by hand "
+            f"{res['first_insert_ms']:.0f} ms"
         )
 
     def enqueue_async(self, r: int) -> None:

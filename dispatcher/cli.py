@@ -367,7 +367,7 @@ def enqueue(
     finally:
         from dispatcher.signals import signaller
 
-        signaller.flush()  # this process exits next: send the after-commit signal now
+        signaller.flush_before_exit()  # this process exits next: send the after-commit signal now
 
 
 # --------------------------------------------------------------------------- processes
@@ -602,7 +602,7 @@ def _flushing_signals() -> Iterator[None]:
     finally:
         from dispatcher.signals import signaller
 
-        signaller.flush()
+        signaller.flush_before_exit()
 
 
 @main.command()

@@ -21,7 +21,6 @@ the sweeper's next pass finds the job anyway, so a lost signal delays, never los
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -332,8 +331,6 @@ def _write(rows: Sequence[NewJob], session: object) -> list[int]:
 
 async def _write_async(rows: Sequence[NewJob], session: object) -> list[int]:
     """:func:`_write` for asyncio code."""
-    if not signaller.prepared:  # its first use imports Celery: not on the event loop
-        await asyncio.to_thread(signaller.prepare)
     adapter = _async_adapter(session)
     if not rows:
         return []

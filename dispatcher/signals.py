@@ -22,6 +22,7 @@ are signalled once the connection's transaction has ended (:meth:`Signaller.requ
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -41,9 +42,12 @@ WATCH_LIMIT = 600.0  # a watched transaction still open after this long is left 
 
 
 class Signaller:
-    """``make_send`` is called once, in the first caller's thread (:meth:`prepare`): importing
-    Celery and the broker's client from the background thread could happen during interpreter
-    shutdown, when imports that register exit hooks fail.
+    """``make_send`` (which imports Celery and the broker's client: most of a second) is called
+    once, by the background thread when it first publishes, never on a producer's thread: a web
+    worker's first request after a deploy pays for its INSERT, not for Celery (or by
+    :meth:`prepare`, for a caller that wants it now, e.g. the CLI). Should a process exit within
+    that second, its interpreter may refuse the import (exit hooks cannot be registered any
+    more): then the warning below says so and the sweeper signals those jobs.
 
     ``fallback`` ends the warning about a failed signal: who signals instead (the sweeper uses
     a Signaller too, so that its database work never waits on the broker)."""
@@ -78,8 +82,8 @@ class Signaller:
             self._send = self._make_send()
 
     def request(self, queues: Iterable[str]) -> None:
-        """Ask for a signal for ``queues``; returns at once."""
-        self.prepare()
+        """Ask for a signal for ``queues``; returns at once: it takes a lock and adds to a set
+        of queue names (bounded by the number of queues), and never imports or publishes."""
         with self._lock:
             self._pending.update(queues)
             self._ensure_thread()
@@ -88,11 +92,20 @@ class Signaller:
     def request_when(self, queues: Iterable[str], done: Callable[[], bool]) -> None:
         """Signal ``queues`` once ``done()`` is true (polled by the background thread, which
         must be cheap and safe to call from another thread); returns at once."""
-        self.prepare()
         with self._lock:
             self._watched.append((done, frozenset(queues), time.monotonic() + WATCH_LIMIT))
             self._ensure_thread()
             self._wake.notify_all()
+
+    def flush_before_exit(self, timeout: float = EXIT_TIMEOUT) -> bool:
+        """:meth:`flush` for a process that exits next (the CLI): with signals to send, the
+        import is done here first, so that the timeout is the broker's alone."""
+        with self._lock:
+            waiting = bool(self._pending or self._watched or self._busy)
+        if waiting and self._send is None:
+            with contextlib.suppress(Exception):  # the background thread tries again, and warns
+                self.prepare()
+        return self.flush(timeout)
 
     def flush(self, timeout: float = EXIT_TIMEOUT) -> bool:
         """Wait, at most ``timeout`` seconds, until what is pending now has been published (or
@@ -135,10 +148,25 @@ class Signaller:
             self._warned = True
             log.warning(message)
 
+    def _sender(self) -> Callable[[str], None] | None:
+        """The publishing function, made at the first publish (in the background thread)."""
+        if self._send is None:
+            try:
+                self._send = self._make_send()
+            except Exception as exc:
+                self._down_until = time.monotonic() + BROKER_DOWN_PAUSE
+                self._warn(
+                    f"could not prepare the workers' signals ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); {self._fallback}"
+                )
+        return self._send
+
     def _publish(self, queues: set[str]) -> None:
-        send = self._send
-        if send is None or time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until:
             return  # the broker failed a moment ago: the sweeper signals these
+        send = self._sender()
+        if send is None:
+            return
         for queue in sorted(queues):
             try:
                 send(queue)

@@ -82,3 +82,37 @@ def test_a_watched_transaction_is_signalled_when_it_ends() -> None:
     b_open.clear()
     assert s.flush(2.0)
     assert sent == ["a", "b"]
+
+
+def test_the_first_request_leaves_the_import_to_the_background_thread() -> None:
+    """Issue 25: a web worker's first enqueue pays for its INSERT, not for importing Celery
+    (most of a second): ``make_send`` runs on the signals thread, and ``request`` returns at
+    once even while it is still importing."""
+    made_on: list[str] = []
+    sent: list[str] = []
+
+    def make_send() -> Callable[[str], None]:
+        made_on.append(threading.current_thread().name)
+        time.sleep(1.0)  # an import that takes a second
+        return sent.append
+
+    signaller = Signaller(make_send)
+    started = time.monotonic()
+    signaller.request(["q"])
+    signaller.request_when(["r"], lambda: True)
+    assert time.monotonic() - started < 0.5
+    assert signaller.flush(5.0)
+    assert made_on == ["dispatcher-signals"] and sorted(sent) == ["q", "r"]
+
+
+def test_a_sender_that_cannot_be_made_leaves_the_jobs_to_the_sweeper(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def make_send() -> Callable[[str], None]:
+        raise RuntimeError("can't register atexit after shutdown")
+
+    signaller = Signaller(make_send)
+    signaller.request(["q"])
+    assert signaller.flush(2.0)  # nothing left to wait for: the round failed at once
+    assert "could not prepare the workers' signals" in caplog.text
+    assert "the sweeper will deliver the jobs" in caplog.text
