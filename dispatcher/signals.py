@@ -22,6 +22,12 @@ are signalled once the connection's transaction has ended (:meth:`Signaller.requ
 from __future__ import annotations
 
 import atexit
+
+# Imported with this module (at the application's start-up), not by the signals thread: Celery's
+# import needs it, and it registers an exit hook, which Python refuses once the interpreter has
+# begun to shut down; with it loaded, that thread can still import Celery and publish while a
+# one-shot script exits (its atexit flush waits for it).
+import concurrent.futures.thread  # noqa: F401
 import contextlib
 import logging
 import os
@@ -45,9 +51,10 @@ class Signaller:
     """``make_send`` (which imports Celery and the broker's client: most of a second) is called
     once, by the background thread when it first publishes, never on a producer's thread: a web
     worker's first request after a deploy pays for its INSERT, not for Celery (or by
-    :meth:`prepare`, for a caller that wants it now, e.g. the CLI). Should a process exit within
-    that second, its interpreter may refuse the import (exit hooks cannot be registered any
-    more): then the warning below says so and the sweeper signals those jobs.
+    :meth:`prepare`, for a caller that wants it now, e.g. the CLI). A process that exits at once
+    still signals: the import works during interpreter shutdown (see the import of
+    ``concurrent.futures.thread`` above), and the exit flush waits for it; should it fail all the
+    same, the warning below says so and the sweeper signals those jobs.
 
     ``fallback`` ends the warning about a failed signal: who signals instead (the sweeper uses
     a Signaller too, so that its database work never waits on the broker)."""
