@@ -11,6 +11,7 @@ shows them at ten million rows.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
@@ -244,38 +245,45 @@ def vacuum(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def million() -> Iterator[str]:
+@contextlib.contextmanager
+def scratch_database(kind: str) -> Iterator[str]:
+    """A database of this module's own on the test server (``dispatcher_<kind>_test_<pid>``),
+    dropped afterwards."""
     if not PG_URL:
         pytest.skip("PostgreSQL (DISPATCHER_TEST_POSTGRES_URL) not configured")
-    from dispatcher.migrate import upgrade
+    from dispatcher.db import dispose_engines
 
     base = sa.make_url(PG_URL)
-    name = f"dispatcher_scale_test_{os.getpid()}"
+    name = f"dispatcher_{kind}_test_{os.getpid()}"
     server = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with server.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = base.set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url, "0004")
-        started = time.perf_counter()
-        generate(url, ROWS)
-        generated = time.perf_counter()
-        upgrade(url)  # 0005: the counts' backfill and the live index, the product's own path
-        print(
-            f"\n{ROWS} rows: generated in {generated - started:.1f} s, "
-            f"migrated to 0005 in {time.perf_counter() - generated:.1f} s"
-        )
-        vacuum(url)
-        yield url
+        yield base.set(database=name).render_as_string(hide_password=False)
     finally:
-        from dispatcher.db import dispose_engines
-
         dispose_engines()
         with server.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         server.dispose()
+
+
+@pytest.fixture(scope="module")
+def million() -> Iterator[str]:
+    from dispatcher.migrate import upgrade
+
+    with scratch_database("scale") as url:
+        upgrade(url, "0004")
+        started = time.perf_counter()
+        generate(url, ROWS)
+        generated = time.perf_counter()
+        upgrade(url)  # the migrations' own count backfills (0005, 0008)
+        print(
+            f"\n{ROWS} rows: generated in {generated - started:.1f} s, "
+            f"migrated to head in {time.perf_counter() - generated:.1f} s"
+        )
+        vacuum(url)
+        yield url
 
 
 def statements(engine: sa.Engine, call: Callable[[], Any]) -> list[tuple[str, Any]]:
@@ -368,19 +376,9 @@ WAITING = int(os.environ.get("SCALE_TEST_WAITING", "1000000"))
 def backlog() -> Iterator[str]:
     """A database at head with ``WAITING`` jobs waiting (an outage's backlog): written by plain
     SQL in one statement per status, so the triggers count them as they would any writer's."""
-    if not PG_URL:
-        pytest.skip("PostgreSQL (DISPATCHER_TEST_POSTGRES_URL) not configured")
-    from dispatcher.db import dispose_engines
     from dispatcher.migrate import upgrade
 
-    base = sa.make_url(PG_URL)
-    name = f"dispatcher_backlog_test_{os.getpid()}"
-    server = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database("backlog") as url:
         upgrade(url)
         engine = sa.create_engine(url)
         started = time.perf_counter()
@@ -406,11 +404,6 @@ def backlog() -> Iterator[str]:
         print(f"\n{WAITING} waiting jobs written in {time.perf_counter() - started:.1f} s")
         vacuum(url)
         yield url
-    finally:
-        dispose_engines()
-        with server.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        server.dispose()
 
 
 def buffers(engine: sa.Engine, seen: list[tuple[str, Any]]) -> list[tuple[int, str]]:
