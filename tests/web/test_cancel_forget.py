@@ -97,10 +97,33 @@ def test_cancel_a_job_from_its_page(
     shown = client.get(done.headers["location"]).text
     assert 'id="cancelled"' in shown and "cancelled" in shown and 'id="cancel-job"' not in shown
     again = client.post(f"/jobs/{waiting}/cancel", data={"csrf": csrf})
-    assert again.status_code == 409 and "only pending or retrying" in again.text
+    assert again.status_code == 409 and "only scheduled, pending or retrying" in again.text
     assert client.post("/jobs/999999/cancel", data={"csrf": csrf}).status_code == 404
     history = client.get("/jobs", params={"status": "cancelled"}).text
     assert f"/jobs/{waiting}" in history
+
+
+def test_a_scheduled_job_shows_its_time_and_can_be_cancelled_from_its_page(
+    client: httpx.Client, outbox: Outbox, engine: sa.Engine, signalled: list[object]
+) -> None:
+    from datetime import timedelta
+
+    from dispatcher import CustomEvent, enqueue
+
+    csrf = log_in(client)
+    later = enqueue(CustomEvent(801, customer_id=8), deliver_at=utcnow() + timedelta(days=1))
+    page = client.get(f"/jobs/{later}").text
+    assert "scheduled" in page and "Scheduled for" in page and 'id="cancel-job"' in page
+    listed = client.get("/jobs", params={"status": "scheduled"}).text
+    assert f"/jobs/{later}" in listed
+    counts = client.get("/api/queues", headers=AUTH).json()["queues"]["default"]["counts"]
+    assert counts["scheduled"] == 1
+    assert (
+        'dispatcher_jobs{queue="default",status="scheduled"} 1.0'
+        in client.get("/metrics", headers=AUTH).text
+    )
+    done = client.post(f"/jobs/{later}/cancel", data={"csrf": csrf})
+    assert done.status_code == 303 and status_of(engine, later) == "cancelled"
 
 
 def test_forget_through_the_api_and_the_page(
