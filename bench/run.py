@@ -87,7 +87,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 RESULTS = BENCH / "results"
-BENCH_REDIS_DB = 14
+BENCH_REDIS_DB = int(os.environ.get("DISPATCHER_BENCH_REDIS_DB", "14"))  # another db: beside tests
 # The starting commit of issues 21 and 25: "the drains ... stay >= 0.95 x today's" (21) and
 # "drain_baseline is this issue's starting commit" (25). Figures up to 2026-11-30 were measured
 # against 25c103b, the engine before issue 13.
