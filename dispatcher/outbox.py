@@ -1331,7 +1331,6 @@ def replay_jobs(
         conn,
         where,
         targets,
-        JobStatus.PENDING,
         {
             "status": JobStatus.PENDING,
             "attempts": 0,
@@ -1355,34 +1354,24 @@ def cancel_jobs(
     """``dispatcher cancel``: the jobs matching ``where`` whose status is one of ``targets``
     (waiting ones only: a leased job is its worker's to record) are never sent. How many moved,
     per queue."""
-    return _move(
-        conn,
-        where,
-        targets,
-        JobStatus.CANCELLED,
-        {"status": JobStatus.CANCELLED, "updated_at": now},
-    )
+    return _move(conn, where, targets, {"status": JobStatus.CANCELLED, "updated_at": now})
 
 
 def _move(
     conn: sa.Connection,
     where: Sequence[sa.ColumnElement[bool]],
     targets: Sequence[JobStatus],
-    into: JobStatus,
     values: Mapping[str, Any],
 ) -> Counter[str]:
-    """One UPDATE per target status (RETURNING the queue); the jobs table's triggers count it."""
-    per_queue: Counter[str] = Counter()
-    for target in targets:
-        statement = (
-            sa.update(jobs)
-            .where(*where, jobs.c.status == target)
-            .values(**values)
-            .returning(jobs.c.queue)
-        )
-        for queue in conn.execute(statement).scalars():
-            per_queue[queue] += 1
-    return per_queue
+    """One UPDATE (RETURNING the queue) of the jobs of ``where`` in one of the ``targets``
+    statuses; the jobs table's triggers count it. How many moved, per queue."""
+    statement = (
+        sa.update(jobs)
+        .where(*where, jobs.c.status.in_(targets))
+        .values(**values)
+        .returning(jobs.c.queue)
+    )
+    return Counter(conn.execute(statement).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -1391,7 +1380,6 @@ class Erasure:
     was still waiting, cancelled."""
 
     job_id: int
-    queue: str
     values: Mapping[str, Any]
     cancel: bool = False
 

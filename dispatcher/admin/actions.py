@@ -225,7 +225,6 @@ def replay(
         job_ids,
         targets,
         lambda conn, where: outbox.replay_jobs(conn, where, targets, now),
-        into=JobStatus.PENDING,
         refusal=refusal,
         verb="replayed",
         dry_run=dry_run,
@@ -247,7 +246,7 @@ def cancel(
     now: datetime,
 ) -> CancelResult:
     """Cancel waiting jobs (scheduled, pending, retrying): they take the finished status
-    ``cancelled`` and are never sent; one UPDATE per status (the triggers count it).
+    ``cancelled`` and are never sent, in one UPDATE (the triggers count it).
 
     Choose them by ``job_ids`` and/or ``f`` (a filter with at least one field: an empty one is
     refused; ``f.status`` may narrow to one of those). A job in flight (leased by a worker)
@@ -284,7 +283,6 @@ def cancel(
         job_ids,
         targets,
         lambda conn, where: outbox.cancel_jobs(conn, where, targets, now),
-        into=JobStatus.CANCELLED,
         refusal=refusal,
         verb="cancelled",
         dry_run=dry_run,
@@ -304,7 +302,6 @@ def _move(
     targets: tuple[JobStatus, ...],
     move: Callable[[sa.Connection, list[sa.ColumnElement[bool]]], Counter[str]],
     *,
-    into: JobStatus,
     refusal: Callable[[int, str], str | None],
     verb: str,
     dry_run: bool,
@@ -313,8 +310,8 @@ def _move(
     skipped: JobStatus | None = None,
 ) -> Moved:
     """What replay and cancel share: the jobs of ``f`` (and ``job_ids``) whose status is one of
-    ``targets`` move to ``into`` (``move``: :func:`dispatcher.outbox.replay_jobs` or
-    :func:`~dispatcher.outbox.cancel_jobs`, which keep ``dispatcher_counts`` exact); or, with
+    ``targets`` move (``move``: :func:`dispatcher.outbox.replay_jobs` or
+    :func:`~dispatcher.outbox.cancel_jobs`); or, with
     ``dry_run``, are only counted. Returns ``result(moved (or movable) jobs per queue, how many
     jobs of status ``skipped`` the selection left alone)``; logs a line if it owns its
     transaction and moved any.

@@ -395,7 +395,7 @@ def _jobs_batch(
             if dedupe is not None and not dry_run:
                 conn.execute(sa.delete(dedupe).where(dedupe.c.job_id == row.id))
         if changes and not dry_run:
-            erased.append(outbox.Erasure(row.id, row.queue, changes, cancel=cancel))
+            erased.append(outbox.Erasure(row.id, changes, cancel=cancel))
     if not dry_run:
         outbox.erase_jobs(conn, erased, now)
     return owned

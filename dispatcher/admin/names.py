@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from dispatcher import outbox
 from dispatcher.admin.filters import AdminError, check_queue
-from dispatcher.admin.reads import Bind, connected, queue_names
+from dispatcher.admin.reads import Bind, connected
 from dispatcher.config import DEFAULT_QUEUE, get_settings, queue_env_suffix
 from dispatcher.schema import (
     FINISHED_STATUSES,
@@ -57,8 +57,10 @@ def existing_queues(bind: Bind) -> set[str]:
     """Every queue in use: with a job, a queue row, or a counts row (also zero: its jobs were
     purged)."""
     with connected(bind) as conn:
-        counted = sa.union(sa.select(counts.c.queue), sa.select(count_deltas.c.queue))
-        found = queue_names(conn) | set(conn.execute(counted).scalars())
+        named = sa.union(
+            sa.select(counts.c.queue), sa.select(count_deltas.c.queue), sa.select(queues.c.name)
+        )
+        found = set(conn.execute(named).scalars())
         if isinstance(bind, sa.Engine):
             conn.rollback()
     return found

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,52 +253,45 @@ def test_a_worker_without_keys_for_its_queues_says_so(
     assert caplog.records == []
 
 
-def test_the_default_sqlite_file_is_announced_once_on_stderr(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import subprocess
-    import sys
-
-    env = {
-        k: v
-        for k, v in __import__("os").environ.items()
-        if not k.startswith(("DISPATCHER_", "ECDP_"))
-    }
+def notices_of_two_enqueues(tmp_path: Path, database: str, **env: str) -> list[str]:
+    """What a fresh process that migrates ``database`` and enqueues twice, with only ``env`` of
+    the dispatcher's variables set, says on stderr about unset variables."""
     script = (
         "from dispatcher import CustomEvent, enqueue\n"
         "from dispatcher.migrate import upgrade\n"
-        "upgrade('sqlite:///dispatcher.db')\n"
+        f"upgrade({database!r})\n"
         "enqueue(CustomEvent(1, customer_id=1)); enqueue(CustomEvent(1, customer_id=2))\n"
     )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "ECDP_"))}
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,
-        env={**env, "DISPATCHER_BROKER_URL": "memory://"},
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    notices = [line for line in done.stderr.splitlines() if "is not set" in line]
+    return [line for line in done.stderr.splitlines() if "is not set" in line]
+
+
+def test_the_default_sqlite_file_is_announced_once_on_stderr(tmp_path: Path) -> None:
+    notices = notices_of_two_enqueues(
+        tmp_path, "sqlite:///dispatcher.db", DISPATCHER_BROKER_URL="memory://"
+    )
     assert notices == [
         "dispatcher: DISPATCHER_DATABASE_URL is not set: using the SQLite file "
         f"{tmp_path / 'dispatcher.db'} (set DISPATCHER_DATABASE_URL, and DISPATCHER_BROKER_URL, "
         "to use your own)"
     ]
     # With the variable set, nothing is said.
-    done = subprocess.run(
-        [sys.executable, "-c", script.replace("sqlite:///dispatcher.db", "sqlite:///other.db")],
-        cwd=tmp_path,
-        env={
-            **env,
-            "DISPATCHER_BROKER_URL": "memory://",
-            "DISPATCHER_DATABASE_URL": "sqlite:///other.db",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+    said = notices_of_two_enqueues(
+        tmp_path,
+        "sqlite:///other.db",
+        DISPATCHER_BROKER_URL="memory://",
+        DISPATCHER_DATABASE_URL="sqlite:///other.db",
     )
-    assert done.returncode == 0 and "is not set" not in done.stderr
+    assert said == []
 
 
 def test_a_sweeper_without_its_broker_logs_each_change_of_state_once(
@@ -414,27 +410,9 @@ def test_the_web_before_migrate_answers_503_naming_migrate(tmp_path: Path) -> No
 def test_a_producer_without_a_broker_url_says_where_its_signals_go(tmp_path: Path) -> None:
     """With the outbox set and the broker not, signals would go to ./dispatcher-broker.db, where
     no worker reads: said once on stderr, naming the variable."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISPATCHER_", "ECDP_"))}
-    script = (
-        "from dispatcher import CustomEvent, enqueue\n"
-        "from dispatcher.migrate import upgrade\n"
-        "upgrade('sqlite:///outbox.db')\n"
-        "enqueue(CustomEvent(1, customer_id=1)); enqueue(CustomEvent(1, customer_id=2))\n"
+    notices = notices_of_two_enqueues(
+        tmp_path, "sqlite:///outbox.db", DISPATCHER_DATABASE_URL="sqlite:///outbox.db"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env={**env, "DISPATCHER_DATABASE_URL": "sqlite:///outbox.db"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    notices = [line for line in done.stderr.splitlines() if "is not set" in line]
     assert notices == [
         "dispatcher: DISPATCHER_BROKER_URL is not set: signalling workers through the SQLite "
         f"file {tmp_path / 'dispatcher-broker.db'}, which only processes started in this folder "
